@@ -1,0 +1,58 @@
+"""Shared docstring fragments, so that one option is described in one place.
+
+A function's docstring names fragments as ``{name}``; :func:`fill_doc` substitutes them when
+the module is imported (the rendered text is what ``help()``, doctests and the API reference see).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+FRAGMENTS = {
+    "weight": """weight: optional rescaling weight, broadcast to the input's shape exactly as in
+            torch (a size that cannot broadcast raises ValueError). It multiplies the
+            elementwise loss; it does **not** change the denominator of ``"mean"``.""",
+    "pos_weight": """pos_weight: optional weight of the positive term, broadcast against the
+            input's trailing dimensions (size ``(C,)`` for an ``(N, C)`` input, ``(C, 1, 1)``
+            for ``(N, C, H, W)``). ``negatives / positives`` per label balances a label's
+            classes; :func:`crossent.pos_weight` computes it from targets.""",
+    "label_smoothing": """label_smoothing: ``s`` in [0, 1). Targets become ``y (1 - s) + s / 2``
+            (the Keras / optax convention for sigmoid losses). Default: 0.""",
+    "ignore_index": """ignore_index: elements whose target equals this value contribute
+            nothing and are not counted by ``"mean"``. ``None`` (default) disables it. When
+            every element is ignored, ``"mean"`` is 0 with zero gradient, never NaN.""",
+    "reduction": """reduction: ``"none"`` (the elementwise loss, the input's shape), ``"sum"``,
+            ``"mean"`` (sum over valid elements / number of valid elements) or
+            ``"global_mean"`` (the mean over every rank of a ``torch.distributed`` process
+            group; equal to ``"mean"`` outside one). Default: ``"mean"``.""",
+    "process_group": """process_group: the group ``"global_mean"`` reduces over; ``None``
+            (default) is the default process group.""",
+    "gamma": """gamma: focusing parameter ``>= 0``. 0 gives (alpha-weighted) BCE exactly; 2 is
+            the paper's choice. Any value in (0, 1) is safe too: the modulating factor is
+            computed from ``log(1 - p_t)``, so loss and gradient stay finite at saturated
+            logits. Default: 2.""",
+    "alpha": """alpha: weight of the positive class in [0, 1]; negatives get ``1 - alpha``
+            (Lin et al.'s and torchvision's convention: 0.25 *down*-weights the positives,
+            which the focal term already favours). ``None`` disables it. Default: 0.25.""",
+    "binary_shape": """Shape:
+        - input: any shape ``(*)``.
+        - target: the same shape as ``input`` (no broadcasting: ``(N,)`` against ``(N, 1)``
+          raises). Float (soft targets in [0, 1] allowed), integer or bool.
+        - output: a scalar, or ``(*)`` for ``reduction="none"``.""",
+    "dtype_note": """float16 and bfloat16 inputs are computed in float32 inside and returned in
+    the input dtype.""",
+}
+
+
+def fill_doc(func: F) -> F:
+    """Substitute the ``{name}`` placeholders of :data:`FRAGMENTS` in ``func.__doc__``."""
+    doc = func.__doc__
+    if doc:
+        # Only known names are replaced, so LaTeX braces in ``.. math::`` are left alone.
+        for name, text in FRAGMENTS.items():
+            doc = doc.replace("{" + name + "}", text)
+        func.__doc__ = doc
+    return func

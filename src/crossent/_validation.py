@@ -1,0 +1,207 @@
+"""The one place where inputs are checked and errors are worded.
+
+Every message follows one pattern: name the argument, give the value, say what was expected
+(and, where it helps, the fix). ``ValueError`` for a bad value, ``TypeError`` for a bad dtype
+or type. Library code never uses ``assert`` (it vanishes under ``python -O``).
+
+Two kinds of checks live here:
+
+* metadata checks (shapes, dtypes, option values): always on, free, safe under ``torch.compile``;
+* value checks that must read tensor data (probabilities in [0, 1], class indices in range):
+  they synchronise with the host, so they run only in eager mode and can be switched off with
+  :func:`set_value_checks` or the environment variable ``CROSSENT_VALUE_CHECKS=0``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "REDUCTIONS",
+    "check_broadcastable",
+    "check_finite_option",
+    "check_floating_input",
+    "check_label_smoothing",
+    "check_number",
+    "check_probabilities",
+    "check_reduction",
+    "check_same_shape",
+    "set_value_checks",
+    "value_checks_enabled",
+]
+
+REDUCTIONS = ("none", "mean", "sum", "global_mean")
+
+_value_checks = os.environ.get("CROSSENT_VALUE_CHECKS", "1").strip().lower() not in (
+    "0",
+    "false",
+    "off",
+    "no",
+)
+
+
+def set_value_checks(enabled: bool) -> bool:
+    """Turn the data-reading input checks on or off; returns the previous setting.
+
+    The checks that read tensor values (probabilities in [0, 1], class indices in range) need a
+    host synchronisation. They are on by default in eager mode and always skipped while
+    ``torch.compile`` traces (a data-dependent ``raise`` would break the graph).
+
+    >>> import crossent
+    >>> previous = crossent.set_value_checks(False)
+    >>> _ = crossent.set_value_checks(previous)
+    """
+    global _value_checks
+    previous = _value_checks
+    _value_checks = bool(enabled)
+    return previous
+
+
+def value_checks_enabled() -> bool:
+    """Whether checks that read tensor data should run now."""
+    if not _value_checks:
+        return False
+    return not _is_compiling()
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        if compiler.is_compiling():
+            return True
+    return bool(torch.jit.is_scripting() or torch.jit.is_tracing())
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return repr(value.item())
+    return repr(value)
+
+
+def check_reduction(reduction: object) -> str:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        allowed = ", ".join(f'"{r}"' for r in REDUCTIONS)
+        raise ValueError(f"Expected `reduction` to be one of {allowed}, but got {reduction!r}.")
+    return reduction
+
+
+def check_floating_input(name: str, tensor: object) -> torch.Tensor:
+    """The loss input (logits or probabilities) must be a floating-point tensor."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(tensor).__name__}.")
+    if not tensor.is_floating_point():
+        raise TypeError(
+            f"Expected `{name}` to have a floating-point dtype, but got {tensor.dtype}. "
+            f"Pass logits or probabilities as float, e.g. `{name}.float()`."
+        )
+    return tensor
+
+
+def check_tensor(name: str, tensor: object) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(tensor).__name__}.")
+    return tensor
+
+
+def check_same_shape(input: torch.Tensor, target: torch.Tensor) -> None:
+    """Elementwise losses never broadcast input against target: (N,) vs (N, 1) is an error."""
+    if target.shape != input.shape:
+        hint = ""
+        if target.numel() == input.numel():
+            hint = (
+                " They hold the same number of elements: reshape one of them, e.g. "
+                "`target.view_as(input)` -- broadcasting would silently compare every "
+                "element with every other."
+            )
+        raise ValueError(
+            f"Target size ({target.shape}) must be the same as input size ({input.shape}).{hint}"
+        )
+
+
+def check_broadcastable(name: str, tensor: torch.Tensor | None, shape: torch.Size) -> None:
+    """`tensor` must broadcast to `shape` without changing it (torch's rule for weights)."""
+    if tensor is None:
+        return
+    check_tensor(name, tensor)
+    try:
+        result = torch.broadcast_shapes(tensor.shape, shape)
+    except RuntimeError:
+        result = None
+    if result != shape:
+        raise ValueError(
+            f"Expected `{name}` to broadcast to the input size {shape}, but got size "
+            f"{tensor.shape}. Its dimensions are matched against the input's trailing "
+            f"dimensions (e.g. size (C, 1, 1) for an input of size (N, C, H, W))."
+        )
+    if tensor.is_complex():
+        raise TypeError(f"Expected `{name}` to be real, but got dtype {tensor.dtype}.")
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
+    """A scalar option: a real finite number within [low, high] (bounds optional)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"Expected `{name}` to be a number, but got {_fmt(value)}.")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"Expected `{name}` to be finite, but got {value!r}.")
+    if low is not None:
+        if (low_inclusive and value < low) or (not low_inclusive and value <= low):
+            op = ">=" if low_inclusive else ">"
+            raise ValueError(f"Expected `{name}` to be {op} {low}, but got {value!r}.")
+    if high is not None:
+        if (high_inclusive and value > high) or (not high_inclusive and value >= high):
+            op = "<=" if high_inclusive else "<"
+            raise ValueError(f"Expected `{name}` to be {op} {high}, but got {value!r}.")
+    return value
+
+
+def check_label_smoothing(value: object) -> float:
+    return check_number("label_smoothing", value, low=0.0, high=1.0, high_inclusive=False)
+
+
+def check_finite_option(name: str, value: object) -> float:
+    return check_number(name, value)
+
+
+def check_nonnegative_tensor(name: str, tensor: torch.Tensor | None) -> None:
+    """Weights must be >= 0 (a value check, eager only)."""
+    if tensor is None or not value_checks_enabled():
+        return
+    if tensor.numel() and bool((tensor < 0).any()):
+        bad = tensor[tensor < 0].flatten()[0].item()
+        raise ValueError(f"Expected `{name}` to be >= 0 everywhere, but it holds {bad!r}.")
+
+
+def check_probabilities(name: str, tensor: torch.Tensor) -> None:
+    """Probabilities must lie in [0, 1] (a value check, eager only)."""
+    if not value_checks_enabled() or tensor.numel() == 0:
+        return
+    bad = (tensor < 0) | (tensor > 1) | torch.isnan(tensor)
+    if bool(bad.any()):
+        value = tensor[bad].flatten()[0].item()
+        raise ValueError(
+            f"Expected `{name}` to hold probabilities in [0, 1], but it holds {value!r}. "
+            f"If these are logits (raw scores), use the logits form of the loss "
+            f"(e.g. `binary_cross_entropy_with_logits` or `sigmoid_focal_loss`)."
+        )
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        allowed = ", ".join(f'"{c}"' for c in choices)
+        raise ValueError(f"Expected `{name}` to be one of {allowed}, but got {value!r}.")
+    return value
