@@ -12,20 +12,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# `mkdocs build` from a checkout that has not installed crossent imports it from src/.
-_SRC = Path(__file__).resolve().parents[2] / "src"
-if str(_SRC) not in sys.path:
-    sys.path.insert(0, str(_SRC))
-
 MARKER = "<!-- crossent-cli-help -->"
 WIDTH = 100
+
+
+def _app() -> Any:
+    # `mkdocs build` in a checkout that has not installed crossent imports it from src/ (at call
+    # time: griffe's inspection restores sys.path after importing, so an early insert is lost).
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    if src not in sys.path:
+        sys.path.insert(0, src)
+    from crossent.cli import app
+
+    return app
 
 
 def help_text(args: list[str]) -> str:
     """What ``crossent *args --help`` prints, at a fixed width and without colour."""
     from typer.testing import CliRunner
 
-    from crossent.cli import app
+    app = _app()
 
     result = CliRunner().invoke(
         app,
@@ -50,9 +56,7 @@ def commands() -> list[list[str]]:
     """Every visible command path: ``[]`` (the root), ``["demo"]``, ``["group", "sub"]``..."""
     import typer
 
-    from crossent.cli import app
-
-    root = typer.main.get_command(app)
+    root = typer.main.get_command(_app())
     paths: list[list[str]] = []
 
     # Duck-typed: typer vendors its own copy of click, so isinstance(click.Group) would miss it.

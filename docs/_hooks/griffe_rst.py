@@ -5,6 +5,7 @@ crossent's docstrings are written for ``help()`` and Sphinx-style readers: ``.. 
 renders docstrings as Markdown, so this extension rewrites, once the package is loaded:
 
 * ``.. math::`` blocks -> ``$$ ... $$`` blocks (pymdownx.arithmatex), one per paragraph;
+* ``Example (remark):`` section titles -> ``Examples:`` starting with the remark;
 * ``:math:`x``` -> ``$x$``;
 * ``:func:`name``` and friends -> an autorefs cross-reference ``[`name()`][crossent.path]``.
   Names are resolved like Sphinx does (the enclosing module and class first, then the
@@ -23,6 +24,9 @@ import griffe
 ROLE = re.compile(r":(func|class|mod|data|meth|attr|obj|exc):`(~?)([^`]+)`")
 INLINE_MATH = re.compile(r":math:`([^`]+)`")
 MATH_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*$")
+# "Example (the tutorials' worked example):" -- a Google section title with a remark, which the
+# parser would not recognise: becomes "Examples:" with the remark as the section's first line.
+TITLED_EXAMPLE = re.compile(r"^(?P<indent>[ \t]*)Examples? \((?P<remark>[^)]*)\):[ \t]*$", re.M)
 # Roots that are never crossent objects: rendered as code, not cross-referenced.
 EXTERNAL = ("torch", "numpy", "np", "nn", "F", "typing", "math", "builtins", "collections")
 BUILTINS = {"int", "float", "bool", "str", "list", "tuple", "dict", "None", "ValueError"}
@@ -80,6 +84,13 @@ class RstToMarkdown(griffe.Extension):
                 self._walk(member)
 
     def convert(self, text: str, obj: griffe.Object) -> str:
+        text = TITLED_EXAMPLE.sub(
+            lambda m: (
+                f"{m['indent']}Examples:\n{m['indent']}    {m['remark'][:1].upper()}"
+                f"{m['remark'][1:]}:\n"
+            ),
+            text,
+        )
         text = _convert_math_blocks(text)
         text = INLINE_MATH.sub(lambda m: f"${m.group(1).strip()}$", text)
         return ROLE.sub(lambda m: self._reference(m, obj), text)
