@@ -37,6 +37,11 @@ def demo() -> None:
         typer.echo(render(walkthrough(seed, target)))
 
 
+# The commands register themselves on `app` when imported.
+from crossent.cli import curves as _curves  # noqa: E402, F401
+from crossent.cli import explain as _explain  # noqa: E402, F401
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
