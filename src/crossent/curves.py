@@ -153,8 +153,8 @@ def compute_curves(
     z = torch.linspace(*LOGIT_RANGE, points, dtype=torch.float64)
     z_summary = torch.logit(torch.tensor(SUMMARY_POINTS, dtype=torch.float64))
     curves: list[Curve] = []
-    for text in texts:
-        spec, options = parse_loss_spec(text)
+    parsed = [(text, *parse_loss_spec(text)) for text in texts]  # every spec checked first
+    for *_, options in parsed:
         for key, value in options.items():
             if isinstance(value, str) and value == AUTO:
                 raise ValueError(
@@ -163,6 +163,7 @@ def compute_curves(
                 )
         options.pop("reduction", None)
         options.pop("ignore_index", None)
+    for text, spec, options in parsed:
         sides = [1] if spec.family == "softmax" else [1, 0]
         results = []
         for side in sides:
@@ -241,8 +242,13 @@ def plot_curves(
 
     Uses matplotlib's Agg canvas directly: no pyplot, no global backend change.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            "Plotting curves needs matplotlib: pip install 'crossent[compare]' (or matplotlib)."
+        ) from None
 
     path = Path(path)
     fig = Figure(figsize=(width, height), dpi=dpi)

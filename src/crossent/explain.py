@@ -535,7 +535,7 @@ def explain(
 
     samples = _sample_means(steps) if _has_samples(spec, x) else []
     valid = [s.loss for s in steps if not s.ignored]
-    by_hand, reduction_formula = _by_hand(spec, all_opts, steps, valid, reduction, value)
+    by_hand, reduction_formula = _by_hand(spec, all_opts, steps, valid, reduction)
 
     if steps and formula_ok:
         bad = [
@@ -743,7 +743,6 @@ def _by_hand(
     steps: list[Step],
     valid: list[float],
     reduction: str,
-    value: float | None,
 ) -> tuple[float | None, str | None]:
     """The reduction done from the per-step losses, and how it was done."""
     if reduction == "none":
@@ -751,6 +750,7 @@ def _by_hand(
     total = math.fsum(valid)
     if reduction == "sum":
         return total, f"sum {_sum_text(valid)} = {E.fmt(total)}"
+    label = "mean" if reduction == "mean" else "global mean (one process: the mean)"
     weight = opts.get("weight")
     if (
         spec.family == "softmax"
@@ -761,11 +761,10 @@ def _by_hand(
         # torch's convention for class weights with index targets: divide by Σ w_target.
         ws = [float(weight[int(s.target)]) for s in steps if not s.ignored]
         denominator = math.fsum(ws)
-        what = "Σ w_target"
+        terms = " + ".join(f"{w:g}" for w in ws) + " = " if 1 < len(ws) <= 8 else ""
+        shown = f"Σ w_target ({terms}{denominator:g})"
     else:
         denominator = float(len(valid))
-        what = "n"
+        shown = str(len(valid))
     result = total / denominator if denominator else 0.0
-    label = "mean" if reduction == "mean" else "global mean (one process: the mean)"
-    text = f"{label} = {_sum_text(valid)} / {E.fmt(denominator) if what != 'n' else len(valid)}"
-    return result, f"{text} = {E.fmt(result)}" + (f"   [{what}]" if what != "n" else "")
+    return result, f"{label} = {_sum_text(valid)} / {shown} = {E.fmt(result)}"

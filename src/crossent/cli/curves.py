@@ -53,6 +53,13 @@ def curves_command(
     against the true-class logit, for the chosen losses. Gradients come from autograd through
     the library's losses.
     """
+    for path, hint in ((out, "--out"), (csv_path, "--csv")):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise typer.BadParameter(
+                f"Could not write {str(path)!r}: the directory {str(path.parent)!r} does not "
+                f"exist.",
+                param_hint=hint,
+            )
     specs = (default_losses() if default else []) + list(loss or [])
     if not specs:
         raise typer.BadParameter("Nothing to plot: add --loss SPEC or drop --no-default.")
@@ -70,6 +77,9 @@ def curves_command(
             write_csv(curves, csv_path)
     except OSError as e:
         raise typer.BadParameter(f"Could not write: {e}", param_hint="--out / --csv") from None
+    except ImportError as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(1) from None
     if as_json:
         emit_json(curves)
         return

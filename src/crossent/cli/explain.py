@@ -149,8 +149,12 @@ def explain_command(
     render(result, max_rows=max_rows)
 
 
-def _vec(values: list[float]) -> str:
-    return "[" + ", ".join(fmt(v) for v in values) + "]"
+def _vec(values: list[float], limit: int = 8) -> str:
+    if len(values) <= limit:
+        return "[" + ", ".join(fmt(v) for v in values) + "]"
+    head, tail = values[:3], values[-2:]
+    shown = ", ".join(fmt(v) for v in head) + ", ..., " + ", ".join(fmt(v) for v in tail)
+    return f"[{shown}] ({len(values)})"
 
 
 def _num(value: float | None) -> str:
@@ -172,8 +176,8 @@ def render(result: Explanation, *, max_rows: int = 40) -> None:
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
     if softmax:
         table.add_column("sample", no_wrap=True)
-        table.add_column("logits x", no_wrap=True)
-        table.add_column("p = softmax(x)", no_wrap=True)
+        table.add_column("logits x", overflow="fold")
+        table.add_column("p = softmax(x)", overflow="fold")
         table.add_column("target", no_wrap=True)
     else:
         table.add_column("element", no_wrap=True)
@@ -184,7 +188,7 @@ def render(result: Explanation, *, max_rows: int = 40) -> None:
             table.add_column("p = σ(x)", justify="right", no_wrap=True)
         table.add_column("y", justify="right", no_wrap=True)
     table.add_column("p_t", justify="right", no_wrap=True)
-    table.add_column("formula", overflow="fold")
+    table.add_column("formula", overflow="fold", min_width=32)
     table.add_column("loss", justify="right", no_wrap=True)
 
     steps = result.steps if max_rows <= 0 else result.steps[:max_rows]
