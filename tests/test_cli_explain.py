@@ -37,9 +37,9 @@ requires_softmax = pytest.mark.skipif(not HAS_SOFTMAX, reason="the softmax famil
 
 
 def _row_losses(output: str) -> list[str]:
-    """The loss column (last cell) of the table rows "[i,j] ... │ loss"."""
+    """The loss column (second to last cell) of the table rows "[i,j] ... │ loss │ formula"."""
     rows = [line for line in output.splitlines() if re.match(r"^\[\d+(,\d+)*\]", line.strip())]
-    return [row.split("│")[-1].strip() for row in rows]
+    return [row.split("│")[-2].strip() for row in rows]
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,11 +433,12 @@ def test_cli_bad_file_types(tmp_path):
 
 
 def test_help_everywhere():
-    for args in ([], ["explain"], ["curves"]):
+    for args in ([], ["explain"], ["doctor"], ["curves"]):
         result = invoke(*args, "--help")
         assert result.exit_code == 0, result.output
         assert "Usage" in result.stdout
     assert "--rand" in invoke("explain", "--help").stdout
+    assert "D010" in invoke("doctor", "--help").stdout
 
 
 def test_python_dash_m_entry_point():
@@ -479,3 +480,19 @@ def test_csv_layouts(tmp_path):
     (tmp_path / "ragged.csv").write_text("1,2\n3\n")
     with pytest.raises(ValueError, match="same number of columns"):
         load_tensor(tmp_path / "ragged.csv", name="t")
+
+
+@pytest.mark.parametrize("name", sorted(crossent.registry.LOSSES))
+def test_every_registered_loss_is_explained_with_formulas(name):
+    """A newly registered loss needs a formula builder in crossent.explain (and this passes)."""
+    spec = get_loss(name)
+    if spec.family == "softmax":
+        x, t = torch.tensor([[2.0, -1.0, 0.5], [0.1, 3.0, -2.0]]), torch.tensor([0, 2])
+    else:
+        x, t = _binary_data()
+        t = t.clamp_min(0)
+    result = explain(x, t, name)
+    assert result.notes == [] or all("torch" in n for n in result.notes), result.notes
+    assert all(s.formula is not None for s in result.steps)
+    assert result.formula_max_error < 1e-6
+    assert result.by_hand == pytest.approx(result.value, rel=1e-6)

@@ -39,6 +39,7 @@ def demo() -> None:
 
 # The commands register themselves on `app` when imported.
 from crossent.cli import curves as _curves  # noqa: E402, F401
+from crossent.cli import doctor as _doctor  # noqa: E402, F401
 from crossent.cli import explain as _explain  # noqa: E402, F401
 
 

@@ -176,8 +176,8 @@ def render(result: Explanation, *, max_rows: int = 40) -> None:
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
     if softmax:
         table.add_column("sample", no_wrap=True)
-        table.add_column("logits x", overflow="fold")
-        table.add_column("p = softmax(x)", overflow="fold")
+        table.add_column("logits x", overflow="fold", max_width=30)
+        table.add_column("p = softmax(x)", overflow="fold", max_width=30)
         table.add_column("target", no_wrap=True)
     else:
         table.add_column("element", no_wrap=True)
@@ -188,8 +188,9 @@ def render(result: Explanation, *, max_rows: int = 40) -> None:
             table.add_column("p = σ(x)", justify="right", no_wrap=True)
         table.add_column("y", justify="right", no_wrap=True)
     table.add_column("p_t", justify="right", no_wrap=True)
-    table.add_column("formula", overflow="fold", min_width=32)
+    # The loss before the formula: on a narrow terminal the formula wraps, the loss stays whole.
     table.add_column("loss", justify="right", no_wrap=True)
+    table.add_column("= formula", overflow="fold")
 
     steps = result.steps if max_rows <= 0 else result.steps[:max_rows]
     for s in steps:
@@ -205,7 +206,7 @@ def render(result: Explanation, *, max_rows: int = 40) -> None:
             if result.form == "logits":
                 cells.append(_num(s.probability))
             cells.append(f"{s.target:g}")
-        cells += [_num(s.p_t), formula, "ignored" if s.ignored else _num(s.loss)]
+        cells += [_num(s.p_t), "ignored" if s.ignored else _num(s.loss), formula]
         table.add_row(*cells)
     out.print(table)
     if len(steps) < len(result.steps):
