@@ -441,6 +441,13 @@ def test_help_everywhere():
     assert "D010" in invoke("doctor", "--help").stdout
 
 
+def test_version_and_bare_command():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"crossent {crossent.__version__}"
+    bare = invoke()
+    assert "explain" in bare.output and "doctor" in bare.output and "curves" in bare.output
+
+
 def test_python_dash_m_entry_point():
     """`python -m crossent` runs the same app (one subprocess: it imports torch)."""
     src = Path(crossent.__file__).resolve().parents[1]

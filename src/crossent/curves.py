@@ -298,7 +298,7 @@ def plot_curves(
         0.005,
         "Gradients by autograd through crossent's losses. Sigmoid losses: p_t = σ(z) for "
         "y = 1 and σ(-z) for y = 0 (dashed where the sides differ); softmax losses: logits "
-        "[z, 0], target 0.",
+        "[z, 0], target 0. Dotted: identical to an earlier curve.",
         ha="center",
         va="bottom",
         fontsize=8,
