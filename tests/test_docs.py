@@ -114,6 +114,28 @@ def test_cli_reference_is_the_cli_help(site: Path) -> None:
         assert usage in text, usage
 
 
+def test_figures_are_made_by_the_commands_on_the_pages(site: Path) -> None:
+    sys.path.insert(0, str(DOCS / "_hooks"))
+    try:
+        import figures
+    finally:
+        sys.path.pop(0)
+    made = {
+        match["path"]: match["command"]
+        for page in DOCS.rglob("*.md")
+        for match in figures.FIGURE.finditer(page.read_text(encoding="utf-8"))
+    }
+    for path, command in made.items():
+        png = site / path
+        assert png.is_file(), f"{path} ({command}) was not built"
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, path
+    # Every marker became an image with its command as caption; none is left as a comment.
+    for html in site.rglob("index.html"):
+        text = html.read_text(encoding="utf-8")
+        assert "crossent-figure" not in text, html
+
+
 def test_every_page_is_in_the_nav() -> None:
     """A page outside the nav is unreachable from the site's menu."""
     in_nav = set(nav_pages())

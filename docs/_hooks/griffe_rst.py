@@ -7,6 +7,7 @@ renders docstrings as Markdown, so this extension rewrites, once the package is 
 * ``.. math::`` blocks -> ``$$ ... $$`` blocks (pymdownx.arithmatex), one per paragraph;
 * ``Example (remark):`` section titles -> ``Examples:`` starting with the remark;
 * ``:math:`x``` -> ``$x$``;
+* what a module's ``__all__`` does not export is dropped from the reference;
 * ``:func:`name``` and friends -> an autorefs cross-reference ``[`name()`][crossent.path]``.
   Names are resolved like Sphinx does (the enclosing module and class first, then the
   ``crossent`` package). A crossent name that does not exist is still emitted as a reference,
@@ -74,7 +75,26 @@ class RstToMarkdown(griffe.Extension):
 
     def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
         self._collection = loader.modules_collection
+        self._prune(pkg)
         self._walk(pkg)
+
+    def _prune(self, module: griffe.Module) -> None:
+        """Drop what a module's ``__all__`` does not export (submodules excepted).
+
+        The package is inspected (imported), so a module's namespace holds everything it
+        imports: ``LossSpec`` imported into ``crossent.doctor``, a constant ``AUTO = "auto"``
+        (which inspection cannot even tell from one defined there, and would document with the
+        docstring of ``str``). ``__all__`` is the public API, so it decides.
+        """
+        exports = module.exports
+        if exports is not None:
+            names = {getattr(e, "name", e) for e in exports}
+            for name, member in list(module.members.items()):
+                if name not in names and (member.is_alias or not member.is_module):
+                    del module.members[name]
+        for member in module.members.values():
+            if not member.is_alias and member.is_module:
+                self._prune(member)
 
     def _walk(self, obj: griffe.Object) -> None:
         if obj.docstring is not None:
