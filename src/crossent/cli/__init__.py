@@ -40,3 +40,7 @@ def demo() -> None:
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+# Sub-commands in their own modules register themselves on `app` when imported.
+from crossent.cli import compare as _compare  # noqa: E402, F401
