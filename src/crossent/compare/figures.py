@@ -161,7 +161,7 @@ def reliability_diagrams(result: CompareResult) -> bytes:
             edgecolor="white",
             linewidth=0.5,
         )
-        ax.set_title(f"{spec.label}\nECE {ece:.4f}", fontsize=9)
+        ax.set_title(f"{spec.label}\npooled ECE {ece:.4f}", fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)

@@ -131,7 +131,9 @@ def train_model(
     n = data.X_train.shape[0]
     best_score, best_loss = float("nan"), float("inf")
     best_state = copy.deepcopy(model.state_dict())
-    with torch.random.fork_rng(devices=[dist.device] if dist.device.type == "cuda" else []):
+    cuda = data.X_train.device
+    devices = [cuda.index if cuda.index is not None else 0] if cuda.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for epoch in range(1, settings.max_epochs + 1):
             model.train()
