@@ -78,6 +78,12 @@ class Dataset:
     def prevalence_text(self) -> str:
         counts = self.class_counts()
         n = self.n_samples
+        if self.task == "multiclass" and len(counts) > 4:
+            small, large = int(np.argmin(counts)), int(np.argmax(counts))
+            return (
+                f"{len(counts)} classes of {counts[small]} (class {self.label_names[small]!r}) "
+                f"to {counts[large]} (class {self.label_names[large]!r}) samples"
+            )
         parts = [
             f"{name} {c} ({c / n:.1%})" for name, c in zip(self.label_names, counts, strict=True)
         ]
