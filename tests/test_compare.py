@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from crossent.cli import app
 from crossent.compare import CompareConfig, CompareError, run_compare
 from crossent.compare.losses import parse_losses
-from crossent.compare.report import write_report
+from crossent.compare.report import verdict, write_report
 
 pytestmark = pytest.mark.slow
 
@@ -169,6 +169,9 @@ def test_progress_reports_every_epoch_and_run():
     assert [(e.run, e.loss) for e in done] == [(0, "bce"), (1, "asl")]
     epochs = sum(r.history.epochs_run for r in result.runs)
     assert len(events) - len(done) == epochs
+    # One seed: the report says that noise cannot be judged instead of flagging anything.
+    assert "With one seed, no difference can be told apart from seed noise." in verdict(result)
+    assert not any(c.significant for cs in result.comparisons.values() for c in cs)
 
 
 def test_metric_option_changes_what_early_stopping_follows():
