@@ -28,14 +28,6 @@ pytestmark = pytest.mark.slow
 TINY = dict(seeds=2, max_epochs=6, patience=3, hidden=(16,), batch_size=128, lr=3e-3)
 
 
-def _has_weights() -> bool:
-    try:
-        import crossent.weights  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _metrics(result):
     return [(r.loss, r.seed, r.metrics) for r in result.runs]
 
@@ -114,9 +106,6 @@ def test_multilabel_end_to_end(tmp_path):
     assert "iterative stratification" in (tmp_path / "report" / "report.md").read_text()
 
 
-@pytest.mark.skipif(
-    not _has_weights(), reason="the softmax family (crossent.weights) is not merged yet"
-)
 def test_multiclass_end_to_end(tmp_path):
     config = CompareConfig(data="digits", **TINY)
     result = run_compare(config)
@@ -130,7 +119,6 @@ def test_multiclass_end_to_end(tmp_path):
     assert weighted.auto.startswith("weight=[")
 
 
-@pytest.mark.skipif(not _has_weights(), reason="crossent.weights is not merged yet")
 def test_default_binary_losses_resolve_auto_from_the_training_split():
     config = CompareConfig(data="digits-imbalanced", **{**TINY, "seeds": 1, "max_epochs": 2})
     result = run_compare(config)
@@ -203,7 +191,6 @@ def test_loss_spec_errors():
         parse_losses(["focal:gama=1"], "binary")
 
 
-@pytest.mark.skipif(not _has_weights(), reason="crossent.weights is not merged yet")
 def test_auto_errors():
     from crossent.compare.losses import resolve_auto
 
