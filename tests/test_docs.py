@@ -134,6 +134,34 @@ def test_figures_are_made_by_the_commands_on_the_pages(site: Path) -> None:
     for html in site.rglob("index.html"):
         text = html.read_text(encoding="utf-8")
         assert "crossent-figure" not in text, html
+        assert "crossent-include" not in text, html
+
+
+def test_included_sections_come_from_the_committed_reports(site: Path) -> None:
+    sys.path.insert(0, str(DOCS / "_hooks"))
+    try:
+        import includes
+    finally:
+        sys.path.pop(0)
+    found = 0
+    for page in DOCS.rglob("*.md"):
+        stem = str(page.relative_to(DOCS)).removesuffix(".md")
+        for match in includes.INCLUDE.finditer(page.read_text(encoding="utf-8")):
+            body = includes.section(
+                (DOCS / match["path"]).read_text(encoding="utf-8"), match["heading"]
+            )
+            html = (site / stem / "index.html").read_text(encoding="utf-8")
+            # The first table row or sentence of the section is in the rendered page.
+            first = body.strip().splitlines()[0]
+            probe = first.split("|")[1].strip() if first.startswith("|") else first[:40]
+            assert probe and probe in html, (page.name, match["heading"], probe)
+            found += 1
+    assert found >= 1
+    text = "# T\n\nintro\n\n## A\n\na body\n\n### A.1\n\nsub\n\n## B\n\nb body\n"
+    assert includes.section(text, "") == "intro"
+    assert includes.section(text, "A") == "a body\n\n### A.1\n\nsub"
+    with pytest.raises(ValueError, match="No heading"):
+        includes.section(text, "C")
 
 
 def test_every_page_is_in_the_nav() -> None:
