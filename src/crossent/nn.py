@@ -68,6 +68,7 @@ class BCEWithLogitsLoss(_Loss):
         ignore_index: float | None = None,
         reduction: str = "mean",
         process_group: Any = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             weight=weight,
@@ -76,6 +77,7 @@ class BCEWithLogitsLoss(_Loss):
             ignore_index=ignore_index,
             reduction=reduction,
             process_group=process_group,
+            backend=backend,
         )
 
 
@@ -113,6 +115,7 @@ class FocalLoss(_Loss):
         ignore_index: float | None = None,
         reduction: str = "mean",
         process_group: Any = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             gamma=gamma,
@@ -123,6 +126,7 @@ class FocalLoss(_Loss):
             ignore_index=ignore_index,
             reduction=reduction,
             process_group=process_group,
+            backend=backend,
         )
 
 
@@ -159,6 +163,7 @@ class AsymmetricLoss(_Loss):
         ignore_index: float | None = None,
         reduction: str = "mean",
         process_group: Any = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             gamma_pos=gamma_pos,
@@ -169,4 +174,5 @@ class AsymmetricLoss(_Loss):
             ignore_index=ignore_index,
             reduction=reduction,
             process_group=process_group,
+            backend=backend,
         )

@@ -1,0 +1,350 @@
+"""Which backend computes a loss, and the calls into each (see :mod:`crossent.kernels`)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from crossent import _validation as V
+from crossent._reduction import reduce_sum
+from crossent.kernels import _math
+from crossent.kernels._function import FusedLoss
+
+__all__ = [
+    "COMPILE_MIN_NUMEL",
+    "ENV_VAR",
+    "asymmetric_loss",
+    "compile_available",
+    "cross_entropy_loss",
+    "select_backend",
+    "sigmoid_family_loss",
+    "triton_available",
+]
+
+ENV_VAR = "CROSSENT_BACKEND"
+# "auto" compiles on CPU from this many input elements on: below it, the eager closed form is
+# within microseconds of the compiled one and a first call never pays a compile (~25 s).
+COMPILE_MIN_NUMEL = 1 << 16
+
+_compile_error: BaseException | None = None
+_compiled: dict[Callable, Callable] = {}
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether the ``triton`` package can be imported (it ships with CUDA builds of torch)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def compile_available() -> bool:
+    """Whether ``torch.compile`` has worked so far (it is disabled after its first failure)."""
+    return _compile_error is None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def select_backend(backend: str | None, input: torch.Tensor, *others: Any) -> str:
+    """The backend that computes this call: ``"reference"``, ``"fused"``, ``"compiled"`` or
+    ``"triton"``. ``backend`` is the caller's keyword (``None``: the environment variable
+    ``CROSSENT_BACKEND``, else ``"auto"``); ``others`` are the call's other tensors (targets,
+    weights): the fused paths differentiate only ``input``, so if one of them requires a
+    gradient the call goes to the reference path (``"auto"``) or is refused (explicit)."""
+    if backend is None:
+        name = V.check_backend(os.environ.get(ENV_VAR) or "auto", name=ENV_VAR)
+    else:
+        name = V.check_backend(backend)
+    if name == "reference":
+        return name
+    if torch.is_grad_enabled():
+        for other in others:
+            if isinstance(other, torch.Tensor) and other.requires_grad:
+                if name == "auto":
+                    return "reference"
+                raise ValueError(
+                    f"Expected only `input` to require a gradient with backend={name!r}, but "
+                    f"a {tuple(other.shape)} target or weight requires one too. The fused "
+                    f'kernels differentiate the input only: use backend="reference" (or '
+                    f'"auto", which picks it).'
+                )
+    if torch.compiler.is_compiling():
+        # Inside a user's torch.compile: the closed form is traced into their graph.
+        return "fused"
+    if name == "triton":
+        if not triton_available():
+            raise ValueError(
+                'Expected an importable `triton` package for backend="triton", but it is not '
+                'installed: `pip install triton`, or use backend="compiled" / "fused".'
+            )
+        if input.device.type != "cuda" and not (input.device.type == "cpu" and _interpreting()):
+            raise ValueError(
+                f'Expected CUDA tensors for backend="triton", but `input` is on '
+                f'{input.device}. Use "compiled" or "fused" (or TRITON_INTERPRET=1 to run '
+                f"the kernels in Triton's CPU interpreter, for testing)."
+            )
+        if input.dtype == torch.bfloat16 and _interpreting():
+            raise TypeError(
+                "Expected `input` not to be bfloat16 under TRITON_INTERPRET=1: Triton's "
+                "interpreter has no bfloat16. Use float16 or float32 there."
+            )
+        return name
+    if name == "auto":
+        if input.device.type == "cuda":
+            return "triton" if triton_available() else "fused"
+        if input.device.type == "cpu" and input.numel() >= COMPILE_MIN_NUMEL:
+            return "compiled" if compile_available() else "fused"
+        return "fused"
+    return name
+
+
+# --------------------------------------------------------------------------------------------
+# Running a closed form eagerly, compiled, or as a Triton kernel
+# --------------------------------------------------------------------------------------------
+
+
+def _get_compiled(fn: Callable) -> Callable:
+    compiled = _compiled.get(fn)
+    if compiled is None:
+        # dynamic=True: a new batch size reuses the kernel; numeric options arrive as 0-dim
+        # tensors (inputs of the graph), so a new gamma or alpha reuses it too.
+        compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+        _compiled[fn] = compiled
+    return compiled
+
+
+def _run_compiled(fn: Callable, flat: bool, input: torch.Tensor, target: torch.Tensor, *args):
+    """``fn(input, target, *args)`` through torch.compile; flattened to 1-D when ``flat`` (one
+    graph for every input rank). If compilation fails (no C++ compiler, an unsupported
+    platform) the same closed form runs eagerly and compilation is not tried again."""
+    global _compile_error
+    shape = input.shape
+    if flat:
+        input, target = input.reshape(-1), target.reshape(-1)
+    # detach(): a view's detached alias has no `_base`, so dynamo does not guard on the layout
+    # of the tensor it was sliced from (a new base shape would otherwise recompile).
+    input, target = input.detach(), target.detach()
+    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    if _compile_error is None:
+        try:
+            out, denominator, grad = _get_compiled(fn)(input, target, *args)
+        except Exception as exc:
+            out, denominator, grad = fn(input, target, *args)  # raises if the inputs are at fault
+            _compile_error = exc
+            warnings.warn(
+                f"crossent: torch.compile failed ({type(exc).__name__}: {exc}); the fused "
+                f"kernels run eagerly from now on.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    else:
+        out, denominator, grad = fn(input, target, *args)
+    if flat:
+        out = out.view(shape) if out.dim() else out
+        grad = None if grad is None else grad.view(shape)
+    return out, denominator, grad
+
+
+def _scalar(value: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    if value is None:
+        return None
+    return torch.full((), value, dtype=dtype, device=device)
+
+
+def _run(
+    path: str,
+    fn: Callable,
+    input: torch.Tensor,
+    args: tuple,
+    *,
+    reduction: str,
+    process_group: Any,
+    default_denominator: int,
+    class_dim: int | None = None,
+    flat: bool = False,
+) -> torch.Tensor:
+    """Run ``fn(input, *args)`` -> ``(out, denominator, grad)`` on ``path`` and reduce."""
+    if path == "compiled":
+        fn = functools.partial(_run_compiled, fn, flat)
+    if input.requires_grad and torch.is_grad_enabled():
+        out, denominator = FusedLoss.apply(input, fn, args, class_dim)
+    else:
+        out, denominator, _ = fn(input, *args)
+    if reduction == "none":
+        return out
+    if denominator is None:
+        denominator = default_denominator
+    return reduce_sum(out, reduction, denominator=denominator, process_group=process_group).to(
+        input.dtype
+    )
+
+
+def _flat_ok(input: torch.Tensor, *weights: torch.Tensor | None) -> bool:
+    return input.is_contiguous() and all(w is None for w in weights)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points, called by crossent.functional after validation
+# --------------------------------------------------------------------------------------------
+
+
+def sigmoid_family_loss(
+    path: str,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    probs: bool,
+    gamma: float | None,
+    alpha: float | None,
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    label_smoothing: float,
+    ignore_index: float | None,
+    reduction: str,
+    process_group: Any = None,
+) -> torch.Tensor:
+    """BCE (``gamma=None``) or focal loss, from logits or (``probs``) probabilities."""
+    reduce = reduction != "none"
+    need_grad = input.requires_grad and torch.is_grad_enabled()
+    if path == "triton":
+        from crossent.kernels import _triton
+
+        fn = _triton.sigmoid_family
+        args = (target, weight, pos_weight, ignore_index, label_smoothing, gamma, alpha)
+    else:
+        fn = _math.sigmoid_family
+        keep, add = (
+            (1.0 - label_smoothing, 0.5 * label_smoothing) if label_smoothing else (None,) * 2
+        )
+        one_minus_alpha = None if alpha is None else 1.0 - alpha
+        bits = None
+        if gamma is not None and float(gamma).is_integer() and 0 <= gamma <= 7:
+            # an integer gamma (2 in the paper): the focal factor by squaring, no log / exp
+            bits = tuple(bool(int(gamma) >> i & 1) for i in range(3))
+        if path == "compiled":
+            cdt = _math.compute_dtype(input.dtype)
+            device = input.device
+            options = [_scalar(ignore_index, _ignore_dtype(target), device)]
+            options += [_scalar(v, cdt, device) for v in (keep, add, gamma)]
+            options.append(
+                None if bits is None else tuple(_scalar(b, torch.bool, device) for b in bits)
+            )
+            options += [_scalar(v, cdt, device) for v in (alpha, one_minus_alpha)]
+        else:
+            options = [ignore_index, keep, add, gamma, bits, alpha, one_minus_alpha]
+        args = (target, weight, pos_weight, *options)
+    return _run(
+        path,
+        fn,
+        input,
+        (*args, probs, reduce, need_grad),
+        reduction=reduction,
+        process_group=process_group,
+        default_denominator=input.numel(),
+        flat=_flat_ok(input, weight, pos_weight),
+    )
+
+
+def asymmetric_loss(
+    path: str,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gamma_pos: float,
+    gamma_neg: float,
+    clip: float | None,
+    weight: torch.Tensor | None,
+    label_smoothing: float,
+    ignore_index: float | None,
+    reduction: str,
+    process_group: Any = None,
+) -> torch.Tensor:
+    """Asymmetric loss (ASL) from logits; ``clip`` None or 0 disables the margin."""
+    reduce = reduction != "none"
+    need_grad = input.requires_grad and torch.is_grad_enabled()
+    clip = clip or None
+    if path == "triton":
+        from crossent.kernels import _triton
+
+        fn = _triton.asymmetric
+        args = (target, weight, ignore_index, label_smoothing, gamma_pos, gamma_neg, clip)
+    else:
+        fn = _math.asymmetric
+        keep, add = (
+            (1.0 - label_smoothing, 0.5 * label_smoothing) if label_smoothing else (None,) * 2
+        )
+        options = [ignore_index, keep, add, gamma_pos, gamma_neg, clip]
+        if path == "compiled":
+            cdt = _math.compute_dtype(input.dtype)
+            ignore = _scalar(ignore_index, _ignore_dtype(target), input.device)
+            options = [ignore] + [_scalar(v, cdt, input.device) for v in options[1:]]
+        args = (target, weight, *options)
+    return _run(
+        path,
+        fn,
+        input,
+        (*args, reduce, need_grad),
+        reduction=reduction,
+        process_group=process_group,
+        default_denominator=input.numel(),
+        flat=_flat_ok(input, weight),
+    )
+
+
+def cross_entropy_loss(
+    path: str,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None,
+    ignore_index: int | None,
+    label_smoothing: float,
+    reduction: str,
+    process_group: Any = None,
+) -> torch.Tensor:
+    """Softmax cross entropy over dimension 1 with torch's semantics: class-index targets
+    (``(N, *)``, integer) or class-probability targets (the input's shape, floating point).
+    ``"mean"`` divides by the summed weight of the non-ignored targets (index targets), or by
+    the number of samples (probability targets)."""
+    probs = target.is_floating_point()
+    reduce = reduction != "none"
+    need_grad = input.requires_grad and torch.is_grad_enabled()
+    if probs:
+        ignore_index = None
+    smoothing = label_smoothing or None
+    if path == "triton":
+        from crossent.kernels import _triton
+
+        fn = _triton.cross_entropy
+        args = (target, weight, ignore_index, smoothing)
+    else:
+        fn = _math.cross_entropy
+        options = [ignore_index, smoothing]
+        if path == "compiled":
+            cdt = _math.compute_dtype(input.dtype)
+            options = [
+                _scalar(ignore_index, target.dtype, input.device),
+                _scalar(smoothing, cdt, input.device),
+            ]
+        args = (target, weight, *options)
+    return _run(
+        path,
+        fn,
+        input,
+        (*args, probs, reduce, need_grad),
+        reduction=reduction,
+        process_group=process_group,
+        default_denominator=input.numel() // max(input.shape[1], 1) if input.dim() > 1 else 1,
+        class_dim=1,
+    )
+
+
+def _ignore_dtype(target: torch.Tensor) -> torch.dtype:
+    # Compared in the target's dtype, as the reference's `target != ignore_index` does.
+    return target.dtype if target.is_floating_point() else torch.float64
