@@ -27,7 +27,7 @@ import crossent
 from crossent import functional as CF
 from crossent import kernels as K
 from crossent.kernels import _dispatch
-from tests._helpers import TOLERANCES, assert_close
+from tests._helpers import assert_as_exact_as, assert_close
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,6 +41,8 @@ VARIANTS = {
     "focal_g0": (CF.sigmoid_focal_loss, False, {"gamma": 0.0, "alpha": 0.4}),
     "binary_focal_g2": (CF.binary_focal_loss, True, {"gamma": 2.0, "alpha": 0.25}),
     "binary_focal_g15": (CF.binary_focal_loss, True, {"gamma": 1.5, "alpha": None}),
+    "poly1_focal": (CF.poly1_focal_loss, False, {"epsilon": 1.0, "gamma": 2.0, "alpha": 0.25}),
+    "poly1_focal_neg": (CF.poly1_focal_loss, False, {"epsilon": -0.5, "gamma": 0.5, "alpha": None}),
     "asl_default": (CF.asymmetric_loss, False, {}),
     "asl_noclip": (CF.asymmetric_loss, False, {"gamma_pos": 1.0, "gamma_neg": 2.0, "clip": None}),
     "asl_clip02": (CF.asymmetric_loss, False, {"gamma_pos": 0.5, "gamma_neg": 2.5, "clip": 0.2}),
@@ -95,24 +97,6 @@ def _exact(fn, x, y, **kwargs):
     return out.to(x.dtype), grad.to(x.dtype)
 
 
-def _assert_exact(ours, exact, same_dtype_reference):
-    """``ours`` equals the exact value to the dtype's tolerance -- or, on the elements where the
-    reference path in the same dtype misses the exact value by more than that (an
-    ill-conditioned difference, e.g. a soft target's gradient ``(p - y)`` at ``p ~ y``, which
-    no float32 evaluation of ``sigmoid(x)`` resolves), ``ours`` is at most twice as far off.
-    Elsewhere, as everywhere in float64, it is the table's tolerance, nothing looser."""
-    dtype = ours.dtype
-    rtol, atol = TOLERANCES[dtype]
-    ref_error = (same_dtype_reference.double() - exact.double()).abs()
-    allowed = torch.maximum(atol + rtol * exact.double().abs(), 2 * ref_error)
-    error = (ours.double() - exact.double()).abs()
-    bad = ~(error <= allowed)
-    assert not bad.any(), (
-        f"{int(bad.sum())} elements off; worst: ours {ours[bad][:3]}, exact {exact[bad][:3]}, "
-        f"same-dtype reference {same_dtype_reference[bad][:3]}"
-    )
-
-
 def _check_against_reference(fn, x, y, ours, our_grad, **kwargs):
     exact, exact_grad = _exact(fn, x, y, **kwargs)
     if x.dtype == torch.float64:
@@ -120,8 +104,8 @@ def _check_against_reference(fn, x, y, ours, our_grad, **kwargs):
         assert_close(our_grad, exact_grad)
         return
     ref, ref_grad = _value_and_grad(fn, x, y, backend="reference", **kwargs)
-    _assert_exact(ours, exact, ref)
-    _assert_exact(our_grad, exact_grad, ref_grad)
+    assert_as_exact_as(ours, exact, ref)
+    assert_as_exact_as(our_grad, exact_grad, ref_grad)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,6 +280,60 @@ def test_fused_cross_entropy_equals_torch(shape, targets, weighted, smoothing, r
     assert ours.dtype == dtype and our_grad.dtype == dtype
     assert_close(ours, ref.to(dtype))
     assert_close(our_grad, ref_grad.to(dtype))
+
+
+def _public_ce_case(kind, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (6,) if kind.startswith("single") else (7, 5, 3)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    n_classes = shape[0] if len(shape) == 1 else shape[1]
+    if kind.endswith("index"):
+        t = torch.randint(0, n_classes, shape[:0] if len(shape) == 1 else (7, 3), generator=g)
+        if len(shape) > 1:
+            t[::3, 1] = -100
+    else:
+        t = torch.softmax(
+            torch.randn(shape, generator=g, dtype=torch.float64), -1 if len(shape) == 1 else 1
+        )
+        if len(shape) > 1:
+            t[2, :, 1] = -100  # an ignored position: every target entry is ignore_index
+    w = torch.rand(n_classes, generator=g, dtype=torch.float64) + 0.3
+    return x, t, w
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean", "global_mean"])
+@pytest.mark.parametrize("options", ["plain", "weight", "smoothing", "both"])
+@pytest.mark.parametrize("kind", ["index", "probs", "single_index", "single_probs"])
+def test_public_cross_entropy_fused_equals_reference(kind, options, reduction, dtype):
+    x, t, w = _public_ce_case(kind)
+    kwargs = dict(reduction=reduction)
+    if options in ("weight", "both"):
+        kwargs["weight"] = w.to(dtype)
+    if options in ("smoothing", "both"):
+        kwargs["label_smoothing"] = 0.2
+    x, t = x.to(dtype), (t.to(dtype) if t.is_floating_point() else t)
+    ours, our_grad = _ce_value_and_grad(CF.cross_entropy, x, t, backend="fused", **kwargs)
+    assert ours.dtype == dtype and our_grad.dtype == dtype
+    ref, ref_grad = _ce_value_and_grad(CF.cross_entropy, x, t, backend="reference", **kwargs)
+    up = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    t64 = t.double() if t.is_floating_point() else t
+    exact, exact_grad = _ce_value_and_grad(
+        CF.cross_entropy, x.double(), t64, backend="reference", **up
+    )
+    assert_as_exact_as(ours, exact.to(dtype), ref)
+    assert_as_exact_as(our_grad, exact_grad.to(dtype), ref_grad)
+
+
+def test_focal_gamma0_and_poly_epsilon0_take_the_cross_entropy_kernel():
+    x, t, w = _public_ce_case("index")
+    x.requires_grad_(True)
+    for loss in (
+        CF.softmax_focal_loss(x, t, gamma=0.0, alpha=None, weight=w),
+        CF.poly1_cross_entropy(x, t, epsilon=0.0, weight=w),
+    ):
+        assert _uses_fused_node(loss)
+        assert torch.equal(loss, CF.cross_entropy(x, t, weight=w))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

@@ -217,6 +217,7 @@ class PolyFocalLoss(_Loss):
         ignore_index: float | None = None,
         reduction: str = "mean",
         process_group: Any = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             epsilon=epsilon,
@@ -228,6 +229,7 @@ class PolyFocalLoss(_Loss):
             ignore_index=ignore_index,
             reduction=reduction,
             process_group=process_group,
+            backend=backend,
         )
 
 
@@ -259,6 +261,7 @@ class CrossEntropyLoss(_Loss):
         label_smoothing: float = 0.0,
         reduction: str = "mean",
         process_group: Any = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             weight=weight,
@@ -266,6 +269,7 @@ class CrossEntropyLoss(_Loss):
             label_smoothing=label_smoothing,
             reduction=reduction,
             process_group=process_group,
+            backend=backend,
         )
 
 

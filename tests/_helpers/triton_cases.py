@@ -14,8 +14,8 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
+import crossent
 from crossent import functional as CF
 from crossent import kernels as K
 from tests._helpers.tolerances import tolerance
@@ -42,6 +42,7 @@ BINARY = {
     "focal_g2": (CF.sigmoid_focal_loss, False, {"gamma": 2.0, "alpha": 0.25}),
     "focal_g05": (CF.sigmoid_focal_loss, False, {"gamma": 0.5, "alpha": None}),
     "binary_focal": (CF.binary_focal_loss, True, {"gamma": 1.5, "alpha": 0.6}),
+    "poly1_focal": (CF.poly1_focal_loss, False, {"epsilon": -0.5, "gamma": 2.0, "alpha": 0.25}),
     "asl": (CF.asymmetric_loss, False, {"gamma_pos": 1.0, "gamma_neg": 3.0, "clip": 0.1}),
     "asl_noclip": (CF.asymmetric_loss, False, {"clip": None}),
 }
@@ -111,9 +112,16 @@ def cross_entropy_cases():
             t.view(-1)[::3] = -100
         else:
             t = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64), 1)
+            t[1] = -100  # crossent's rule: a position whose targets all equal ignore_index
         w = torch.rand(n_classes, generator=g, dtype=torch.float64) + 0.2 if weighted else None
         ref, ref_grad = _grad(
-            F.cross_entropy, x, t, weight=w, label_smoothing=smoothing, reduction=reduction
+            CF.cross_entropy,
+            x,
+            t,
+            weight=w,
+            label_smoothing=smoothing,
+            reduction=reduction,
+            backend="reference",
         )
         x = x.to(dtype)
         t = t.to(dtype) if targets == "probs" else t
@@ -131,7 +139,21 @@ def cross_entropy_cases():
         _check(failures, label + " value", ours, ref.to(dtype), dtype)
         _check(failures, label + " grad", our_grad, ref_grad.to(dtype), dtype)
         count += 1
-    return failures, count
+    # a single sample of size (C,), and an index outside [0, C): NaN, no out-of-bounds read
+    x = torch.randn(9, dtype=torch.float64)
+    for t in (torch.tensor(4), torch.softmax(torch.randn(9, dtype=torch.float64), 0)):
+        ours, our_grad = _grad(CF.cross_entropy, x, t, label_smoothing=0.1, backend="triton")
+        ref, ref_grad = _grad(CF.cross_entropy, x, t, label_smoothing=0.1, backend="reference")
+        _check(failures, f"single {t.dtype} value", ours, ref, torch.float64)
+        _check(failures, f"single {t.dtype} grad", our_grad, ref_grad, torch.float64)
+    previous = crossent.set_value_checks(False)
+    bad = CF.cross_entropy(
+        torch.randn(3, 4), torch.tensor([0, 7, 1]), reduction="none", backend="triton"
+    )
+    crossent.set_value_checks(previous)
+    if not (torch.isnan(bad[1]) and torch.isfinite(bad[[0, 2]]).all()):
+        failures.append(f"out-of-range index: {bad}")
+    return failures, count + 3
 
 
 def main(argv: list[str]) -> int:

@@ -766,6 +766,7 @@ def poly1_focal_loss(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Poly-1 focal loss from logits (Leng et al. 2022): focal loss plus a polynomial term.
 
@@ -797,6 +798,7 @@ def poly1_focal_loss(
         {ignore_index}
         {reduction}
         {process_group}
+        {backend}
 
     {binary_shape}
 
@@ -831,6 +833,23 @@ def poly1_focal_loss(
     )
     gamma, alpha = check_focal_options(gamma, alpha)
     epsilon = V.check_number("epsilon", epsilon, low=-1.0)
+    path = select_backend(backend, input, target, weight, pos_weight)
+    if path != "reference":
+        return sigmoid_family_loss(
+            path,
+            input,
+            target,
+            probs=False,
+            gamma=gamma,
+            alpha=alpha,
+            epsilon=epsilon,
+            weight=weight,
+            pos_weight=pos_weight,
+            label_smoothing=s,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            process_group=process_group,
+        )
     x = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
     loss = poly1_focal_elementwise(

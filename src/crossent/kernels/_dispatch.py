@@ -63,6 +63,8 @@ def select_backend(backend: str | None, input: torch.Tensor, *others: Any) -> st
         name = V.check_backend(backend)
     if name == "reference":
         return name
+    if input.numel() == 0 and name == "auto":
+        return "reference"  # nothing to fuse; the reference handles every empty shape
     if torch.is_grad_enabled():
         for other in others:
             if isinstance(other, torch.Tensor) and other.requires_grad:
@@ -168,10 +170,13 @@ def _run(
     default_denominator: int,
     class_dim: int | None = None,
     flat: bool = False,
+    unbatched: bool = False,
 ) -> torch.Tensor:
     """Run ``fn(input, *args)`` -> ``(out, denominator, grad)`` on ``path`` and reduce."""
     if path == "compiled":
         fn = functools.partial(_run_compiled, fn, flat)
+    if unbatched:
+        fn = functools.partial(_unbatched, fn)
     if input.requires_grad and torch.is_grad_enabled():
         out, denominator = FusedLoss.apply(input, fn, args, class_dim)
     else:
@@ -183,6 +188,13 @@ def _run(
     return reduce_sum(out, reduction, denominator=denominator, process_group=process_group).to(
         input.dtype
     )
+
+
+def _unbatched(fn: Callable, input: torch.Tensor, target: torch.Tensor, *args):
+    """A single sample of size ``(C,)`` (target ``()`` or ``(C,)``) as a batch of one."""
+    out, denominator, grad = fn(input.unsqueeze(0), target.unsqueeze(0), *args)
+    out = out.squeeze(0) if out.dim() else out
+    return out, denominator, None if grad is None else grad.squeeze(0)
 
 
 def _flat_ok(input: torch.Tensor, *weights: torch.Tensor | None) -> bool:
@@ -208,15 +220,17 @@ def sigmoid_family_loss(
     ignore_index: float | None,
     reduction: str,
     process_group: Any = None,
+    epsilon: float | None = None,
 ) -> torch.Tensor:
-    """BCE (``gamma=None``) or focal loss, from logits or (``probs``) probabilities."""
+    """BCE (``gamma=None``), focal loss, or Poly-1 focal loss (``epsilon`` not None, logits),
+    from logits or (``probs``) probabilities."""
     reduce = reduction != "none"
     need_grad = input.requires_grad and torch.is_grad_enabled()
     if path == "triton":
         from crossent.kernels import _triton
 
         fn = _triton.sigmoid_family
-        args = (target, weight, pos_weight, ignore_index, label_smoothing, gamma, alpha)
+        args = (target, weight, pos_weight, ignore_index, label_smoothing, gamma, alpha, epsilon)
     else:
         fn = _math.sigmoid_family
         keep, add = (
@@ -235,9 +249,9 @@ def sigmoid_family_loss(
             options.append(
                 None if bits is None else tuple(_scalar(b, torch.bool, device) for b in bits)
             )
-            options += [_scalar(v, cdt, device) for v in (alpha, one_minus_alpha)]
+            options += [_scalar(v, cdt, device) for v in (alpha, one_minus_alpha, epsilon)]
         else:
-            options = [ignore_index, keep, add, gamma, bits, alpha, one_minus_alpha]
+            options = [ignore_index, keep, add, gamma, bits, alpha, one_minus_alpha, epsilon]
         args = (target, weight, pos_weight, *options)
     return _run(
         path,
@@ -308,15 +322,15 @@ def cross_entropy_loss(
     reduction: str,
     process_group: Any = None,
 ) -> torch.Tensor:
-    """Softmax cross entropy over dimension 1 with torch's semantics: class-index targets
-    (``(N, *)``, integer) or class-probability targets (the input's shape, floating point).
-    ``"mean"`` divides by the summed weight of the non-ignored targets (index targets), or by
-    the number of samples (probability targets)."""
+    """Softmax cross entropy over the class dimension (1, or 0 for an input of size ``(C)``)
+    with crossent's (torch's) semantics: class-index targets (integer, the input's size without
+    the class dimension) or class-probability targets (floating point, the input's size; a
+    position whose every target entry equals ``ignore_index`` is ignored). ``"mean"`` divides
+    by the summed weight of the non-ignored targets (index targets), or by the number of
+    non-ignored positions (probability targets)."""
     probs = target.is_floating_point()
     reduce = reduction != "none"
     need_grad = input.requires_grad and torch.is_grad_enabled()
-    if probs:
-        ignore_index = None
     smoothing = label_smoothing or None
     if path == "triton":
         from crossent.kernels import _triton
@@ -342,6 +356,7 @@ def cross_entropy_loss(
         process_group=process_group,
         default_denominator=input.numel() // max(input.shape[1], 1) if input.dim() > 1 else 1,
         class_dim=1,
+        unbatched=input.dim() == 1,
     )
 
 

@@ -106,11 +106,13 @@ def sigmoid_family(
     gamma_bits: tuple | None,
     alpha: Scalar | None,
     one_minus_alpha: Scalar | None,
+    epsilon: Scalar | None,
     probs: bool,
     reduce: bool,
     need_grad: bool,
 ):
-    r"""BCE (``gamma is None``) and focal loss, from logits or (``probs``) probabilities.
+    r"""BCE (``gamma is None``), focal loss and Poly-1 focal loss (``epsilon`` not None), from
+    logits or (``probs``) probabilities.
 
     With ``B = -(w_pos y log p + (1 - y) log q)`` and the focal factor
     ``M = (1 - p_t)^gamma = exp(gamma L)``, ``L = log(1 - p_t) = log(y q + (1 - y) p)``:
@@ -128,6 +130,9 @@ def sigmoid_family(
 
     Probabilities: ``log p`` and ``log(1 - p)`` are clamped at -100 as in torch's BCELoss,
     with zero derivative where the clamp is active (the reference's autograd does the same).
+
+    Poly-1 adds ``epsilon s^(gamma + 1) = epsilon M s`` with ``s = 1 - p_t`` (after ``alpha_t``,
+    which weights the focal term only), gradient ``epsilon (gamma + 1) M s dL/dz``.
 
     ``gamma_bits``: for an integer ``gamma`` in [0, 7], its three binary digits; ``M`` is then
     ``s^gamma`` by repeated squaring of ``s = 1 - p_t`` (no log, no exp). ``s`` is exact to
@@ -186,9 +191,10 @@ def sigmoid_family(
             b = torch.where(pos, y, y1)
             d = a + b * e  # 1 - p_t = d / (1 + e)
             edge = a == 0  # there d = e, which may have underflowed: use log(e) = -|x|
+        if not probs:
+            s = d * inv  # 1 - p_t; exact to rounding unless it underflows (then s^gamma does)
         if gamma_bits is not None:
-            s_pow = s if probs else d * inv
-            m = _int_power(s_pow, gamma_bits)
+            m = _int_power(s, gamma_bits)
         else:
             L = torch.log(s) if probs else torch.where(edge, -z.abs(), torch.log(d)) - l
             m = torch.exp(gamma * L)  # (1 - p_t)^gamma from its log: finite for every gamma
@@ -206,6 +212,11 @@ def sigmoid_family(
         loss = loss * alpha_t
         if grad is not None:
             grad = grad * alpha_t
+    if epsilon is not None:
+        poly = m * s  # (1 - p_t)^(gamma + 1)
+        loss = loss + epsilon * poly
+        if grad is not None:
+            grad = grad + epsilon * (gamma + 1.0) * poly * dL
     return _finish(loss, grad, valid, weight, input, reduce)
 
 
@@ -276,7 +287,8 @@ def cross_entropy(
     reduce: bool,
     need_grad: bool,
 ):
-    r"""Softmax cross entropy over dimension 1, torch's semantics, loss and gradient.
+    r"""Softmax cross entropy over dimension 1 (crossent's, i.e. torch's, semantics), loss and
+    gradient.
 
     Index targets (``probs=False``), class weights ``w``, smoothing ``s`` over ``C`` classes:
 
@@ -289,13 +301,15 @@ def cross_entropy(
                  - (1 - s) w_{t_i} [k = t_i] - \frac{s}{C} w_k, \qquad W = \sum_j w_j
 
     and ``"mean"`` divides by :math:`\sum_i w_{t_i}` over non-ignored samples. Probability
-    targets (``probs=True``; smoothing gives ``y (1 - s) + s / C``):
-    :math:`\ell_i = -\sum_j w_j y_{ij} (x_{ij} - \mathrm{lse}_i)`, gradient
-    :math:`p_{ik} \sum_j w_j y_{ij} - w_k y_{ik}`, ``"mean"`` divides by the number of samples.
+    targets (``probs=True``), with ``a_j = w_j ((1 - s) y_j + s / C)``:
+    :math:`\ell_i = \sum_j a_{ij} (\mathrm{lse}_i - x_{ij})`, gradient
+    :math:`p_{ik} \sum_j a_{ij} - a_{ik}`; a row whose every target equals ``ignore_index``
+    is ignored, and ``"mean"`` divides by the number of valid rows. Every difference
+    ``lse - x`` is formed as ``log(sum exp(x - max)) - (x - max)``: no cancellation when one
+    class dominates. A term whose coefficient is 0 contributes 0 even at a ``-inf`` logit.
 
-    Returns ``(sum or per-sample loss, denominator or None, gradient)``; the denominator is the
-    summed target weight (index targets with a weight or an ignore_index), else ``None``
-    (``"mean"`` then divides by the number of samples).
+    Returns ``(sum or per-sample loss, denominator or None, gradient)``; a ``None``
+    denominator means every sample counts once.
     """
     dtype = compute_dtype(input.dtype)
     x = input.to(dtype)
@@ -309,21 +323,29 @@ def cross_entropy(
     w_shape[1] = n_classes
     w = None if weight is None else weight.to(dtype).view(w_shape)
     denominator = None
+    grad = None
     if probs:
         y = target.to(dtype)
+        if ignore_index is not None:
+            valid = (target != ignore_index).any(dim=1, keepdim=True)
+            y = torch.where(valid, y, 0.0)
+            denominator = valid.sum(dtype=dtype)
         if smoothing is not None:
             y = y * (1.0 - smoothing) + smoothing / n_classes
-        wy = y if w is None else w * y
-        loss = (wy * (lse - z)).sum(dim=1)
-        grad = None
+            if ignore_index is not None:
+                y = torch.where(valid, y, 0.0)
+        a = y if w is None else w * y
+        loss = torch.where(a == 0, 0.0, a * (lse - z)).sum(dim=1)
         if need_grad:
-            grad = ez * (wy.sum(dim=1, keepdim=True) / sum_ez) - wy
+            grad = ez * (a.sum(dim=1, keepdim=True) / sum_ez) - a
     else:
         t = target.unsqueeze(1)
         valid = None
         if ignore_index is not None:
             valid = t != ignore_index
             t = torch.where(valid, t, 0)
+        # An index outside [0, C) cannot raise here without a host sync: its sample gets NaN.
+        out_of_range = (t < 0) | (t >= n_classes)
         classes = torch.arange(n_classes, device=x.device).view(w_shape)
         onehot = classes == t
         z_t = torch.where(onehot, z, 0.0).sum(dim=1, keepdim=True)  # x_t - max
@@ -336,7 +358,7 @@ def cross_entropy(
         if w is not None or valid is not None:
             denominator = w_t.sum()
         nll_coef = w_t if smoothing is None else w_t * (1.0 - smoothing)
-        loss = nll_coef * (lse - z_t)
+        loss = torch.where(nll_coef == 0, 0.0, nll_coef * (lse - z_t))
         if smoothing is not None:
             eps = smoothing / n_classes
             if valid is not None:
@@ -345,10 +367,12 @@ def cross_entropy(
                 smooth = n_classes * lse - z.sum(dim=1, keepdim=True)
                 w_sum = n_classes
             else:
-                smooth = (w * (lse - z)).sum(dim=1, keepdim=True)
+                smooth = torch.where(w == 0, 0.0, w * (lse - z)).sum(dim=1, keepdim=True)
                 w_sum = w.sum()
-            loss = loss + eps * smooth
-        grad = None
+            smooth = eps * smooth
+            if valid is not None:
+                smooth = torch.where(valid, smooth, 0.0)
+            loss = loss + smooth
         if need_grad:
             coef = nll_coef
             if smoothing is not None:
@@ -356,6 +380,7 @@ def cross_entropy(
             grad = ez * (coef / sum_ez) - torch.where(onehot, nll_coef, 0.0)
             if smoothing is not None:
                 grad = grad - (eps if w is None else eps * w)
-        loss = loss.squeeze(1)
+            grad = torch.where(out_of_range, float("nan"), grad)
+        loss = torch.where(out_of_range, float("nan"), loss).squeeze(1)
     out = loss.sum() if reduce else loss.to(input.dtype)
     return out, denominator, None if grad is None else grad.to(input.dtype)

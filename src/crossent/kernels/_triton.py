@@ -90,8 +90,11 @@ def _binary_kernel(
     b_lo,
     c_hi,
     c_lo,
+    eps_hi,
+    eps_lo,
     KIND: tl.constexpr,  # 0: logits (BCE / focal), 1: probabilities (BCE / focal), 2: ASL
     FOCAL: tl.constexpr,
+    POLY: tl.constexpr,
     HAS_ALPHA: tl.constexpr,
     CLIP: tl.constexpr,
     HAS_W: tl.constexpr,
@@ -192,6 +195,12 @@ def _binary_kernel(
             alpha_t = opt_b * y + opt_c * y1
             loss = loss * alpha_t
             grad = grad * alpha_t
+        if POLY:
+            # Poly-1: + epsilon (1 - p_t)^(gamma + 1), after alpha_t (it weights the focal term)
+            epsilon = _scalar(eps_hi, eps_lo, CDT)
+            poly = tl.exp((opt_a + 1.0) * big_l)
+            loss += epsilon * poly
+            grad += epsilon * (opt_a + 1.0) * poly * d_l
     if HAS_W:
         w_off = (offs // w_inner) % w_mid
         w = tl.load(w_ptr + w_off, mask=mask, other=0.0).to(CDT)
@@ -282,6 +291,7 @@ def _launch_binary(kind, input, target, weight, pos_weight, ignore_index, smooth
         *_split(opts[0]),
         *_split(opts[1]),
         *_split(opts[2]),
+        *_split(opts[3]),
     ]
     dummy = x  # never read: the flags switch those loads off
     _binary_kernel[(n_blocks,)](
@@ -325,6 +335,7 @@ def sigmoid_family(
     smoothing,
     gamma,
     alpha,
+    epsilon,
     probs,
     reduce,
     need_grad,
@@ -332,12 +343,13 @@ def sigmoid_family(
     """Triton form of :func:`crossent.kernels._math.sigmoid_family` (same returns)."""
     flags = dict(
         FOCAL=gamma is not None,
+        POLY=epsilon is not None,
         HAS_ALPHA=alpha is not None,
         CLIP=False,
         REDUCE=reduce,
         NEED_GRAD=need_grad,
     )
-    opts = (gamma, alpha, None if alpha is None else 1.0 - alpha)
+    opts = (gamma, alpha, None if alpha is None else 1.0 - alpha, epsilon)
     kind = 1 if probs else 0
     return _launch_binary(
         kind, input, target, weight, pos_weight, ignore_index, smoothing, opts, flags
@@ -348,9 +360,9 @@ def asymmetric(
     input, target, weight, ignore_index, smoothing, gamma_pos, gamma_neg, clip, reduce, need_grad
 ):
     """Triton form of :func:`crossent.kernels._math.asymmetric` (same returns)."""
-    flags = dict(FOCAL=False, HAS_ALPHA=False, CLIP=clip is not None, REDUCE=reduce)
+    flags = dict(FOCAL=False, POLY=False, HAS_ALPHA=False, CLIP=clip is not None, REDUCE=reduce)
     flags["NEED_GRAD"] = need_grad
-    opts = (gamma_pos, gamma_neg, clip)
+    opts = (gamma_pos, gamma_neg, clip, None)
     return _launch_binary(2, input, target, weight, None, ignore_index, smoothing, opts, flags)
 
 
@@ -386,6 +398,7 @@ def _cross_entropy_kernel(
     m = tl.full([], float("-inf"), CDT)
     d = tl.zeros([], CDT)
     acc_w = tl.zeros([BLOCK], CDT)  # sum_j w_j y_j (probabilities) or sum_j w_j (smoothing)
+    kept = tl.zeros([BLOCK], CDT)  # probability targets: entries != ignore_index
     for start in range(0, n_classes, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         cmask = cols < n_classes
@@ -409,10 +422,17 @@ def _cross_entropy_kernel(
                 CDT,
             )
             acc_w += wj
+        if PROBS and HAS_IGNORE:
+            yj = tl.load(t_ptr + base + cols * inner, mask=cmask, other=0.0).to(CDT)
+            kept += tl.where(cmask & (yj != _scalar(ign_hi, ign_lo, CDT)), 1.0, 0.0)
     lse_z = tl.log(d)  # log-sum-exp of z = x - m: the loss is lse_z - z_t, no cancellation
-    sum_w = tl.sum(acc_w, axis=0)
+    row_valid = tl.full([], 1.0, CDT)
+    if PROBS and HAS_IGNORE:
+        # a row is ignored when every target entry equals ignore_index
+        row_valid = tl.where(tl.sum(kept, axis=0) > 0, 1.0, 0.0).to(CDT)
+    sum_w = tl.sum(acc_w, axis=0) * row_valid
     loss = tl.zeros([], CDT)
-    denom = tl.full([], 1.0, CDT)
+    denom = row_valid
     nll_coef = tl.zeros([], CDT)
     eps = tl.zeros([], CDT)
     target = tl.full([], -1, tl.int64)
@@ -424,6 +444,9 @@ def _cross_entropy_kernel(
         if HAS_IGNORE:
             valid = target.to(CDT) != _scalar(ign_hi, ign_lo, CDT)
             target = tl.where(valid, target, 0)
+        # an index outside [0, C) cannot raise on the device: never read there, give NaN
+        in_range = (target >= 0) & (target < n_classes)
+        target = tl.where(in_range, target, 0)
         z_t = tl.load(x_ptr + base + target * inner).to(CDT) - m
         w_t = tl.where(valid, 1.0, 0.0).to(CDT)
         if HAS_W:
@@ -433,7 +456,7 @@ def _cross_entropy_kernel(
         if SMOOTH:
             nll_coef = w_t * (1.0 - smoothing)
             eps = tl.where(valid, smoothing / n_classes, 0.0).to(CDT)
-        loss = nll_coef * (lse_z - z_t)
+        loss = tl.where(nll_coef != 0.0, nll_coef * (lse_z - z_t), 0.0)
         coef = nll_coef + eps * sum_w
     # Pass 2: the terms summed over classes (probability targets, smoothing) and the gradient
     #   d loss / d x_j = p_j coef - [j = t] nll_coef - eps w_j  (index targets)
@@ -460,7 +483,10 @@ def _cross_entropy_kernel(
                     SMOOTH,
                     CDT,
                 )
-                acc += tl.where(cmask, wj * (lse_z - z), 0.0)
+                if PROBS:
+                    wj = wj * row_valid
+                # a zero coefficient contributes 0, also at a -inf logit (no 0 * inf)
+                acc += tl.where(cmask & (wj != 0.0), wj * (lse_z - z), 0.0)
             if NEED_GRAD:
                 g = tl.exp(z - lse_z) * coef
                 if PROBS:
@@ -469,11 +495,14 @@ def _cross_entropy_kernel(
                     g -= tl.where(cols == target, nll_coef, 0.0)
                     if SMOOTH:
                         g -= eps * wj
+                    g = tl.where(in_range, g, float("nan"))
                 tl.store(grad_ptr + offs, g.to(grad_ptr.dtype.element_ty), mask=cmask)
         if PROBS:
             loss = tl.sum(acc, axis=0)
         elif SMOOTH:
-            loss += eps * tl.sum(acc, axis=0)
+            loss += tl.where(eps != 0.0, eps * tl.sum(acc, axis=0), 0.0)
+    if not PROBS:
+        loss = tl.where(in_range, loss, float("nan"))
     tl.store(row_ptr + row, loss)
     tl.store(row_ptr + n_rows + row, denom)
 
@@ -527,17 +556,17 @@ def cross_entropy(input, target, weight, ignore_index, smoothing, probs, reduce,
             n_rows,
             n_classes,
             inner,
-            *_split(_ignore_value(target, ignore_index) if not probs else None),
+            *_split(ignore_index),
             *_split(smoothing),
             PROBS=probs,
             HAS_W=weight is not None,
-            HAS_IGNORE=ignore_index is not None and not probs,
+            HAS_IGNORE=ignore_index is not None,
             SMOOTH=bool(smoothing),
             NEED_GRAD=need_grad,
             F64=cdt == torch.float64,
             BLOCK=block,
         )
-    has_denominator = not probs and (weight is not None or ignore_index is not None)
+    has_denominator = ignore_index is not None or (weight is not None and not probs)
     if not reduce:
         loss = rows[0].view((x.shape[0], *x.shape[2:])).to(input.dtype)
         return loss, None, grad
