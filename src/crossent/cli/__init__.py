@@ -37,6 +37,10 @@ def demo() -> None:
         typer.echo(render(walkthrough(seed, target)))
 
 
+# The commands register themselves on `app` when imported.
+from crossent.cli import bench as _bench  # noqa: E402, F401
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
