@@ -211,6 +211,40 @@ def test_non_contiguous_input_and_broadcast_weights():
     assert_close(grad, ref_grad)
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("weights", ["none", "full_and_per_class"])
+def test_large_eager_inputs_run_in_slices(weights, reduction):
+    # more than one slice of the eager closed form: same values, one gradient buffer
+    g = torch.Generator().manual_seed(3)
+    shape = (301, 250)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    y = torch.where(
+        torch.rand(shape, generator=g) < 0.1, -1.0, torch.rand(shape, generator=g).double()
+    )
+    kwargs = dict(gamma=1.5, ignore_index=-1, label_smoothing=0.05, reduction=reduction)
+    if weights != "none":
+        kwargs["weight"] = torch.rand(shape, generator=g, dtype=torch.float64)
+        kwargs["pos_weight"] = torch.rand(250, generator=g, dtype=torch.float64) + 0.5
+    assert x.numel() > _dispatch._EAGER_CHUNK
+    with _SavedRecorder() as rec:
+        ours, grad = _value_and_grad(CF.sigmoid_focal_loss, x, y, backend="fused", **kwargs)
+    assert [n for n, _ in rec.saved if n > 1] == [x.numel()]
+    ref, ref_grad = _value_and_grad(CF.sigmoid_focal_loss, x, y, backend="reference", **kwargs)
+    assert_close(ours, ref)
+    assert_close(grad, ref_grad)
+    t = torch.randint(0, 250, (301,), generator=g)
+    t[::7] = -100
+    w = torch.rand(250, generator=g, dtype=torch.float64)
+    ours, grad = _ce_value_and_grad(
+        CF.cross_entropy, x, t, weight=w, label_smoothing=0.1, reduction=reduction, backend="fused"
+    )
+    ref, ref_grad = _ce_value_and_grad(
+        F.cross_entropy, x, t, weight=w, label_smoothing=0.1, reduction=reduction
+    )
+    assert_close(ours, ref)
+    assert_close(grad, ref_grad)
+
+
 def test_gradcheck_through_the_fused_node():
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     y = torch.rand(4, 3, dtype=torch.float64)

@@ -171,10 +171,15 @@ def _run(
     class_dim: int | None = None,
     flat: bool = False,
     unbatched: bool = False,
+    sliceable: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """Run ``fn(input, *args)`` -> ``(out, denominator, grad)`` on ``path`` and reduce."""
     if path == "compiled":
         fn = functools.partial(_run_compiled, fn, flat)
+    elif path == "fused" and not torch.compiler.is_compiling():
+        chunk = _EAGER_CHUNK if input.device.type == "cpu" else _EAGER_CHUNK_DEVICE
+        if input.numel() > chunk and input.dim() and not unbatched:
+            fn = functools.partial(_chunked, fn, sliceable, chunk, flat)
     if unbatched:
         fn = functools.partial(_unbatched, fn)
     if input.requires_grad and torch.is_grad_enabled():
@@ -188,6 +193,52 @@ def _run(
     return reduce_sum(out, reduction, denominator=denominator, process_group=process_group).to(
         input.dtype
     )
+
+
+# The eager closed form makes a few dozen temporaries the size of what it is given; on a large
+# input it runs over slices of this many elements (rows of dimension 0), so they stay small
+# (and in cache) and the extra memory is the gradient buffer alone.
+_EAGER_CHUNK = 1 << 16
+_EAGER_CHUNK_DEVICE = 1 << 22  # on a GPU each slice costs kernel launches: fewer, larger ones
+
+
+def _chunked(
+    fn: Callable,
+    sliceable: tuple[int, ...],
+    chunk: int,
+    flat: bool,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *args,
+):
+    """``fn`` over slices of dimension 0 of ``input`` and ``target`` (and of the ``args`` at
+    ``sliceable`` that vary along it), the gradient written slice by slice into one buffer."""
+    shape = input.shape
+    if flat:
+        input, target = input.reshape(-1), target.reshape(-1)
+    reduce, need_grad = args[-2], args[-1]
+    rows = input.shape[0]
+    step = max(1, chunk // max(1, input[:1].numel()))
+    grad = torch.empty_like(input) if need_grad else None
+    outs, denominators = [], []
+    for start in range(0, rows, step):
+        rows_slice = slice(start, start + step)
+        sliced = list(args)
+        for i in sliceable:
+            w = sliced[i]
+            if w is not None and w.dim() == input.dim() and w.shape[0] == rows and rows > 1:
+                sliced[i] = w[rows_slice]
+        out, denominator, g = fn(input[rows_slice], target[rows_slice], *sliced)
+        if grad is not None:
+            grad[rows_slice] = g
+        outs.append(out)
+        denominators.append(denominator)
+    out = torch.stack(outs).sum() if reduce else torch.cat(outs)
+    denominator = None if denominators[0] is None else torch.stack(denominators).sum()
+    if flat:
+        out = out if reduce else out.view(shape)
+        grad = None if grad is None else grad.view(shape)
+    return out, denominator, grad
 
 
 def _unbatched(fn: Callable, input: torch.Tensor, target: torch.Tensor, *args):
@@ -262,6 +313,7 @@ def sigmoid_family_loss(
         process_group=process_group,
         default_denominator=input.numel(),
         flat=_flat_ok(input, weight, pos_weight),
+        sliceable=(0, 1),
     )
 
 
@@ -308,6 +360,7 @@ def asymmetric_loss(
         process_group=process_group,
         default_denominator=input.numel(),
         flat=_flat_ok(input, weight),
+        sliceable=(0,),
     )
 
 
