@@ -310,10 +310,11 @@ def test_fused_cross_entropy_equals_torch(shape, targets, weighted, smoothing, r
     ours, our_grad = _ce_value_and_grad(_ce_fused("fused"), x, t, **kwargs)
     up = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
     t64 = t.double() if t.is_floating_point() else t
-    ref, ref_grad = _ce_value_and_grad(F.cross_entropy, x.double(), t64, **up)
+    exact, exact_grad = _ce_value_and_grad(F.cross_entropy, x.double(), t64, **up)
+    ref, ref_grad = _ce_value_and_grad(F.cross_entropy, x, t, **kwargs)  # torch, same dtype
     assert ours.dtype == dtype and our_grad.dtype == dtype
-    assert_close(ours, ref.to(dtype))
-    assert_close(our_grad, ref_grad.to(dtype))
+    assert_as_exact_as(ours, exact.to(dtype), ref)
+    assert_as_exact_as(our_grad, exact_grad.to(dtype), ref_grad)
 
 
 def _public_ce_case(kind, seed=0):
@@ -753,3 +754,23 @@ def _run_triton_cases(family: str) -> None:
 def test_triton_kernels_under_the_interpreter(family):
     pytest.importorskip("triton")
     _run_triton_cases(family)
+
+
+def test_float32_log1p_series_is_within_one_and_a_half_ulps():
+    from crossent.kernels._math import log1p_unit
+
+    g = torch.Generator().manual_seed(0)
+    e = torch.cat(
+        [
+            torch.logspace(-45, 0, 200_000, dtype=torch.float64),
+            torch.rand(200_000, generator=g, dtype=torch.float64),
+            torch.tensor([0.0, 1.0, 2**-24, 2**-126, 1.4e-45], dtype=torch.float64),
+        ]
+    ).float()
+    exact = torch.log1p(e.double())
+    got = log1p_unit(e)
+    assert got.dtype == torch.float32
+    error = (got.double() - exact).abs()
+    assert (error <= 1.5 * torch.finfo(torch.float32).eps * exact).all()
+    e64 = e.double()
+    assert torch.equal(log1p_unit(e64), torch.log1p(e64))

@@ -790,9 +790,7 @@ def test_class_index_check_is_a_value_check():
     previous = crossent.set_value_checks(False)
     try:
         with pytest.raises((IndexError, RuntimeError)):  # torch's own gather error
-            CF.cross_entropy(x, t_bad, backend="reference")
-        # the fused kernels cannot raise without a host sync: the sample's loss is NaN instead
-        assert torch.isnan(CF.cross_entropy(x, t_bad, backend="fused", reduction="none")[2])
+            CF.cross_entropy(x, t_bad)
         CF.cross_entropy(x, t)
     finally:
         crossent.set_value_checks(previous)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from crossent import _validation as V
-from crossent._reduction import reduce_sum
+from crossent._reduction import reduce_sum, safe_denominator
 from crossent.kernels import _math
 from crossent.kernels._function import FusedLoss
 
@@ -159,6 +159,17 @@ def _scalar(value: Any, dtype: torch.dtype, device: torch.device) -> Any:
     return torch.full((), value, dtype=dtype, device=device)
 
 
+def _option(value: Any, path: str, input: torch.Tensor) -> Any:
+    """A numeric option as the closed form takes it: as is when eager, a 0-dim tensor in the
+    compute dtype when compiled (a new value is then an input, not a recompile)."""
+    if value is None or path != "compiled":
+        return value
+    dtype = _math.compute_dtype(input.dtype)
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype)
+    return _scalar(value, dtype, input.device)
+
+
 def _run(
     path: str,
     fn: Callable,
@@ -172,6 +183,7 @@ def _run(
     flat: bool = False,
     unbatched: bool = False,
     sliceable: tuple[int, ...] = (),
+    folded: bool = False,
 ) -> torch.Tensor:
     """Run ``fn(input, *args)`` -> ``(out, denominator, grad)`` on ``path`` and reduce."""
     if path == "compiled":
@@ -188,6 +200,8 @@ def _run(
         out, denominator, _ = fn(input, *args)
     if reduction == "none":
         return out
+    if folded:
+        return out.to(input.dtype)  # the kernel already divided by the mean's denominator
     if denominator is None:
         denominator = default_denominator
     return reduce_sum(out, reduction, denominator=denominator, process_group=process_group).to(
@@ -248,6 +262,24 @@ def _unbatched(fn: Callable, input: torch.Tensor, target: torch.Tensor, *args):
     return out, denominator, None if grad is None else grad.squeeze(0)
 
 
+def _mean_scale(path: str, input: torch.Tensor, reduction: str, denominator: Any) -> Any:
+    """``1 / denominator`` when a CPU kernel can fold the mean into its pass, else ``None``.
+
+    On CPU backward can see that its incoming gradient is exactly 1 (``loss.backward()``) and
+    hand the saved gradient on untouched -- if the forward already divided it by the mean's
+    denominator, known before the pass (``denominator``: a number, or a 0-dim tensor computed
+    from a few targets). On a GPU the incoming gradient is not read (that would synchronise),
+    so there backward scales anyway and nothing is folded.
+    """
+    if reduction != "mean" or denominator is None or path == "triton":
+        return None
+    if input.device.type != "cpu":
+        return None
+    if isinstance(denominator, torch.Tensor):
+        return 1.0 / safe_denominator(denominator.to(_math.compute_dtype(input.dtype)))
+    return 1.0 / denominator if denominator else None
+
+
 def _flat_ok(input: torch.Tensor, *weights: torch.Tensor | None) -> bool:
     return input.is_contiguous() and all(w is None for w in weights)
 
@@ -281,7 +313,17 @@ def sigmoid_family_loss(
         from crossent.kernels import _triton
 
         fn = _triton.sigmoid_family
-        args = (target, weight, pos_weight, ignore_index, label_smoothing, gamma, alpha, epsilon)
+        args = (
+            target,
+            weight,
+            pos_weight,
+            ignore_index,
+            label_smoothing,
+            gamma,
+            alpha,
+            epsilon,
+            probs,
+        )
     else:
         fn = _math.sigmoid_family
         keep, add = (
@@ -303,17 +345,21 @@ def sigmoid_family_loss(
             options += [_scalar(v, cdt, device) for v in (alpha, one_minus_alpha, epsilon)]
         else:
             options = [ignore_index, keep, add, gamma, bits, alpha, one_minus_alpha, epsilon]
-        args = (target, weight, pos_weight, *options)
+        args = (target, weight, pos_weight, *options, probs)
+    scale = _mean_scale(path, input, reduction, None if ignore_index is not None else input.numel())
+    if path != "triton":
+        args = (*args, _option(scale, path, input))
     return _run(
         path,
         fn,
         input,
-        (*args, probs, reduce, need_grad),
+        (*args, reduce, need_grad),
         reduction=reduction,
         process_group=process_group,
         default_denominator=input.numel(),
         flat=_flat_ok(input, weight, pos_weight),
         sliceable=(0, 1),
+        folded=scale is not None,
     )
 
 
@@ -351,6 +397,9 @@ def asymmetric_loss(
             ignore = _scalar(ignore_index, _ignore_dtype(target), input.device)
             options = [ignore] + [_scalar(v, cdt, input.device) for v in options[1:]]
         args = (target, weight, *options)
+    scale = _mean_scale(path, input, reduction, None if ignore_index is not None else input.numel())
+    if path != "triton":
+        args = (*args, _option(scale, path, input))
     return _run(
         path,
         fn,
@@ -361,6 +410,7 @@ def asymmetric_loss(
         default_denominator=input.numel(),
         flat=_flat_ok(input, weight),
         sliceable=(0,),
+        folded=scale is not None,
     )
 
 
@@ -389,7 +439,7 @@ def cross_entropy_loss(
         from crossent.kernels import _triton
 
         fn = _triton.cross_entropy
-        args = (target, weight, ignore_index, smoothing)
+        args = (target, weight, ignore_index, smoothing, probs)
     else:
         fn = _math.cross_entropy
         options = [ignore_index, smoothing]
@@ -399,17 +449,26 @@ def cross_entropy_loss(
                 _scalar(ignore_index, target.dtype, input.device),
                 _scalar(smoothing, cdt, input.device),
             ]
-        args = (target, weight, *options)
+        args = (target, weight, *options, probs)
+    scale = None
+    if not probs and weight is None:
+        # the mean's denominator from the targets alone: a pass over N indices, not N x C
+        rows = input.numel() // max(input.shape[1], 1) if input.dim() > 1 else 1
+        count = rows if ignore_index is None else (target != ignore_index).sum()
+        scale = _mean_scale(path, input, reduction, count)
+    if path != "triton":
+        args = (*args, _option(scale, path, input))
     return _run(
         path,
         fn,
         input,
-        (*args, probs, reduce, need_grad),
+        (*args, reduce, need_grad),
         reduction=reduction,
         process_group=process_group,
         default_denominator=input.numel() // max(input.shape[1], 1) if input.dim() > 1 else 1,
         class_dim=1,
         unbatched=input.dim() == 1,
+        folded=scale is not None,
     )
 
 

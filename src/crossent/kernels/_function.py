@@ -6,6 +6,11 @@ place and hands it on; autograd has released its own reference by then, so the b
 ``input.grad`` itself (or flows into the next node) without a copy. Peak extra memory of a
 forward plus backward is therefore one gradient buffer. With ``retain_graph=True`` (or
 under ``torch.compile``) backward returns a scaled copy and the saved buffer stays intact.
+
+Time: on CPU, when the incoming gradient is a scalar exactly 1 (``loss.backward()``: the
+kernels fold a mean's denominator into the forward where it is known in advance), backward
+does no pass at all. Reading that scalar is a memory load on CPU; for GPU tensors it is never
+read (that would synchronise), and backward always scales.
 """
 
 from __future__ import annotations
@@ -24,6 +29,17 @@ def _keep_graph() -> bool:
         return bool(torch._C._autograd._get_current_graph_task_keep_graph())
     except (AttributeError, RuntimeError):  # older torch, or no graph task: never write in place
         return True
+
+
+def _is_exactly_one(grad_out: torch.Tensor) -> bool:
+    """A scalar incoming gradient equal to 1, looked at only where that is free: a CPU tensor
+    (reading it is a memory load; on a GPU it would synchronise with the device)."""
+    return (
+        grad_out.device.type == "cpu"
+        and grad_out.dim() == 0
+        and not torch.compiler.is_compiling()
+        and bool(grad_out == 1)
+    )
 
 
 class FusedLoss(torch.autograd.Function):
@@ -64,6 +80,10 @@ class FusedLoss(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if ctx.class_dim is not None:
             grad_out = grad_out.unsqueeze(ctx.class_dim)
+        if _is_exactly_one(grad_out):
+            # loss.backward() on the loss itself: the gradient is already final (a mean's
+            # denominator is folded into the forward on CPU), so no pass over it at all.
+            return grad, None, None, None
         if torch.compiler.is_compiling() or _keep_graph():
             return grad * grad_out, None, None, None
         # The graph is freed after this call: reuse the saved buffer (see the module docstring).
