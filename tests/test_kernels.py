@@ -774,3 +774,42 @@ def test_float32_log1p_series_is_within_one_and_a_half_ulps():
     assert (error <= 1.5 * torch.finfo(torch.float32).eps * exact).all()
     e64 = e.double()
     assert torch.equal(log1p_unit(e64), torch.log1p(e64))
+
+
+@pytest.mark.parametrize("upstream", ["backward()", "times_3", "retain_graph"])
+@pytest.mark.parametrize(
+    "case",
+    ["focal_mean", "focal_mean_ignore", "bce_sum", "ce_mean", "ce_mean_weighted", "asl_mean"],
+)
+def test_gradient_when_backward_starts_at_the_loss(case, upstream):
+    # loss.backward(): the incoming gradient is exactly 1 and a known mean denominator was
+    # folded into the forward, so backward hands the saved buffer on without a pass
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(9, 6, generator=g, dtype=torch.float64)
+    y = torch.rand(9, 6, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 6, (9,), generator=g)
+    t[4] = -100
+    w = torch.rand(6, generator=g, dtype=torch.float64) + 0.5
+    calls = {
+        "focal_mean": lambda x, b: CF.sigmoid_focal_loss(x, y, backend=b),
+        "focal_mean_ignore": lambda x, b: CF.sigmoid_focal_loss(
+            x, torch.where(y < 0.2, -1.0, y), ignore_index=-1, backend=b
+        ),
+        "bce_sum": lambda x, b: CF.binary_cross_entropy_with_logits(x, y, reduction="sum", backend=b),
+        "ce_mean": lambda x, b: CF.cross_entropy(x, t, label_smoothing=0.1, backend=b),
+        "ce_mean_weighted": lambda x, b: CF.cross_entropy(x, t, weight=w, backend=b),
+        "asl_mean": lambda x, b: CF.asymmetric_loss(x, (y > 0.5).double(), backend=b),
+    }
+    grads = {}
+    for backend in ("fused", "reference"):
+        xx = x.clone().requires_grad_(True)
+        loss = calls[case](xx, backend)
+        if upstream == "times_3":
+            (loss * 3).backward()
+        elif upstream == "retain_graph":
+            loss.backward(retain_graph=True)
+            loss.backward()
+        else:
+            loss.backward()
+        grads[backend] = xx.grad
+    assert_close(grads["fused"], grads["reference"])

@@ -331,17 +331,22 @@ def sigmoid_family_loss(
         )
         one_minus_alpha = None if alpha is None else 1.0 - alpha
         bits = None
-        if gamma is not None and float(gamma).is_integer() and 0 <= gamma <= 7:
+        if gamma is not None and float(gamma).is_integer() and 0 <= gamma <= 8:
             # an integer gamma (2 in the paper): the focal factor by squaring, no log / exp
-            bits = tuple(bool(int(gamma) >> i & 1) for i in range(3))
+            k = max(int(gamma) - 1, 0)
+            bits = (gamma >= 1, tuple(bool(k >> i & 1) for i in range(3)))
         if path == "compiled":
             cdt = _math.compute_dtype(input.dtype)
             device = input.device
             options = [_scalar(ignore_index, _ignore_dtype(target), device)]
             options += [_scalar(v, cdt, device) for v in (keep, add, gamma)]
-            options.append(
-                None if bits is None else tuple(_scalar(b, torch.bool, device) for b in bits)
-            )
+            if bits is not None:
+                flag, digits = bits
+                bits = (
+                    _scalar(flag, torch.bool, device),
+                    tuple(_scalar(b, torch.bool, device) for b in digits),
+                )
+            options.append(bits)
             options += [_scalar(v, cdt, device) for v in (alpha, one_minus_alpha, epsilon)]
         else:
             options = [ignore_index, keep, add, gamma, bits, alpha, one_minus_alpha, epsilon]

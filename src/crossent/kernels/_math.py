@@ -166,11 +166,13 @@ def sigmoid_family(
     Poly-1 adds ``epsilon s^(gamma + 1) = epsilon M s`` with ``s = 1 - p_t`` (after ``alpha_t``,
     which weights the focal term only), gradient ``epsilon (gamma + 1) M s dL/dz``.
 
-    ``gamma_bits``: for an integer ``gamma`` in [0, 7], its three binary digits; ``M`` is then
-    ``s^gamma`` by repeated squaring of ``s = 1 - p_t`` (no log, no exp). ``s`` is exact to
-    rounding wherever ``s^gamma`` is representable (for ``a = 0``, ``s = e / (1 + e)``
-    underflows only when ``s^gamma`` does, ``gamma >= 1``), so the result is the same to the
-    last digits. ``None``: any ``gamma >= 0`` through ``exp(gamma L)``.
+    ``gamma_bits``: for an integer ``gamma`` in [0, 8], ``(gamma >= 1, binary digits of
+    gamma - 1)``; ``M = s * s^(gamma - 1)`` by repeated squaring of ``s = 1 - p_t`` (no log, no
+    exp), and ``M dL/dz = s^(gamma - 1) (s dL/dz)`` with ``s dL/dx = p q (1 - 2y)`` (no
+    division). ``s`` is exact to rounding wherever ``s^gamma`` is representable (for
+    ``a = 0``, ``s = e / (1 + e)`` underflows only when ``s^gamma`` does, ``gamma >= 1``), so
+    the result is the same to the last digits. ``None``: any ``gamma >= 0`` through
+    ``exp(gamma L)``.
     """
     dtype = compute_dtype(input.dtype)
     z = input.to(dtype)
@@ -218,26 +220,36 @@ def sigmoid_family(
             big_p = torch.where(p_live, z, EXP_CLAMP)
             big_q = torch.where(q_live, om, EXP_CLAMP)
             s = y * big_q + y1 * big_p
+            # s dL/dp = -y [q live] + (1 - y) [p live]
+            s_dL = y1 * p_live.to(dtype) - y * q_live.to(dtype)
         else:
             a = torch.where(pos, y1, y)
             b = torch.where(pos, y, y1)
             d = a + b * e  # 1 - p_t = d / (1 + e)
-            edge = a == 0  # there d = e, which may have underflowed: use log(e) = -|x|
-        if not probs:
             s = d * inv  # 1 - p_t; exact to rounding unless it underflows (then s^gamma does)
+            s_dL = (e * inv * inv) * (y1 - y)  # s dL/dx = p q (1 - 2y)
         if gamma_bits is not None:
-            m = _int_power(s, gamma_bits)
-        else:
-            L = torch.log(s) if probs else torch.where(edge, -z.abs(), torch.log(d)) - l
-            m = torch.exp(gamma * L)  # (1 - p_t)^gamma from its log: finite for every gamma
-        if grad is not None:
-            if probs:
-                # dL/dp = (-y [q live] + (1 - y) [p live]) / (1 - p_t)
-                dL = (y1 * p_live.to(dtype) - y * q_live.to(dtype)) / s
+            # s^gamma = s * s^(gamma - 1): m dL = s^(gamma - 1) (s dL), no division
+            at_least_one, bits = gamma_bits
+            m_1 = _int_power(s, bits)  # s^(gamma - 1), or 1 for gamma = 0
+            if isinstance(at_least_one, torch.Tensor):
+                m = torch.where(at_least_one, m_1 * s, 1.0)
             else:
+                m = m_1 * s if at_least_one else torch.ones_like(s)
+            m_dL = m_1 * s_dL
+        else:
+            if probs:
+                L = torch.log(s)
+                m = torch.exp(gamma * L)  # (1 - p_t)^gamma from its log: any gamma >= 0
+                m_dL = m * s_dL / s
+            else:
+                edge = a == 0  # there d = e, which may have underflowed: use log(e) = -|x|
+                L = torch.where(edge, -z.abs(), torch.log(d)) - l
+                m = torch.exp(gamma * L)
                 r = torch.where(edge, 1.0, e / d) * inv  # p q / (1 - p_t)
-                dL = r * (y1 - y)
-            grad = m * (grad + gamma * loss * dL)
+                m_dL = m * r * (y1 - y)
+        if grad is not None:
+            grad = m * grad + gamma * loss * m_dL
         loss = m * loss
     if alpha is not None:
         alpha_t = alpha * y + one_minus_alpha * y1
@@ -245,10 +257,9 @@ def sigmoid_family(
         if grad is not None:
             grad = grad * alpha_t
     if epsilon is not None:
-        poly = m * s  # (1 - p_t)^(gamma + 1)
-        loss = loss + epsilon * poly
+        loss = loss + epsilon * (m * s)  # (1 - p_t)^(gamma + 1)
         if grad is not None:
-            grad = grad + epsilon * (gamma + 1.0) * poly * dL
+            grad = grad + epsilon * (gamma + 1.0) * (m * s_dL)
     return _finish(loss, grad, valid, weight, input, scale, reduce)
 
 
