@@ -795,7 +795,9 @@ def test_gradient_when_backward_starts_at_the_loss(case, upstream):
         "focal_mean_ignore": lambda x, b: CF.sigmoid_focal_loss(
             x, torch.where(y < 0.2, -1.0, y), ignore_index=-1, backend=b
         ),
-        "bce_sum": lambda x, b: CF.binary_cross_entropy_with_logits(x, y, reduction="sum", backend=b),
+        "bce_sum": lambda x, b: CF.binary_cross_entropy_with_logits(
+            x, y, reduction="sum", backend=b
+        ),
         "ce_mean": lambda x, b: CF.cross_entropy(x, t, label_smoothing=0.1, backend=b),
         "ce_mean_weighted": lambda x, b: CF.cross_entropy(x, t, weight=w, backend=b),
         "asl_mean": lambda x, b: CF.asymmetric_loss(x, (y > 0.5).double(), backend=b),

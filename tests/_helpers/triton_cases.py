@@ -50,12 +50,15 @@ BINARY = {
 
 def binary_cases():
     failures, count = [], 0
-    for (name, (fn, probs, extra)), option, reduction, dtype in itertools.product(
+    grid = itertools.product(
         BINARY.items(),
         ["plain", "everything", "weight_nchw"],
-        ["none", "sum", "mean"],
+        ["none", "mean"],  # "sum" is the same kernel as "mean" (the division comes after)
         [torch.float64, torch.float32, torch.float16],
-    ):
+    )
+    for (name, (fn, probs, extra)), option, reduction, dtype in grid:
+        if dtype == torch.float16 and option != "everything":
+            continue  # half precision: once per loss, with every option
         g = torch.Generator().manual_seed(count)
         shape = (3, 4, 5, 2) if option == "weight_nchw" else (7, 5)
         x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
@@ -96,14 +99,17 @@ def binary_cases():
 
 def cross_entropy_cases():
     failures, count = [], 0
-    for shape, targets, weighted, smoothing, reduction, dtype in itertools.product(
-        [(6, 5), (2, 3, 4, 2), (3, 700)],
+    grid = itertools.product(
+        [(6, 5), (2, 3, 4, 2), (3, 5000)],  # one block, spatial rows, several blocks per row
         ["index", "probs"],
         [False, True],
         [0.0, 0.15],
-        ["none", "sum", "mean"],
+        ["none", "mean"],
         [torch.float64, torch.float32],
-    ):
+    )
+    for shape, targets, weighted, smoothing, reduction, dtype in grid:
+        if dtype == torch.float32 and (weighted != (smoothing > 0) or reduction == "none"):
+            continue  # float32: a quarter of the grid
         g = torch.Generator().manual_seed(count)
         n_classes = shape[1]
         x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
