@@ -565,6 +565,7 @@ def cross_entropy(input, target, weight, ignore_index, smoothing, probs, reduce,
             NEED_GRAD=need_grad,
             F64=cdt == torch.float64,
             BLOCK=block,
+            num_warps=8 if block >= 2048 else 4,  # wide rows: more threads per program
         )
     has_denominator = ignore_index is not None or (weight is not None and not probs)
     if not reduce:
