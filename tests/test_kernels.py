@@ -815,3 +815,29 @@ def test_gradient_when_backward_starts_at_the_loss(case, upstream):
             loss.backward()
         grads[backend] = xx.grad
     assert_close(grads["fused"], grads["reference"])
+
+
+def test_a_failing_triton_kernel_falls_back_to_the_eager_closed_form(monkeypatch):
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the kernels run fine under the interpreter")
+    # CPU tensors outside the interpreter: Triton cannot launch, as on an unsupported GPU
+    monkeypatch.setattr(_dispatch, "_triton_error", None)
+    x = torch.randn(6, 3, requires_grad=True)
+    y = torch.rand(6, 3)
+    kwargs = dict(
+        probs=False,
+        gamma=2.0,
+        alpha=0.25,
+        weight=None,
+        pos_weight=None,
+        label_smoothing=0.0,
+        ignore_index=None,
+        reduction="mean",
+    )
+    with pytest.warns(RuntimeWarning, match="a Triton kernel failed"):
+        out = K.sigmoid_family_loss("triton", x, y, **kwargs)
+    assert _dispatch._triton_error is not None
+    out.backward()
+    ref = CF.sigmoid_focal_loss(x.detach(), y, backend="reference")
+    assert_close(out.detach(), ref)

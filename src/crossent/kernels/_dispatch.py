@@ -33,6 +33,7 @@ ENV_VAR = "CROSSENT_BACKEND"
 COMPILE_MIN_NUMEL = 1 << 16
 
 _compile_error: BaseException | None = None
+_triton_error: BaseException | None = None
 _compiled: dict[Callable, Callable] = {}
 
 
@@ -99,7 +100,7 @@ def select_backend(backend: str | None, input: torch.Tensor, *others: Any) -> st
         return name
     if name == "auto":
         if input.device.type == "cuda":
-            return "triton" if triton_available() else "fused"
+            return "triton" if triton_available() and _triton_error is None else "fused"
         if input.device.type == "cpu" and input.numel() >= COMPILE_MIN_NUMEL:
             return "compiled" if compile_available() else "fused"
         return "fused"
@@ -289,6 +290,32 @@ def _flat_ok(input: torch.Tensor, *weights: torch.Tensor | None) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+def _triton_fallback(entry: Callable) -> Callable:
+    """If a Triton kernel cannot be built or launched (a GPU or driver Triton does not
+    support), run the eager closed form instead, warn once, and stop choosing Triton."""
+
+    @functools.wraps(entry)
+    def wrapper(path: str, *args: Any, **kwargs: Any) -> torch.Tensor:
+        global _triton_error
+        if path != "triton" or _interpreting():
+            return entry(path, *args, **kwargs)
+        try:
+            return entry(path, *args, **kwargs)
+        except Exception as exc:
+            if _triton_error is None:
+                warnings.warn(
+                    f"crossent: a Triton kernel failed ({type(exc).__name__}: {exc}); the "
+                    f"fused kernels run eagerly on this device from now on.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            _triton_error = exc
+            return entry("fused", *args, **kwargs)
+
+    return wrapper
+
+
+@_triton_fallback
 def sigmoid_family_loss(
     path: str,
     input: torch.Tensor,
@@ -368,6 +395,7 @@ def sigmoid_family_loss(
     )
 
 
+@_triton_fallback
 def asymmetric_loss(
     path: str,
     input: torch.Tensor,
@@ -419,6 +447,7 @@ def asymmetric_loss(
     )
 
 
+@_triton_fallback
 def cross_entropy_loss(
     path: str,
     input: torch.Tensor,
