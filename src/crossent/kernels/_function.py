@@ -38,7 +38,7 @@ def _is_exactly_one(grad_out: torch.Tensor) -> bool:
         grad_out.device.type == "cpu"
         and grad_out.dim() == 0
         and not torch.compiler.is_compiling()
-        and bool(grad_out == 1)
+        and float(grad_out) == 1.0
     )
 
 
