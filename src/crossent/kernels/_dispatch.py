@@ -157,6 +157,12 @@ def _run_compiled(fn: Callable, flat: bool, input: torch.Tensor, target: torch.T
 def _scalar(value: Any, dtype: torch.dtype, device: torch.device) -> Any:
     if value is None:
         return None
+    return _cached_scalar(value, dtype, device)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_scalar(value: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # Options repeat from call to call; the kernels only read these 0-dim tensors.
     return torch.full((), value, dtype=dtype, device=device)
 
 
