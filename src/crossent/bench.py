@@ -86,6 +86,7 @@ FIELDS = [
     "torch",
     "triton",
     "crossent",
+    "commit",
     "dtype",
     "loss",
     "size",
@@ -339,6 +340,19 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         triton_version = ""
     import crossent
 
+    commit = ""
+    try:  # the source tree's revision, when it is a git checkout (with "-dirty" if edited)
+        import subprocess
+
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
     name = platform.node()
     if device.type == "cuda":
         name = f"{name} / {torch.cuda.get_device_name(device)}"
@@ -352,6 +366,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "triton": triton_version,
         "crossent": crossent.__version__,
+        "commit": commit,
     }
 
 
@@ -550,9 +565,24 @@ def _fmt_units(value: Any, grad_bytes: int) -> str:
     return f"{int(value) / grad_bytes:.2f}"
 
 
+def _latest_runs(by_run: dict[str, list[dict[str, Any]]], runs: int) -> list[str]:
+    """The newest run of each set of losses (one per benchmark script), then the newest others,
+    at most ``runs`` in all, newest first."""
+    chosen, seen = [], set()
+    for run_id in sorted(by_run, reverse=True):
+        losses = frozenset(row["loss"] for row in by_run[run_id])
+        if losses not in seen:
+            seen.add(losses)
+            chosen.append(run_id)
+    for run_id in sorted(by_run, reverse=True):
+        if run_id not in chosen:
+            chosen.append(run_id)
+    return sorted(chosen[:runs], reverse=True)
+
+
 def render_markdown(rows: Sequence[dict[str, Any]], *, command: str = "", runs: int = 3) -> str:
-    """A Markdown report: the latest ``runs`` runs, newest first, one table per run, and the
-    issue's targets checked on each."""
+    """A Markdown report: the newest run of each benchmark (then other recent runs), one table
+    per run with the issue's targets checked, and the targets' history over every run."""
     by_run: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_run.setdefault(row["run_id"], []).append(row)
@@ -569,11 +599,13 @@ def render_markdown(rows: Sequence[dict[str, Any]], *, command: str = "", runs: 
         "`torch.cuda.max_memory_allocated`. *Saved*: what autograd keeps for backward besides",
         "the inputs, in gradient buffers (exact, from saved-tensor hooks). Produced by",
         "`crossent.bench` (see `benchmarks/README.md`); the CSV next to this file holds every run.",
+        "Reproduce with `python benchmarks/bench_elementwise.py` and",
+        "`python benchmarks/bench_cross_entropy.py` (sizes in `benchmarks/config.json`).",
         "",
     ]
     if command:
         lines += ["Command:", "", f"    {command}", ""]
-    for run_id in sorted(by_run, reverse=True)[:runs]:
+    for run_id in _latest_runs(by_run, runs):
         run_rows = by_run[run_id]
         first = run_rows[0]
         lines += [
@@ -581,8 +613,9 @@ def render_markdown(rows: Sequence[dict[str, Any]], *, command: str = "", runs: 
             "",
             f"{first['machine']}; {first['cpu']}, {first['cores']} cores, torch threads "
             f"{first['threads']}; device {first['device']}; python {first['python']}, torch "
-            f"{first['torch']}, triton {first['triton'] or '-'}; crossent {first['crossent']}; "
-            f"{first['dtype']}; {first['repeats']} timed rounds.",
+            f"{first['torch']}, triton {first['triton'] or '-'}; crossent {first['crossent']} "
+            f"({first.get('commit') or 'no git revision'}); {first['dtype']}; "
+            f"{first['repeats']} timed rounds.",
             "",
             "| loss | size | provider | backend | forward ms | backward ms | fwd+bwd ms "
             "| speed-up | peak extra | saved |",
@@ -604,6 +637,26 @@ def render_markdown(rows: Sequence[dict[str, Any]], *, command: str = "", runs: 
             for c in checks:
                 met = "yes" if c["met"] else "**no**"
                 lines.append(f"| {c['target']} | {c['wanted']} | {c['measured']} | {met} |")
+        lines.append("")
+    history = [
+        (run_id, c)
+        for run_id in sorted(by_run)
+        for c in targets(by_run[run_id])
+        if "fwd+bwd" in c["target"]
+    ]
+    if len(history) > len({c["target"] for _, c in history}):
+        lines += [
+            "## Speed targets over every run",
+            "",
+            "The same ratios from each run in `results.csv`, oldest first: their spread is the",
+            "run-to-run variation of this machine (shared cores; page faults of fresh buffers).",
+            "",
+            "| run | target | wanted | measured | met |",
+            "|---|---|---|---|---|",
+        ]
+        for run_id, c in history:
+            met = "yes" if c["met"] else "no"
+            lines.append(f"| {run_id} | {c['target']} | {c['wanted']} | {c['measured']} | {met} |")
         lines.append("")
     return "\n".join(lines)
 
