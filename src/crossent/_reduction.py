@@ -25,7 +25,7 @@ import torch
 
 from crossent._validation import check_reduction
 
-__all__ = ["global_denominator", "reduce_loss", "safe_denominator"]
+__all__ = ["global_denominator", "reduce_loss", "reduce_sum", "safe_denominator"]
 
 
 def safe_denominator(denominator: torch.Tensor) -> torch.Tensor:
@@ -78,16 +78,39 @@ def reduce_loss(
     check_reduction(reduction)
     if reduction == "none":
         return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
     if denominator is None:
         denominator = float(loss.numel())
+    return reduce_sum(loss.sum(), reduction, denominator=denominator, process_group=process_group)
+
+
+def reduce_sum(
+    total: torch.Tensor,
+    reduction: str,
+    *,
+    denominator: torch.Tensor | float,
+    process_group: Any = None,
+) -> torch.Tensor:
+    """:func:`reduce_loss` for a loss that is already summed (the fused kernels sum as they go).
+
+    ``reduction`` is ``"sum"``, ``"mean"`` or ``"global_mean"``. A Python-number denominator is
+    divided by directly: no tensor is made for it, so nothing waits on a host-to-device copy.
+
+    >>> reduce_sum(torch.tensor(3.0), "mean", denominator=2)
+    tensor(1.5000)
+    """
+    if reduction == "sum":
+        return total
+    if reduction == "mean" and not isinstance(denominator, torch.Tensor):
+        return total / float(denominator) if denominator else total * 0.0
     if not isinstance(denominator, torch.Tensor):
         denominator = torch.tensor(float(denominator), dtype=total.dtype, device=total.device)
     denominator = denominator.to(total.dtype)
     if reduction == "mean":
         return total / safe_denominator(denominator)
-    # global_mean
+    if reduction != "global_mean":
+        raise ValueError(
+            'Expected `reduction` to be "sum", "mean" or "global_mean" for an already summed '
+            f"loss, but got {reduction!r}."
+        )
     denominator, world_size = global_denominator(denominator, process_group)
     return total * world_size / safe_denominator(denominator)

@@ -4,7 +4,9 @@ Every loss here is elementwise: each element of ``input`` is an independent yes/
 The math is written once, in log space, in :func:`sigmoid_family_elementwise` (BCE and focal
 loss) and :func:`asymmetric_elementwise` (ASL); the public functions validate, prepare targets
 (ignore_index, label smoothing), call that math and hand the result to
-:func:`crossent._reduction.reduce_loss`.
+:func:`crossent._reduction.reduce_loss`. That is the ``"reference"`` backend; after validation
+each function asks :func:`crossent.kernels.select_backend` whether a fused kernel (loss and
+closed-form gradient in one pass, :mod:`crossent.kernels`) computes the call instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch.nn.functional as F
 from crossent import _validation as V
 from crossent._docs import fill_doc
 from crossent._reduction import reduce_loss
+from crossent.kernels import asymmetric_loss as fused_asymmetric
+from crossent.kernels import select_backend, sigmoid_family_loss
 
 __all__ = [
     "asymmetric_loss",
@@ -183,6 +187,7 @@ def binary_cross_entropy_with_logits(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Binary cross entropy from logits: the loss for binary and multi-label classification.
 
@@ -207,6 +212,7 @@ def binary_cross_entropy_with_logits(
         {ignore_index}
         {reduction}
         {process_group}
+        {backend}
 
     {binary_shape}
 
@@ -237,6 +243,22 @@ def binary_cross_entropy_with_logits(
         ignore_index=ignore_index,
         reduction=reduction,
     )
+    path = select_backend(backend, input, target, weight, pos_weight)
+    if path != "reference":
+        return sigmoid_family_loss(
+            path,
+            input,
+            target,
+            probs=False,
+            gamma=None,
+            alpha=None,
+            weight=weight,
+            pos_weight=pos_weight,
+            label_smoothing=s,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            process_group=process_group,
+        )
     x = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
     loss = sigmoid_family_elementwise(F.logsigmoid(x), F.logsigmoid(-x), y, pos_weight=pos_weight)
@@ -261,6 +283,7 @@ def binary_cross_entropy(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Binary cross entropy from probabilities: a drop-in for ``F.binary_cross_entropy``.
 
@@ -286,6 +309,7 @@ def binary_cross_entropy(
         {ignore_index}
         {reduction}
         {process_group}
+        {backend}
 
     {binary_shape}
 
@@ -317,6 +341,22 @@ def binary_cross_entropy(
         reduction=reduction,
     )
     V.check_probabilities("input", input)
+    path = select_backend(backend, input, target, weight, pos_weight)
+    if path != "reference":
+        return sigmoid_family_loss(
+            path,
+            input,
+            target,
+            probs=True,
+            gamma=None,
+            alpha=None,
+            weight=weight,
+            pos_weight=pos_weight,
+            label_smoothing=s,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            process_group=process_group,
+        )
     p = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, p.dtype, label_smoothing=s, ignore_index=ignore_index)
     log_p, log_1mp = probability_logs(p)
@@ -344,6 +384,7 @@ def sigmoid_focal_loss(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Focal loss from logits (Lin et al. 2017): BCE that down-weights easy examples.
 
@@ -376,6 +417,7 @@ def sigmoid_focal_loss(
         {ignore_index}
         {reduction}
         {process_group}
+        {backend}
 
     {binary_shape}
 
@@ -407,6 +449,22 @@ def sigmoid_focal_loss(
         reduction=reduction,
     )
     gamma, alpha = check_focal_options(gamma, alpha)
+    path = select_backend(backend, input, target, weight, pos_weight)
+    if path != "reference":
+        return sigmoid_family_loss(
+            path,
+            input,
+            target,
+            probs=False,
+            gamma=gamma,
+            alpha=alpha,
+            weight=weight,
+            pos_weight=pos_weight,
+            label_smoothing=s,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            process_group=process_group,
+        )
     x = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
     loss = sigmoid_family_elementwise(
@@ -435,6 +493,7 @@ def binary_focal_loss(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Focal loss from probabilities: :func:`sigmoid_focal_loss` for models that output p.
 
@@ -461,6 +520,7 @@ def binary_focal_loss(
         {ignore_index}
         {reduction}
         {process_group}
+        {backend}
 
     {binary_shape}
 
@@ -492,6 +552,22 @@ def binary_focal_loss(
     )
     gamma, alpha = check_focal_options(gamma, alpha)
     V.check_probabilities("input", input)
+    path = select_backend(backend, input, target, weight, pos_weight)
+    if path != "reference":
+        return sigmoid_family_loss(
+            path,
+            input,
+            target,
+            probs=True,
+            gamma=gamma,
+            alpha=alpha,
+            weight=weight,
+            pos_weight=pos_weight,
+            label_smoothing=s,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            process_group=process_group,
+        )
     p = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, p.dtype, label_smoothing=s, ignore_index=ignore_index)
     log_p, log_1mp = probability_logs(p)
@@ -559,6 +635,7 @@ def asymmetric_loss(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Asymmetric loss (ASL, Ridnik et al. 2021) from logits, for multi-label classification.
 
@@ -590,6 +667,7 @@ def asymmetric_loss(
         {ignore_index}
         {reduction}
         {process_group}
+        {backend}
 
     {binary_shape}
 
@@ -623,6 +701,21 @@ def asymmetric_loss(
     gamma_neg = V.check_number("gamma_neg", gamma_neg, low=0.0)
     if clip is not None:
         clip = V.check_number("clip", clip, low=0.0, high=1.0, high_inclusive=False)
+    path = select_backend(backend, input, target, weight)
+    if path != "reference":
+        return fused_asymmetric(
+            path,
+            input,
+            target,
+            gamma_pos=gamma_pos,
+            gamma_neg=gamma_neg,
+            clip=clip,
+            weight=weight,
+            label_smoothing=s,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            process_group=process_group,
+        )
     x = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
     loss = asymmetric_elementwise(x, y, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)
@@ -673,6 +766,7 @@ def poly1_focal_loss(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Poly-1 focal loss from logits (Leng et al. 2022): focal loss plus a polynomial term.
 
@@ -704,6 +798,7 @@ def poly1_focal_loss(
         {ignore_index}
         {reduction}
         {process_group}
+        {backend}
 
     {binary_shape}
 
@@ -738,6 +833,23 @@ def poly1_focal_loss(
     )
     gamma, alpha = check_focal_options(gamma, alpha)
     epsilon = V.check_number("epsilon", epsilon, low=-1.0)
+    path = select_backend(backend, input, target, weight, pos_weight)
+    if path != "reference":
+        return sigmoid_family_loss(
+            path,
+            input,
+            target,
+            probs=False,
+            gamma=gamma,
+            alpha=alpha,
+            epsilon=epsilon,
+            weight=weight,
+            pos_weight=pos_weight,
+            label_smoothing=s,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            process_group=process_group,
+        )
     x = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
     loss = poly1_focal_elementwise(
