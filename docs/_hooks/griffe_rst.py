@@ -12,7 +12,8 @@ renders docstrings as Markdown, so this extension rewrites, once the package is 
   Names are resolved like Sphinx does (the enclosing module and class first, then the
   ``crossent`` package). A crossent name that does not exist is still emitted as a reference,
   so ``mkdocs build --strict`` fails on it: a docstring cannot point at a function that is not
-  there. Names outside crossent (``torch.*``) and private names render as code.
+  there. Names outside crossent (``torch.*``), private names and names their module does not
+  export render as code.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class RstToMarkdown(griffe.Extension):
 
     def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
         self._collection = loader.modules_collection
+        self._pruned: set[str] = set()
         self._prune(pkg)
         self._walk(pkg)
 
@@ -91,6 +93,7 @@ class RstToMarkdown(griffe.Extension):
             names = {getattr(e, "name", e) for e in exports}
             for name, member in list(module.members.items()):
                 if name not in names and (member.is_alias or not member.is_module):
+                    self._pruned.add(f"{module.path}.{name}")
                     del module.members[name]
         for member in module.members.values():
             if not member.is_alias and member.is_module:
@@ -142,6 +145,8 @@ class RstToMarkdown(griffe.Extension):
                 scope = scope.parent
             candidates = [f"{s}.{name}" for s in scopes] + [f"crossent.{name}"]
         for path in candidates:
+            if path in self._pruned:
+                return f"`{shown}`"  # exists, but its module does not export it: no page
             if self._exists(path):
                 if any(
                     part.startswith("_") and not part.startswith("__") for part in name.split(".")
