@@ -160,6 +160,8 @@ def test_included_sections_come_from_the_committed_reports(site: Path) -> None:
     text = "# T\n\nintro\n\n## A\n\na body\n\n### A.1\n\nsub\n\n## B\n\nb body\n"
     assert includes.section(text, "") == "intro"
     assert includes.section(text, "A") == "a body\n\n### A.1\n\nsub"
+    everything = includes.section(text, "*")
+    assert everything.startswith("intro") and everything.endswith("b body")
     with pytest.raises(ValueError, match="No heading"):
         includes.section(text, "C")
 

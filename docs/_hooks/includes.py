@@ -6,9 +6,10 @@ A page line of the form
 
 is replaced by the body of that section of the file (path relative to ``docs/``): the lines
 after the heading whose text matches, up to the next heading of the same or a higher level.
-An empty heading (``""``) selects the text between the title and the first sub-heading. The
-file is committed as the command wrote it, so the page quotes the run instead of copying
-numbers by hand; a missing file or heading fails the build.
+An empty heading (``""``) selects the text between the title and the first sub-heading,
+``"*"`` everything after the title. The file is committed as the command wrote it, so the
+page quotes the run instead of copying numbers by hand; a missing file or heading fails the
+build.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ HEADING = re.compile(r"^(?P<level>#{1,6}) (?P<text>.*?)\s*$")
 def section(text: str, heading: str) -> str:
     """The body of the section titled ``heading`` ("" for the text under the title)."""
     lines = text.split("\n")
+    if heading == "*":  # everything after the title
+        for i, line in enumerate(lines):
+            if line.startswith("# "):
+                return "\n".join(lines[i + 1 :]).strip("\n")
+        raise ValueError("No title (# heading) in the included file.")
     start, level = None, 0
     for i, line in enumerate(lines):
         match = HEADING.match(line)
