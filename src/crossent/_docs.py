@@ -43,7 +43,8 @@ FRAGMENTS = {
           raises). Float (soft targets in [0, 1] allowed), integer or bool.
         - output: a scalar, or ``(*)`` for ``reduction="none"``.""",
     "dtype_note": """float16 and bfloat16 inputs are computed in float32 inside and returned in
-    the input dtype.""",
+    the input dtype; under ``torch.autocast`` the loss is returned in float32, as torch's own
+    losses are.""",
 }
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "check_label_smoothing",
     "check_number",
     "check_probabilities",
+    "check_process_group",
     "check_reduction",
     "check_same_shape",
     "set_value_checks",
@@ -156,7 +157,9 @@ def check_number(
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"Expected `{name}` to be a number, but got {_fmt(value)}.")
     value = float(value)
-    if not math.isfinite(value):
+    # A chained comparison, not math.isfinite: under torch.compile(dynamic=True) a float
+    # option can arrive as a symbolic float, which compares (a guard) but has no isfinite.
+    if not -math.inf < value < math.inf:
         raise ValueError(f"Expected `{name}` to be finite, but got {value!r}.")
     if low is not None:
         if (low_inclusive and value < low) or (not low_inclusive and value <= low):
@@ -205,3 +208,13 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
         allowed = ", ".join(f'"{c}"' for c in choices)
         raise ValueError(f"Expected `{name}` to be one of {allowed}, but got {value!r}.")
     return value
+
+
+def check_process_group(process_group: object, reduction: str) -> None:
+    """``process_group`` only means something to ``"global_mean"``: never accept and ignore it."""
+    if process_group is not None and reduction != "global_mean":
+        raise ValueError(
+            f'Expected `reduction` to be "global_mean" when `process_group` is given, but got '
+            f'{reduction!r}. Pass reduction="global_mean" to average over the group, or drop '
+            f"`process_group`."
+        )

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from crossent import _validation as V
 from crossent._docs import fill_doc
-from crossent._reduction import reduce_loss
+from crossent._reduction import output_dtype, reduce_loss
 
 __all__ = [
     "asymmetric_loss",
@@ -29,6 +29,19 @@ __all__ = [
 # torch's BCELoss clamps each log term at -100 so that p = 0 or 1 gives a finite loss; the
 # probability forms keep that clamp so they are drop-in replacements.
 LOG_CLAMP = -100.0
+
+# Beyond |x| = 1e3 a modulating factor (1 - p_t)^gamma and its derivative have saturated
+# exactly, even in float64 (exp(-745) underflows), or the loss they multiply is exactly 0.
+# Computing the factor from logits clamped there changes no value and no gradient, and keeps
+# d loss / d factor = base_loss * gamma (~|x| * gamma) from overflowing into 0 * inf = NaN
+# for |x| near the float32 maximum.
+SATURATION = 1e3
+
+
+def saturated_logs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log p`` and ``log(1 - p)`` from logits clamped at +-SATURATION, for modulating factors."""
+    xs = x.clamp(-SATURATION, SATURATION)
+    return F.logsigmoid(xs), F.logsigmoid(-xs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,8 +147,12 @@ def sigmoid_family_elementwise(
     gamma: float = 0.0,
     alpha: float | None = None,
     pos_weight: torch.Tensor | None = None,
+    modulating_logs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Elementwise focal loss from ``log p`` and ``log(1 - p)``; BCE when gamma = 0, alpha = None.
+
+    ``modulating_logs``: ``(log p, log(1 - p))`` for the modulating factor only (the saturated
+    logs of :func:`saturated_logs`); default: the same logs as the loss.
 
     ``alpha_t (1 - p_t)^gamma * -(w_pos y log p + (1 - y) log(1 - p))`` with
     ``(1 - p_t)^gamma = exp(gamma log(1 - p_t))``: no probability is rounded to 1 before the
@@ -146,7 +163,8 @@ def sigmoid_family_elementwise(
         pos_term = pos_term * pos_weight.to(log_p.dtype)
     loss = -(pos_term + (1.0 - y) * log_1mp)
     if gamma != 0.0:
-        loss = loss * torch.exp(gamma * log_mix(y, log_1mp, log_p))
+        m_log_p, m_log_1mp = modulating_logs if modulating_logs is not None else (log_p, log_1mp)
+        loss = loss * torch.exp(gamma * log_mix(y, m_log_1mp, m_log_p))
     if alpha is not None:
         loss = loss * (alpha * y + (1.0 - alpha) * (1.0 - y))
     return loss
@@ -244,7 +262,7 @@ def binary_cross_entropy_with_logits(
         valid=valid,
         weight=weight,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )
 
@@ -325,7 +343,7 @@ def binary_cross_entropy(
         valid=valid,
         weight=weight,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )
 
@@ -409,14 +427,20 @@ def sigmoid_focal_loss(
     x = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
     loss = sigmoid_family_elementwise(
-        F.logsigmoid(x), F.logsigmoid(-x), y, gamma=gamma, alpha=alpha, pos_weight=pos_weight
+        F.logsigmoid(x),
+        F.logsigmoid(-x),
+        y,
+        gamma=gamma,
+        alpha=alpha,
+        pos_weight=pos_weight,
+        modulating_logs=saturated_logs(x) if gamma != 0.0 else None,
     )
     return finish(
         loss,
         valid=valid,
         weight=weight,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )
 
@@ -502,7 +526,7 @@ def binary_focal_loss(
         valid=valid,
         weight=weight,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )
 
@@ -522,9 +546,11 @@ def asymmetric_elementwise(
     """
     log_p = F.logsigmoid(x)
     log_1mp = F.logsigmoid(-x)
+    # the modulating factors' exponents come from saturated logits (see SATURATION)
+    sat_log_p, sat_log_1mp = saturated_logs(x) if gamma_pos or not clip else (log_p, log_1mp)
     pos = -log_p
     if gamma_pos != 0.0:
-        pos = pos * torch.exp(gamma_pos * log_1mp)
+        pos = pos * torch.exp(gamma_pos * sat_log_1mp)
     if clip:
         # 1 - p_m = min(1 - p + clip, 1): log(sigma(-x) + clip) via logaddexp stays exact when
         # sigma(-x) is tiny; where p <= clip the shifted probability is 0 and so is the loss.
@@ -535,7 +561,7 @@ def asymmetric_elementwise(
             shifted, torch.logaddexp(log_1mp, log_1mp.new_tensor(clip).log()), 0.0
         )
     else:
-        log_pm, log_1mpm = log_p, log_1mp
+        log_pm, log_1mpm = sat_log_p, log_1mp
         shifted = None
     neg = -log_1mpm
     if gamma_neg != 0.0:
@@ -630,6 +656,6 @@ def asymmetric_loss(
         valid=valid,
         weight=weight,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )
