@@ -1,10 +1,12 @@
 """crossent: classification losses for PyTorch that are exact, finite in every precision, and fast.
 
 The public API is exactly what ``__all__`` lists: the functional losses (also in
-:mod:`crossent.functional`) and their modules (also in :mod:`crossent.nn`).
+:mod:`crossent.functional`), their modules (also in :mod:`crossent.nn`) and
+:class:`GradientAccumulator` (exact means under gradient accumulation).
 """
 
 from crossent._validation import set_value_checks
+from crossent.accumulation import GradientAccumulator
 from crossent.functional import (
     asymmetric_loss,
     binary_cross_entropy,
@@ -28,6 +30,7 @@ __all__ = [
     "BCEWithLogitsLoss",
     "BinaryFocalLoss",
     "FocalLoss",
+    "GradientAccumulator",
     "__version__",
     "asymmetric_loss",
     "binary_cross_entropy",
