@@ -216,3 +216,34 @@ def test_modulated_losses_finite_gradient_up_to_the_format_max(case, dtype):
         assert torch.isfinite(xg.grad).all(), (y_value, xg.grad)
         # Saturated: the gradient is the base loss's (d/dx of |x| is 1, times the weights).
         assert (xg.grad.abs() <= 1.0 + 1e-6).all(), (y_value, xg.grad)
+
+
+SOFTMAX_MODULATED = {
+    "softmax_focal_gamma0.5": dict(gamma=0.5),
+    "softmax_focal_gamma5": dict(gamma=5.0),
+    "softmax_focal_gamma5_smoothing": dict(gamma=5.0, label_smoothing=0.1),
+    "softmax_focal_gamma2_alpha": dict(gamma=2.0, alpha=0.25),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", SOFTMAX_MODULATED)
+@pytest.mark.parametrize("targets", ["indices", "probabilities"])
+def test_softmax_focal_finite_gradient_up_to_the_format_max(case, targets, dtype):
+    """The softmax focal loss reaches max(x) - min(x): logits within +-max/4 keep it finite;
+    -log p_t * gamma beyond the format's max must not turn the gradient into NaN."""
+    big = torch.finfo(dtype).max / 4
+    x = torch.tensor(
+        [[big, -big, 0.0], [-big, big, 1.0], [1e30, -1e30, 0.0], [2e3, -2e3, 0.0], [1.0, 2.0, 3.0]],
+        dtype=dtype,
+        requires_grad=True,
+    )
+    if targets == "indices":
+        target = torch.tensor([1, 0, 1, 1, 2])
+    else:
+        target = torch.softmax(torch.randn(5, 3, dtype=dtype), dim=1)
+    out = crossent.softmax_focal_loss(x, target, reduction="none", **SOFTMAX_MODULATED[case])
+    out.sum().backward()
+    assert torch.isfinite(out).all(), out
+    assert torch.isfinite(x.grad).all(), x.grad
+    assert (x.grad.abs() <= 1.0 + 1e-6).all(), x.grad

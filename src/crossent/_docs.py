@@ -42,6 +42,35 @@ FRAGMENTS = {
         - target: the same shape as ``input`` (no broadcasting: ``(N,)`` against ``(N, 1)``
           raises). Float (soft targets in [0, 1] allowed), integer or bool.
         - output: a scalar, or ``(*)`` for ``reduction="none"``.""",
+    # ---- the softmax (multi-class) family ----
+    "softmax_weight": """weight: optional per-class weight of size ``(C,)``, ``>= 0`` (as in torch).
+            It multiplies every loss term of class ``c`` by ``weight[c]``; for class-index
+            targets ``"mean"`` divides by the summed weights of the valid targets' classes
+            (torch's convention, see ``reduction``).""",
+    "softmax_ignore_index": """ignore_index: a class-index target equal to this value contributes
+            nothing and is not counted by ``"mean"`` (default -100, torch's). With probability
+            targets, a position whose target vector is filled with this value is ignored
+            (torch refuses ``ignore_index`` there). ``None`` disables it. When every target is
+            ignored, ``"mean"`` is 0 with zero gradient where torch returns NaN.""",
+    "softmax_label_smoothing": """label_smoothing: ``s`` in [0, 1). The target distribution
+            becomes ``(1 - s) y + s / C``, uniform over the ``C`` classes (torch's convention
+            for cross entropy; the sigmoid family uses ``s / 2`` per element). Default: 0.""",
+    "softmax_reduction": """reduction: ``"none"`` (one loss per sample, the input's size without
+            the class dimension), ``"sum"``, ``"mean"`` or ``"global_mean"`` (the mean over
+            every rank of a ``torch.distributed`` process group; equal to ``"mean"`` outside
+            one). ``"mean"`` follows torch's two conventions: for class-index targets the sum
+            divided by the summed ``weight`` of the valid targets' classes (their number
+            without ``weight``); for probability targets the sum divided by the number of
+            valid positions. Default: ``"mean"``.""",
+    "softmax_shape": """Shape:
+        - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``; the class dimension is 1
+          (0 for ``(C)``).
+        - target: class indices of an integer dtype with the input's size without the class
+          dimension (``()``, ``(N)`` or ``(N, d1, ..., dk)``), each in ``[0, C)`` or equal to
+          ``ignore_index``; or class probabilities of a floating-point dtype with the input's
+          size (one-hot targets, mixup / distillation targets).
+        - output: a scalar, or the input's size without the class dimension for
+          ``reduction="none"``.""",
     "dtype_note": """float16 and bfloat16 inputs are computed in float32 inside and returned in
     the input dtype; under ``torch.autocast`` the loss is returned in float32, as torch's own
     losses are.""",

@@ -23,14 +23,19 @@ import torch
 __all__ = [
     "REDUCTIONS",
     "check_broadcastable",
+    "check_class_indices",
+    "check_class_target",
+    "check_class_vector",
     "check_finite_option",
     "check_floating_input",
+    "check_ignore_index",
     "check_label_smoothing",
     "check_number",
     "check_probabilities",
     "check_process_group",
     "check_reduction",
     "check_same_shape",
+    "class_dim_of",
     "set_value_checks",
     "value_checks_enabled",
 ]
@@ -208,6 +213,126 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
         allowed = ", ".join(f'"{c}"' for c in choices)
         raise ValueError(f"Expected `{name}` to be one of {allowed}, but got {value!r}.")
     return value
+
+
+# --------------------------------------------------------------------------------------------
+# The softmax (multi-class) family: a class dimension, class-index or class-probability targets
+# --------------------------------------------------------------------------------------------
+
+
+def class_dim_of(input: torch.Tensor) -> int:
+    """The class dimension of a multi-class input: 0 for ``(C,)``, else 1 (torch's convention)."""
+    if input.dim() == 0:
+        raise ValueError(
+            "Expected `input` to have a class dimension, i.e. size (C), (N, C) or "
+            f"(N, C, d1, ..., dk), but got size {input.shape}."
+        )
+    return 0 if input.dim() == 1 else 1
+
+
+def check_class_target(input: torch.Tensor, target: object) -> bool:
+    """A multi-class target: class indices (integer dtype, the input's size without the class
+    dimension) or class probabilities (floating dtype, the input's size).
+
+    Returns True for class indices, False for class probabilities.
+    """
+    target = check_tensor("target", target)
+    class_dim = class_dim_of(input)
+    if target.dtype == torch.bool or target.is_complex():
+        raise TypeError(
+            f"Expected `target` to hold class indices (an integer dtype) or class probabilities "
+            f"(a floating-point dtype), but got {target.dtype}. For one-hot targets "
+            f"pass `target.float()`; for indices, `target.long()`."
+        )
+    index_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            hint = ""
+            if target.shape == index_shape:
+                hint = (
+                    " It has the size of class-index targets: class indices must have an "
+                    "integer dtype, e.g. `target.long()`."
+                )
+            raise ValueError(
+                f"Target size ({target.shape}) must be the same as input size "
+                f"({input.shape}) for class-probability (floating-point) targets.{hint}"
+            )
+        return False
+    if target.shape != index_shape:
+        hint = ""
+        if target.shape == input.shape:
+            hint = (
+                " It has the input's size: for one-hot or probability targets pass a "
+                "floating-point tensor, e.g. `target.float()`."
+            )
+        raise ValueError(
+            f"Expected class-index `target` to have size {index_shape} (the input size "
+            f"{input.shape} without its class dimension {class_dim}), but got size "
+            f"{target.shape}.{hint}"
+        )
+    return True
+
+
+def check_ignore_index(value: object) -> int | None:
+    """``ignore_index`` of the multi-class losses: an integer, or None (nothing is ignored)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Expected `ignore_index` to be an integer or None, but got {_fmt(value)}.")
+    return value
+
+
+def check_class_vector(
+    name: str,
+    tensor: torch.Tensor | None,
+    num_classes: int,
+    *,
+    allow_scalar: bool = False,
+    floating: bool = False,
+) -> None:
+    """A per-class option (``weight``, ``alpha``): a real 1-D tensor of length C, >= 0.
+
+    With ``allow_scalar`` a 0-dimensional tensor is accepted too (one value for every class);
+    with ``floating`` the dtype must be floating-point (torch's rule for ``weight``). The sign
+    is a value check (eager only).
+    """
+    if tensor is None:
+        return
+    check_tensor(name, tensor)
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        raise TypeError(f"Expected `{name}` to be a real tensor, but got dtype {tensor.dtype}.")
+    if floating and not tensor.is_floating_point():
+        raise TypeError(
+            f"Expected `{name}` to have a floating-point dtype, but got {tensor.dtype}. "
+            f"Pass `{name}.float()`."
+        )
+    if not (tensor.dim() == 1 and tensor.shape[0] == num_classes) and not (
+        allow_scalar and tensor.dim() == 0
+    ):
+        what = "a number or a tensor" if allow_scalar else "a tensor"
+        raise ValueError(
+            f"Expected `{name}` to be {what} of size ({num_classes},), one value per class "
+            f"(C = {num_classes}), but got size {tensor.shape}."
+        )
+    check_nonnegative_tensor(name, tensor)
+
+
+def check_class_indices(target: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:
+    """Class indices must lie in [0, C) unless they equal ``ignore_index`` (a value check)."""
+    if not value_checks_enabled() or target.numel() == 0:
+        return
+    bad = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        bad = bad & (target != ignore_index)
+    if bool(bad.any()):
+        value = target[bad].flatten()[0].item()
+        ignored = "" if ignore_index is None else f" or equal to `ignore_index` ({ignore_index})"
+        raise ValueError(
+            f"Expected `target` to hold class indices in [0, {num_classes - 1}] for an input "
+            f"with C = {num_classes} classes{ignored}, but it holds {value}."
+        )
 
 
 def check_process_group(process_group: object, reduction: str) -> None:

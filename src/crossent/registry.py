@@ -119,6 +119,44 @@ register(
     )
 )
 
+register(
+    LossSpec(
+        name="poly1_focal",
+        family="binary",
+        title="Poly-1 focal",
+        logits=CF.poly1_focal_loss,
+        aliases=("poly1_focal_loss", "poly_focal", "poly_focal_loss", "polyfocal"),
+    )
+)
+register(
+    LossSpec(
+        name="ce",
+        family="softmax",
+        title="CE",
+        logits=CF.cross_entropy,
+        torch_logits=F.cross_entropy,
+        aliases=("cross_entropy", "crossentropy", "softmax_cross_entropy", "nll"),
+    )
+)
+register(
+    LossSpec(
+        name="softmax_focal",
+        family="softmax",
+        title="Softmax focal",
+        logits=CF.softmax_focal_loss,
+        aliases=("softmax_focal_loss", "focal_softmax", "multiclass_focal"),
+    )
+)
+register(
+    LossSpec(
+        name="poly1",
+        family="softmax",
+        title="Poly-1",
+        logits=CF.poly1_cross_entropy,
+        aliases=("poly1_cross_entropy", "poly", "poly_loss", "polyloss"),
+    )
+)
+
 
 def get_loss(name: str) -> LossSpec:
     """The registered loss called ``name`` (or one of its aliases).
