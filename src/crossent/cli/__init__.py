@@ -16,16 +16,22 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    """Classification losses: explain them, diagnose outputs and targets, compare them on data."""
-    if version:
+def _print_version(value: bool) -> None:
+    # Eager: runs while the options are parsed, before typer asks for a command.
+    if value:
         from crossent import __version__
 
         typer.echo(f"crossent {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Classification losses: explain them, diagnose outputs and targets, compare them on data."""
 
 
 @app.command("demo")
@@ -35,6 +41,12 @@ def demo() -> None:
 
     for seed, target in SEED_CASES:
         typer.echo(render(walkthrough(seed, target)))
+
+
+# The commands register themselves on `app` when imported.
+from crossent.cli import curves as _curves  # noqa: E402, F401
+from crossent.cli import doctor as _doctor  # noqa: E402, F401
+from crossent.cli import explain as _explain  # noqa: E402, F401
 
 
 def main() -> None:
