@@ -15,7 +15,7 @@ import torch
 import crossent
 from tests._helpers import assert_close
 from tests._helpers.cases import loss_forms, make_options, make_target
-from tests._helpers.ddp_checks import SCENARIOS, compiled_checks, eager_checks
+from tests._helpers.ddp_checks import SCENARIOS, compiled_checks, eager_checks, fail_on_rank_one
 from tests._helpers.distributed import run_distributed
 
 pytestmark = pytest.mark.skipif(
@@ -108,6 +108,17 @@ def test_global_mean_inside_a_compiled_graph(tmp_path):
         assert r["collectives"] == ["c10d::allreduce_"] * n, f"rank {rank}"
         assert r["value_error"] <= 1e-6, (rank, r)
         assert r["grad_error"] <= 1e-6, (rank, r)
+
+
+@pytest.mark.distributed
+def test_a_failing_rank_fails_the_run_at_once(tmp_path):
+    """The other rank is stuck in a collective: the runner must not wait for its timeout."""
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(AssertionError, match=r"(?s)rank 1 failed:.*rank 1 gives up"):
+        run_distributed(fail_on_rank_one, tmp_path, timeout_s=100, collective_timeout_s=100)
+    assert time.monotonic() - start < 60
 
 
 # --------------------------------------------------------------------------------------------

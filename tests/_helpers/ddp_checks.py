@@ -239,3 +239,10 @@ def compiled_checks(rank: int, world: int) -> dict[str, Any]:
         "collectives": launched,
         "eager_collectives": eager_launched,
     }
+
+
+def fail_on_rank_one(rank: int, world: int) -> None:
+    """Rank 1 raises; rank 0 waits in a collective that rank 1 never joins."""
+    if rank == 1:
+        raise RuntimeError("rank 1 gives up")
+    dist.barrier()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -53,7 +54,9 @@ def _entry(
             dist.destroy_process_group()
     except BaseException:  # report everything, including a collective's timeout
         result = {"ok": False, "error": traceback.format_exc()}
-    torch.save(result, path)
+    partial = path.with_suffix(".partial")
+    torch.save(result, partial)
+    os.replace(partial, path)  # the parent never reads a half-written file
 
 
 def run_distributed(
@@ -67,8 +70,26 @@ def run_distributed(
     """``[fn(0, world_size), fn(1, world_size), ...]``, each run in its own process.
 
     ``fn`` must be importable by name (a module-level function). Raises AssertionError with
-    the rank's traceback when a rank fails, or when the processes outlive ``timeout_s``.
+    the rank's traceback when a rank fails, or when the processes outlive ``timeout_s``. A
+    free port can be taken by another process before the ranks bind it: that case (only)
+    is retried, twice.
     """
+    for attempt in range(3):
+        try:
+            return _run_once(
+                fn, Path(out_dir) / f"attempt{attempt}", world_size, timeout_s, collective_timeout_s
+            )
+        except _PortTaken:
+            continue
+    raise AssertionError("could not bind a free TCP port for the process group in 3 attempts")
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _run_once(fn, out_dir: Path, world_size: int, timeout_s: float, collective_timeout_s: float):
+    out_dir.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     port = free_port()
     procs = [
@@ -89,26 +110,44 @@ def run_distributed(
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = env_threads
-    deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout_s)
-    for p in procs:
-        remaining = (deadline - datetime.datetime.now()).total_seconds()
-        p.join(timeout=max(remaining, 0.1))
-    hung = [rank for rank, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
+    deadline = time.monotonic() + timeout_s
+    paths = [out_dir / f"rank{rank}.pt" for rank in range(world_size)]
+    failed = None
+    try:
+        # Poll: a rank that fails stops the run at once (the others would wait in a
+        # collective until its timeout).
+        while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+            for rank, path in enumerate(paths):
+                if path.exists() and not torch.load(path, weights_only=False)["ok"]:
+                    failed = rank
+            if failed is not None:
+                break
+            time.sleep(0.1)
+    finally:
+        hung = [rank for rank, p in enumerate(procs) if p.is_alive()]
+        for p in procs:
+            if p.is_alive():
+                p.kill()
             p.join(timeout=10)
-    if hung:
-        raise AssertionError(f"ranks {hung} did not finish within {timeout_s} s")
-    results = []
-    for rank, p in enumerate(procs):
-        path = Path(out_dir) / f"rank{rank}.pt"
+    results, errors = [], []
+    for rank, (p, path) in enumerate(zip(procs, paths)):
         if not path.exists():
-            raise AssertionError(f"rank {rank} exited with code {p.exitcode} and no result")
+            if failed is not None:
+                errors.append(f"rank {rank} was stopped after rank {failed} failed")
+            elif rank in hung:
+                errors.append(f"rank {rank} did not finish within {timeout_s} s")
+            else:
+                errors.append(f"rank {rank} exited with code {p.exitcode} and no result")
+            continue
         result = torch.load(path, weights_only=False)
-        if not result["ok"]:
-            raise AssertionError(f"rank {rank} failed:\n{result['error']}")
-        results.append(result["result"])
+        if result["ok"]:
+            results.append(result["result"])
+        elif "address already in use" in result["error"].lower():
+            raise _PortTaken(result["error"])
+        else:
+            errors.append(f"rank {rank} failed:\n{result['error']}")
+    if errors:  # every rank's story: the first to fail is not always the lowest rank
+        raise AssertionError("\n".join(errors))
     return results
 
 
