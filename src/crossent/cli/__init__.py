@@ -52,3 +52,7 @@ from crossent.cli import explain as _explain  # noqa: E402, F401
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+# Sub-commands in their own modules register themselves on `app` when imported.
+from crossent.cli import compare as _compare  # noqa: E402, F401

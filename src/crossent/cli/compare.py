@@ -1,0 +1,270 @@
+"""``crossent compare``: parse the options, show progress, print the table, write the report.
+
+The work is done by :mod:`crossent.compare`; this module only talks to the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crossent.cli import app
+
+DEFAULT_OUT = Path("crossent-report")
+LOSS_HELP = (
+    'A loss to compare, as "name" or "name:option=value,...", e.g. bce, "bce:pos_weight=auto", '
+    '"focal:gamma=2,alpha=0.25", asl, "ce:label_smoothing=0.1". Repeat for each loss. `auto` '
+    "values are computed from the training split. Default: bce, bce:pos_weight=auto, focal, asl "
+    "(binary / multi-label data) or ce, ce:weight=auto, softmax_focal, poly1 (multi-class)."
+)
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    from crossent.compare import CompareError
+
+    try:
+        return tuple(float(t) for t in text.replace(";", ",").split(",") if t.strip())
+    except ValueError:
+        raise CompareError(
+            f"Expected `{option}` to be comma-separated numbers, but got {text!r}."
+        ) from None
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    from crossent.compare import CompareError
+
+    try:
+        return tuple(int(t) for t in text.replace(";", ",").split(",") if t.strip())
+    except ValueError:
+        raise CompareError(
+            f"Expected `{option}` to be comma-separated integers (e.g. 64 or 128,64), but got "
+            f"{text!r}."
+        ) from None
+
+
+Opt = typer.Option
+
+
+@app.command("compare")
+def compare(
+    data: Annotated[
+        str,
+        Opt(
+            "--data",
+            "--dataset",
+            help="Built-in data set: digits-imbalanced, digits-multilabel, digits, breast-cancer.",
+        ),
+    ] = "digits-imbalanced",
+    csv: Annotated[
+        Path | None, Opt("--csv", help="Your own data: a CSV file with a header row.")
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        Opt("--target", help="Target column of --csv; repeat for multi-label (0/1 columns)."),
+    ] = None,
+    drop: Annotated[
+        list[str] | None, Opt("--drop", help="A --csv column to leave out; repeatable.")
+    ] = None,
+    positive: Annotated[
+        str | None,
+        Opt(
+            "--positive",
+            help="The positive value of a binary --target (default: 1/true/yes, else the rarer).",
+        ),
+    ] = None,
+    imbalance: Annotated[
+        float,
+        Opt("--imbalance", help="digits-imbalanced: negatives per positive (zeros subsampled)."),
+    ] = 50.0,
+    loss: Annotated[list[str] | None, Opt("--loss", "-l", help=LOSS_HELP)] = None,
+    seeds: Annotated[int, Opt(help="Number of seeds (splits x initialisations).")] = 3,
+    first_seed: Annotated[int, Opt(help="The first seed; seeds are consecutive.")] = 0,
+    split: Annotated[str, Opt(help="Train, validation, test fractions.")] = "0.6,0.2,0.2",
+    hidden: Annotated[str, Opt(help="Hidden layer widths of the MLP, e.g. 128,64.")] = "64",
+    dropout: Annotated[float, Opt(help="Dropout after each hidden layer.")] = 0.0,
+    lr: Annotated[float, Opt(help="AdamW learning rate.")] = 1e-3,
+    weight_decay: Annotated[float, Opt(help="AdamW weight decay.")] = 1e-2,
+    batch_size: Annotated[int, Opt(help="Batch size (global, under torchrun).")] = 64,
+    epochs: Annotated[int, Opt(help="Maximum epochs per run.")] = 100,
+    patience: Annotated[int, Opt(help="Early stopping: epochs without improvement.")] = 10,
+    metric: Annotated[
+        str | None,
+        Opt(
+            help="Primary metric for early stopping and the verdict (default: "
+            "average_precision, or macro_f1 for multi-class data)."
+        ),
+    ] = None,
+    device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[
+        int, Opt(help="CPU threads per process (the small MLP gains nothing from more).")
+    ] = 1,
+    out: Annotated[Path, Opt("--out", "-o", help="Output folder.")] = DEFAULT_OUT,
+    tensorboard: Annotated[
+        Path | None, Opt(help="Also log every run to TensorBoard in this folder.")
+    ] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar and no table.")] = False,
+) -> None:
+    """Which loss works on my data? Train the same small model with each loss over several
+    seeds and compare them on the test split; writes results.csv, results.json, report.md and
+    report.html.
+
+    Data-parallel: torchrun --nproc_per_node=N -m crossent compare ...
+    """
+    from crossent.compare import CompareConfig, CompareError
+
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        config = CompareConfig(
+            data=data,
+            csv=str(csv) if csv is not None else None,
+            targets=list(target or []),
+            drop=list(drop or []),
+            positive=positive,
+            imbalance=imbalance,
+            losses=list(loss or []),
+            seeds=seeds,
+            first_seed=first_seed,
+            split=_floats(split, "--split"),
+            hidden=_ints(hidden, "--hidden"),
+            dropout=dropout,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            max_epochs=epochs,
+            patience=patience,
+            metric=metric,
+            device=device,
+            threads=threads,
+            tensorboard=str(tensorboard) if tensorboard is not None else None,
+        )
+        _run(config, out, quiet=quiet or not main_rank)
+    except CompareError as exc:
+        if main_rank:
+            typer.secho(f"Error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _run(config, out: Path, *, quiet: bool) -> None:
+    from crossent.compare import run_compare
+    from crossent.compare.distributed import setup_distributed, teardown_distributed
+
+    start = time.perf_counter()
+    dist = setup_distributed(config.device)
+    try:
+        if quiet:
+            result = run_compare(config, dist=dist)
+        else:
+            result = _with_progress(config, dist)
+        if dist.is_main:
+            from crossent.compare.report import write_report
+
+            paths = write_report(result, out)
+    finally:
+        teardown_distributed(dist)
+    if dist.is_main and not quiet:
+        _print_summary(result, paths, time.perf_counter() - start)
+
+
+def _with_progress(config, dist):
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from crossent.compare import run_compare
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("runs {task.fields[done]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task("starting", total=None, done="0/?")
+
+        def update(p) -> None:
+            total = p.runs * p.max_epochs
+            if p.done:
+                completed = (p.run + 1) * p.max_epochs
+                done = f"{p.run + 1}/{p.runs}"
+            else:
+                completed = p.run * p.max_epochs + p.epoch
+                done = f"{p.run}/{p.runs}"
+            bar.update(
+                task,
+                total=total,
+                completed=completed,
+                done=done,
+                description=f"seed {p.seed} · {p.loss} · epoch {p.epoch}",
+            )
+
+        result = run_compare(config, progress=update, dist=dist)
+        bar.update(task, description="done")
+    return result
+
+
+SHORT = {
+    "average_precision": "AP",
+    "roc_auc": "ROC-AUC",
+    "f1": "F1",
+    "f1_at_0.5": "F1@0.5",
+    "balanced_accuracy": "BalAcc",
+    "macro_f1": "MacroF1",
+}
+
+
+def _print_summary(result, paths, seconds: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from crossent.compare import metrics as M
+    from crossent.compare.report import NOISE_MARK, format_cell, noise_rule, verdict
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped to a file: no need to wrap the table
+    columns = [c for c in result.columns if not c.endswith("_micro")]
+    table = Table(
+        title=f"crossent compare: {result.dataset.name} -- test metrics, mean ± sd over "
+        f"{len(result.seeds)} seed(s)",
+        title_justify="left",
+    )
+    table.add_column("loss", style="bold", no_wrap=True)
+    for c in columns:
+        info = M.METRICS[c]
+        arrow = "↑" if info.higher_is_better else "↓"
+        table.add_column(f"{SHORT.get(c, info.title)} {arrow}", justify="right", no_wrap=True)
+    for spec in result.losses:
+        cells: list[str] = []
+        for c in columns:
+            text, best, worse = format_cell(result, spec.label, c)
+            text = text.replace(" ± ", "±")
+            if best:
+                cells.append(f"[bold green]{text}[/]")
+            else:
+                cells.append(text + (f" {NOISE_MARK}" if worse else ""))
+        table.add_row(spec.label, *cells)
+    console.print(table)
+    console.print(
+        f"[green]bold[/]: best mean; {NOISE_MARK}: worse than the best beyond seed noise. "
+        + noise_rule(len(result.seeds)),
+        highlight=False,
+    )
+    console.print()
+    console.print(verdict(result).replace("**", ""), highlight=False)
+    console.print()
+    out = paths["report.html"].parent
+    console.print(
+        f"Wrote {out}/: "
+        + ", ".join(k for k in paths if not k.startswith("figures/"))
+        + f" ({seconds:.1f} s)",
+        highlight=False,
+    )

@@ -1,0 +1,547 @@
+"""Writing a comparison out: ``results.csv`` (one row per loss and seed), ``summary.csv``,
+``results.json`` (rows, summary, comparisons, settings, training histories), ``report.md``
+with its figures in ``figures/``, and a self-contained ``report.html`` (figures embedded as
+base64 PNG). Markdown and HTML are rendered from one list of blocks, so they say the same."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from crossent import __version__
+from crossent.compare import metrics as M
+from crossent.compare.runner import CompareResult, config_dict
+from crossent.compare.stats import ALPHA, t_critical
+
+__all__ = ["format_cell", "metric_table", "verdict", "write_report"]
+
+NOISE_MARK = "†"
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "nan" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _digits(metric: str) -> int:
+    return 4 if metric in ("ece", "ece_micro", "brier") else 3
+
+
+def _task_text(result: CompareResult) -> str:
+    return {"binary": "binary", "multilabel": "multi-label", "multiclass": "multi-class"}[
+        result.task
+    ]
+
+
+def noise_rule(n_seeds: int) -> str:
+    if n_seeds < 2:
+        return "With one seed the seed noise cannot be estimated: run with `--seeds 3` or more."
+    return (
+        f"A difference is larger than the seed noise when a paired t-test over the {n_seeds} "
+        f"seeds (each seed: same split, initial weights and batches for every loss) gives "
+        f"p < {ALPHA:g}, i.e. |mean difference| > {t_critical(n_seeds - 1):.2f} x sd of the "
+        f"differences / sqrt({n_seeds})."
+    )
+
+
+def significantly_worse(result: CompareResult, metric: str) -> set[str]:
+    return {c.loss for c in result.comparisons[metric] if c.significant}
+
+
+def format_cell(result: CompareResult, loss: str, metric: str) -> tuple[str, bool, bool]:
+    """``"0.912 ± 0.013"``, whether it is the best mean (ties included), whether it is worse
+    than the best by more than the seed noise."""
+    s = result.summary[loss][metric]
+    d = _digits(metric)
+    text = f"{_fmt(s.mean, d)} ± {_fmt(s.std, d)}" if s.n > 1 else _fmt(s.mean, d)
+    best = result.summary[result.best(metric)][metric].mean
+    return text, s.mean == best, loss in significantly_worse(result, metric)
+
+
+def metric_table(result: CompareResult, columns) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (plain text with ** for the best and † for beyond-noise gaps)."""
+    header = [
+        "loss",
+        *[M.METRICS[c].title + (" ↑" if M.METRICS[c].higher_is_better else " ↓") for c in columns],
+    ]
+    rows = []
+    for spec in result.losses:
+        row = [spec.label]
+        for c in columns:
+            text, best, worse = format_cell(result, spec.label, c)
+            row.append(f"**{text}**" if best else text + (f" {NOISE_MARK}" if worse else ""))
+        rows.append(row)
+    return header, rows
+
+
+def _auto_summary(result: CompareResult, loss: str) -> str:
+    autos = [r.auto for r in result.runs_of(loss) if r.auto]
+    if not autos:
+        return ""
+    if len(set(autos)) == 1:
+        return autos[0]
+    # Values differ a little between seeds (each computed on that seed's training split).
+    numbers = [[float(v) for v in re.findall(r"[-+]?\d*\.?\d+(?:e[-+]?\d+)?", a)] for a in autos]
+    key = autos[0].split("=")[0]
+    if all(len(n) == 1 for n in numbers):
+        values = [n[0] for n in numbers]
+        return f"{key}={min(values):.3g}..{max(values):.3g} (per seed's training split)"
+    return f"{autos[0]} (seed {result.seeds[0]}; each seed's training split gives its own)"
+
+
+def verdict(result: CompareResult) -> str:
+    """One paragraph: the best loss on the primary metric, whether its lead exceeds the seed
+    noise, the calibration picture, and the settings used."""
+    p = result.primary
+    title = M.METRICS[p].title
+    best = result.best(p)
+    s = result.summary[best][p]
+    n = len(result.seeds)
+    data = result.dataset
+    auto = _auto_summary(result, best)
+    auto = f" ({auto})" if auto else ""
+    tied = [
+        k for k, v in result.summary.items() if k != best and v[p].mean == s.mean and v[p].n == s.n
+    ]
+    who = f"**{best}**{auto} has" if not tied else f"**{best}**{auto} and {', '.join(tied)} share"
+    parts = [
+        f"On {data.name} ({_task_text(result)}, {data.n_samples} samples, "
+        f"{data.X.shape[1]} features; {data.prevalence_text()}), {who} the best "
+        f"mean test {title}: {_fmt(s.mean)}"
+        + (f" ± {_fmt(s.std)} over {n} seeds." if n > 1 else " (one seed).")
+    ]
+    others = [c for c in result.comparisons[p]]
+    if n < 2:
+        parts.append("With one seed, no difference can be told apart from seed noise.")
+    elif others:
+        worse = [c.loss for c in others if c.significant]
+        close = [c.loss for c in others if not c.significant and c.loss not in tied]
+        equal = [c.loss for c in others if c.mean_difference == 0 and c.std_difference == 0]
+        if worse:
+            parts.append(
+                f"It beats {', '.join(worse)} by more than the seed noise (paired t-test, "
+                f"p < {ALPHA:g})."
+            )
+        if equal and len(equal) == len(others):
+            parts.append(
+                f"Every loss scores exactly the same on every seed: {title} does not separate "
+                f"the losses on this data."
+            )
+        elif close:
+            parts.append(
+                f"{'Their' if tied else 'Its'} lead over {', '.join(close)} is within the seed "
+                f"noise: on {title} these are "
+                f"not distinguishable with {n} seeds."
+            )
+    if "ece" in result.columns and p != "ece":
+        cal = result.best("ece")
+        cal_worse = significantly_worse(result, "ece")
+        text = f"Best calibrated: {cal} (ECE {_fmt(result.summary[cal]['ece'].mean, 4)})"
+        if cal_worse:
+            text += f"; {', '.join(sorted(cal_worse))} worse beyond the noise"
+        parts.append(text + ".")
+    cfg = result.config
+    parts.append(
+        f"Settings: {result.model}, AdamW (lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}), "
+        f"batch {cfg.batch_size}, up to {cfg.max_epochs} epochs with early stopping on "
+        f"validation {title} (patience {cfg.patience}), stratified "
+        f"{'/'.join(f'{f:g}' for f in cfg.split)} train/validation/test split, seeds "
+        f"{', '.join(map(str, result.seeds))}, {result.world_size} process(es) on {result.device}."
+    )
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks rendered to Markdown and HTML
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Block:
+    kind: str  # "h1" | "h2" | "p" | "table" | "image" | "list"
+    text: str = ""
+    header: list[str] | None = None
+    rows: list[list[str]] | None = None
+    items: list[str] | None = None
+    image: bytes | None = None
+    filename: str = ""
+
+
+def _inline_html(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if b.kind == "h1":
+            out.append(f"# {b.text}\n")
+        elif b.kind == "h2":
+            out.append(f"## {b.text}\n")
+        elif b.kind == "p":
+            out.append(b.text + "\n")
+        elif b.kind == "list":
+            out.append("\n".join(f"- {i}" for i in b.items or []) + "\n")
+        elif b.kind == "table":
+            header = b.header or []
+            out.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
+            out.append("|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|")
+            for row in b.rows or []:
+                out.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
+            out.append("")
+        elif b.kind == "image":
+            out.append(f"![{b.text}]({b.filename})\n")
+    return "\n".join(out)
+
+
+CSS = """
+body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; max-width: 1180px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; border-bottom: 2px solid #ddd; padding-bottom: .3em; }
+h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .92em; }
+th, td { border: 1px solid #ddd; padding: .3em .6em; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f5f5f5; }
+tr:nth-child(even) td { background: #fafafa; }
+code { background: #f3f3f3; padding: 0 .25em; border-radius: 3px; }
+img { max-width: 100%; border: 1px solid #eee; margin: .4em 0 1em; }
+.verdict { background: #f0f6ff; border-left: 4px solid #3b7dd8; padding: .7em 1em; }
+"""
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    body: list[str] = []
+    first_paragraph = True
+    for b in blocks:
+        if b.kind in ("h1", "h2"):
+            body.append(f"<{b.kind}>{_inline_html(b.text)}</{b.kind}>")
+        elif b.kind == "p":
+            cls = ' class="verdict"' if first_paragraph else ""
+            first_paragraph = False
+            body.append(f"<p{cls}>{_inline_html(b.text)}</p>")
+        elif b.kind == "list":
+            body.append(
+                "<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in b.items or []) + "</ul>"
+            )
+        elif b.kind == "table":
+            head = "".join(f"<th>{_inline_html(h)}</th>" for h in b.header or [])
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>"
+                for row in b.rows or []
+            )
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif b.kind == "image":
+            data = base64.b64encode(b.image or b"").decode("ascii")
+            body.append(f'<img alt="{html.escape(b.text)}" src="data:image/png;base64,{data}">')
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def _blocks(result: CompareResult, figures: dict[str, bytes]) -> list[Block]:
+    data = result.dataset
+    cfg = result.config
+    p = result.primary
+    blocks = [
+        Block("h1", f"crossent compare: {data.name}"),
+        Block("p", verdict(result)),
+        Block("h2", "Test metrics (mean ± sd over seeds)"),
+    ]
+    macro = [c for c in result.columns if not c.endswith("_micro")]
+    micro = [c for c in result.columns if c.endswith("_micro")]
+    header, rows = metric_table(result, macro)
+    blocks.append(Block("table", header=header, rows=rows))
+    if micro:
+        blocks.append(
+            Block("p", "Above: macro averages over labels. Micro (every sample and label pooled):")
+        )
+        header, rows = metric_table(result, micro)
+        blocks.append(Block("table", header=header, rows=rows))
+    blocks.append(
+        Block(
+            "p",
+            f"↑ higher is better, ↓ lower is better. **Bold**: best mean. {NOISE_MARK}: worse "
+            f"than the best by more than the seed noise. {noise_rule(len(result.seeds))} "
+            + (
+                "F1 and balanced accuracy use each label's threshold that maximises F1 on the "
+                "validation split; F1 @0.5 uses probability 0.5. ECE: 15 equal-width bins."
+                if result.task != "multiclass"
+                else "ECE: top-label confidence, 15 equal-width bins."
+            ),
+        )
+    )
+    blocks.append(Block("h2", f"Against the best on {M.METRICS[p].title}"))
+    best = result.best(p)
+    rows = []
+    for c in result.comparisons[p]:
+        sd = _fmt(c.std_difference, 4)
+        rows.append(
+            [
+                c.loss,
+                f"{c.mean_difference:+.4f}",
+                sd,
+                _fmt(c.t, 2) if math.isfinite(c.t) else ("inf" if c.n > 1 else "n/a"),
+                _fmt(c.p_value, 4),
+                "yes" if c.significant else "no",
+            ]
+        )
+    blocks.append(
+        Block(
+            "table",
+            header=["loss", f"mean diff. vs {best}", "sd of diff.", "t", "p", "beyond noise"],
+            rows=rows,
+        )
+    )
+    if result.task == "multilabel":
+        blocks.append(Block("h2", "Average precision per label (mean over seeds)"))
+        names = data.label_names
+        rows = []
+        for spec in result.losses:
+            runs = result.runs_of(spec.label)
+            rows.append(
+                [spec.label]
+                + [
+                    _fmt(sum(r.per_label[n]["average_precision"] for r in runs) / len(runs))
+                    for n in names
+                ]
+            )
+        blocks.append(Block("table", header=["loss", *names], rows=rows))
+
+    blocks.append(Block("h2", "Losses"))
+    rows = []
+    for spec in result.losses:
+        runs = result.runs_of(spec.label)
+        rows.append(
+            [
+                f"`{spec.label}`",
+                spec.spec.title,
+                _auto_summary(result, spec.label) or "-",
+                f"{sum(r.history.best_epoch for r in runs) / len(runs):.0f}",
+                f"{sum(r.history.seconds for r in runs) / len(runs):.1f} s",
+            ]
+        )
+    blocks.append(
+        Block(
+            "table",
+            header=["spec", "loss", "auto values", "epoch kept (mean)", "train time / run"],
+            rows=rows,
+        )
+    )
+
+    blocks.append(Block("h2", "Figures"))
+    captions = {
+        "pr_curves": "Precision-recall curves",
+        "reliability": "Reliability diagrams",
+        "training_curves": "Training curves",
+    }
+    for key, png in figures.items():
+        blocks.append(Block("image", captions[key], image=png, filename=f"figures/{key}.png"))
+
+    blocks.append(Block("h2", "Data and settings"))
+    sizes = result.splits[result.seeds[0]]
+    test_info = ""
+    if result.task != "multiclass":
+        positives = [int(r.test_targets.sum()) for r in result.runs_of(result.losses[0].label)]
+        test_info = f"; positives in the test split per seed: {', '.join(map(str, positives))}"
+    blocks.append(
+        Block(
+            "list",
+            items=[
+                data.description,
+                f"Task: {_task_text(result)}; {data.prevalence_text()}.",
+                f"Split (seed {result.seeds[0]}): {sizes['train']} train / {sizes['val']} "
+                f"validation / "
+                f"{sizes['test']} test, stratified"
+                + (" (iterative stratification)" if result.task == "multilabel" else "")
+                + f"{test_info}. Features standardised with the training split's mean and sd.",
+                f"Model: {result.model}; AdamW lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, "
+                f"batch size {cfg.batch_size}, at most {cfg.max_epochs} epochs, early stopping on "
+                f"validation {M.METRICS[p].title} (patience {cfg.patience}; ties broken by the "
+                f"lower validation loss), weights of the best epoch kept.",
+                "Within a seed every loss starts from the same initial weights and sees the same "
+                "batches in the same order.",
+                f"Seeds: {', '.join(map(str, result.seeds))}. Processes: {result.world_size} "
+                f"(device {result.device}). Wall time: {result.seconds:.1f} s.",
+                f"crossent {__version__}, torch {result.environment['torch']}, "
+                f"python {result.environment['python']}.",
+            ],
+        )
+    )
+    blocks.append(Block("h2", "Files"))
+    blocks.append(
+        Block(
+            "list",
+            items=[
+                "`results.csv`: one row per loss and seed, one column per metric.",
+                "`summary.csv`: mean, sd and the comparison with the best loss per metric.",
+                "`results.json`: all of it, with settings, per-label values and training "
+                "histories.",
+                "`report.md` (figures in `figures/`) and this report as one self-contained "
+                "`report.html`.",
+            ],
+        )
+    )
+    return blocks
+
+
+def _clean(value):
+    """JSON-safe: NaN and infinity become null, NumPy scalars Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def results_json(result: CompareResult) -> dict:
+    best = result.best()
+    return _clean(
+        {
+            "crossent_version": __version__,
+            "dataset": {
+                "name": result.dataset.name,
+                "description": result.dataset.description,
+                "task": result.task,
+                "samples": result.dataset.n_samples,
+                "features": int(result.dataset.X.shape[1]),
+                "labels": result.dataset.label_names,
+                "counts": result.dataset.class_counts().tolist(),
+            },
+            "config": config_dict(result.config),
+            "model": result.model,
+            "seeds": result.seeds,
+            "splits": {str(k): v for k, v in result.splits.items()},
+            "losses": [
+                {
+                    "label": s.label,
+                    "loss": s.spec.name,
+                    "options": {
+                        k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in s.options.items()
+                    },
+                    "auto": [r.auto for r in result.runs_of(s.label)],
+                }
+                for s in result.losses
+            ],
+            "primary_metric": result.primary,
+            "metrics": list(result.columns),
+            "rows": result.rows(),
+            "per_label": [
+                {"loss": r.loss, "seed": r.seed, "thresholds": r.thresholds, "metrics": r.per_label}
+                for r in result.runs
+                if r.per_label
+            ],
+            "summary": {
+                loss: {c: {"mean": s.mean, "std": s.std, "n": s.n} for c, s in by_metric.items()}
+                for loss, by_metric in result.summary.items()
+            },
+            "comparisons": {c: [x.as_dict() for x in xs] for c, xs in result.comparisons.items()},
+            "noise_rule": noise_rule(len(result.seeds)),
+            "best": best,
+            "verdict": verdict(result),
+            "histories": [
+                {
+                    "loss": r.loss,
+                    "seed": r.seed,
+                    "train_loss": r.history.train_loss,
+                    "val_loss": r.history.val_loss,
+                    "val_" + result.primary: r.history.val_score,
+                    "best_epoch": r.history.best_epoch,
+                }
+                for r in result.runs
+            ],
+            "world_size": result.world_size,
+            "device": result.device,
+            "seconds": result.seconds,
+            "environment": result.environment,
+        }
+    )
+
+
+def write_report(
+    result: CompareResult, out: str | Path, *, figures: bool = True
+) -> dict[str, Path]:
+    """Write every output file into ``out`` (created if needed); returns their paths."""
+    from crossent.compare import figures as F
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "results.csv": out / "results.csv",
+        "summary.csv": out / "summary.csv",
+        "results.json": out / "results.json",
+        "report.md": out / "report.md",
+        "report.html": out / "report.html",
+    }
+    rows = result.rows()
+    with paths["results.csv"].open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with paths["summary.csv"].open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "loss",
+                "metric",
+                "mean",
+                "std",
+                "n",
+                "best",
+                "diff_vs_best",
+                "p_value",
+                "beyond_noise",
+            ]
+        )
+        for spec in result.losses:
+            for c in result.columns:
+                s = result.summary[spec.label][c]
+                comp = next((x for x in result.comparisons[c] if x.loss == spec.label), None)
+                writer.writerow(
+                    [
+                        spec.label,
+                        c,
+                        s.mean,
+                        s.std,
+                        s.n,
+                        spec.label == result.best(c),
+                        comp.mean_difference if comp else 0.0,
+                        comp.p_value if comp else "",
+                        comp.significant if comp else "",
+                    ]
+                )
+    paths["results.json"].write_text(json.dumps(results_json(result), indent=2) + "\n")
+    pngs: dict[str, bytes] = {}
+    if figures:
+        pngs = {
+            "pr_curves": F.pr_curves(result),
+            "reliability": F.reliability_diagrams(result),
+            "training_curves": F.training_curves(result),
+        }
+        (out / "figures").mkdir(exist_ok=True)
+        for key, png in pngs.items():
+            path = out / "figures" / f"{key}.png"
+            path.write_bytes(png)
+            paths[f"figures/{key}.png"] = path
+    blocks = _blocks(result, pngs)
+    paths["report.md"].write_text(render_markdown(blocks))
+    paths["report.html"].write_text(render_html(blocks, f"crossent compare: {result.dataset.name}"))
+    return paths

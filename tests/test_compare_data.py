@@ -1,0 +1,274 @@
+"""compare's data: built-in data sets, CSV reading and its errors, stratified splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from crossent.compare.data import (
+    DIGIT_ATTRIBUTES,
+    CompareError,
+    load_builtin,
+    load_csv,
+    load_dataset,
+)
+from crossent.compare.splits import (
+    iterative_stratification,
+    standardize,
+    stratified_split,
+)
+
+# --------------------------------------------------------------------------------------------
+# Built-in data sets
+# --------------------------------------------------------------------------------------------
+
+
+def test_digits_imbalanced_ratio_and_subsampling():
+    d = load_builtin("digits-imbalanced")
+    assert d.task == "binary" and d.y.shape == (d.n_samples, 1) and d.X.shape[1] == 64
+    pos = int(d.y.sum())
+    neg = d.n_samples - pos
+    assert neg == 1797 - 178 and pos == round(neg / 50)
+    d10 = load_builtin("digits-imbalanced", imbalance=10)
+    assert int(d10.y.sum()) == round(neg / 10)
+    assert int(load_builtin("digits-imbalanced", imbalance=2).y.sum()) == 178  # all zeros kept
+    # The data set is fixed by data_seed, not by the training seeds.
+    assert np.array_equal(load_builtin("digits-imbalanced").X, d.X)
+    assert not np.array_equal(load_builtin("digits-imbalanced", data_seed=1).X, d.X)
+    with pytest.raises(CompareError, match=r"`--imbalance` to be a number > 0, but got -1"):
+        load_builtin("digits-imbalanced", imbalance=-1)
+
+
+def test_digits_multilabel_labels_follow_the_digit():
+    from sklearn.datasets import load_digits
+
+    digit = load_digits().target
+    d = load_builtin("digits-multilabel")
+    assert d.task == "multilabel" and d.label_names == list(DIGIT_ATTRIBUTES)
+    for j, members in enumerate(DIGIT_ATTRIBUTES.values()):
+        assert np.array_equal(d.y[:, j] == 1, np.isin(digit, members))
+    assert np.array_equal(d.y[digit == 8], np.tile([1, 0, 1, 1], ((digit == 8).sum(), 1)))
+
+
+def test_digits_and_breast_cancer():
+    d = load_builtin("digits")
+    assert d.task == "multiclass" and d.y.dtype == np.int64 and d.n_outputs == 10
+    b = load_builtin("breast-cancer")
+    assert b.task == "binary" and b.label_names == ["malignant"] and int(b.y.sum()) == 212
+
+
+def test_unknown_builtin_and_target_without_csv():
+    with pytest.raises(CompareError, match=r"`--data` to be one of .*digits-imbalanced.*'mnist'"):
+        load_builtin("mnist")
+    with pytest.raises(CompareError, match=r"`--target` needs `--csv PATH`"):
+        load_dataset("digits", targets=["y"])
+
+
+# --------------------------------------------------------------------------------------------
+# CSV
+# --------------------------------------------------------------------------------------------
+
+
+def _write(tmp_path, text, name="data.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _rows(n, fmt):
+    return "".join(fmt(i) for i in range(n))
+
+
+def test_csv_binary_multiclass_multilabel(tmp_path):
+    text = "a,b,label,x,y\n" + _rows(
+        12,
+        lambda i: (
+            f"{i},{i % 3 * 0.5},{'spam' if i % 4 == 0 else 'ham'},{i % 2},{int(i % 3 == 0)}\n"
+        ),
+    )
+    path = _write(tmp_path, text)
+    d = load_csv(path, ["label"], drop=["x", "y"])
+    assert d.task == "binary" and d.feature_names == ["a", "b"]
+    assert d.label_names == ["label=spam"]  # the rarer value
+    assert d.y[:, 0].tolist() == [float(i % 4 == 0) for i in range(12)]
+    assert load_csv(path, ["label"], drop=["x", "y"], positive="ham").label_names == ["label=ham"]
+    m = load_csv(path, ["x", "y"], drop=["label"])
+    assert m.task == "multilabel" and m.y.shape == (12, 2) and m.X.shape == (12, 2)
+    text = "f,cls\n" + _rows(12, lambda i: f"{i},{i % 3}\n")
+    c = load_csv(_write(tmp_path, text, "mc.csv"), ["cls"])
+    assert (
+        c.task == "multiclass"
+        and c.label_names == ["0", "1", "2"]
+        and c.y.tolist()[:4] == [0, 1, 2, 0]
+    )
+
+
+def test_csv_binary_numeric_positive_is_one(tmp_path):
+    text = "f,t\n" + _rows(10, lambda i: f"{i},{int(i < 7)}\n")  # 1 is the majority here
+    assert load_csv(_write(tmp_path, text), ["t"]).label_names == ["t=1"]
+
+
+@pytest.mark.parametrize(
+    "text,targets,drop,error",
+    [
+        pytest.param(
+            "a,b\n1,0\n2,1\n",
+            ["c"],
+            [],
+            r"Column 'c' is not in .* Its columns are: a, b",
+            id="missing-target-column",
+        ),
+        pytest.param(
+            "a,b\n1,0\n2,1\n", ["b"], ["z"], r"Column 'z' is not in", id="missing-drop-column"
+        ),
+        pytest.param(
+            "a,s,b\n1,x,0\n2,y,1\n3,z,0\n",
+            ["b"],
+            [],
+            r"Feature column 's' must be numeric, but line 2 holds 'x'.*--drop s",
+            id="non-numeric-feature",
+        ),
+        pytest.param(
+            "a,b\n1,0\nnan,1\n3,0\n",
+            ["b"],
+            [],
+            r"Feature column 'a' has a missing value \('nan'\) on line 3",
+            id="nan-feature",
+        ),
+        pytest.param(
+            "a,b\n1,0\n,1\n3,0\n",
+            ["b"],
+            [],
+            r"Feature column 'a' has a missing value \(''\) on line 3",
+            id="empty-feature",
+        ),
+        pytest.param(
+            "a,b\n1,0\n2,NA\n3,1\n",
+            ["b"],
+            [],
+            r"Target column 'b' has a missing value \('NA'\) on line 3",
+            id="missing-target",
+        ),
+        pytest.param(
+            "a,b\n1,0\n2,0\n3,0\n",
+            ["b"],
+            [],
+            r"Target column 'b' holds only the value '0': the other class has no samples",
+            id="one-class",
+        ),
+        pytest.param(
+            "a,b\n" + "".join(f"{i},{i % 2 * 2}\n" for i in range(8)) + "9,3\n",
+            ["b"],
+            [],
+            r"Class 1 of target column 'b' has no samples",
+            id="class-gap",
+        ),
+        pytest.param(
+            "a,b\n1,0\n2,0\n3,1\n4,1\n5,0\n",
+            ["b"],
+            [],
+            r"the positives of 'b=1' have 2 sample\(s\); compare needs at least 3",
+            id="too-few-positives",
+        ),
+        pytest.param(
+            "a,b,c\n1,0,1\n2,1,2\n3,0,0\n",
+            ["b", "c"],
+            [],
+            r"column 'c' holds '2' on line 3",
+            id="multilabel-not-binary",
+        ),
+        pytest.param(
+            "a,b,c\n" + "".join(f"{i},{i % 2},0\n" for i in range(8)),
+            ["b", "c"],
+            [],
+            r"the positives of 'c' have no samples",
+            id="multilabel-label-without-positives",
+        ),
+        pytest.param(
+            "a,b\n" + "".join(f"{i},{i * 0.37}\n" for i in range(8)),
+            ["b"],
+            [],
+            r"non-integer numbers .* regression target",
+            id="regression-target",
+        ),
+        pytest.param(
+            "a,b\n1,0\n2\n",
+            ["b"],
+            [],
+            r"Line 3 of .* has 1 fields, but the header has 2",
+            id="ragged-row",
+        ),
+        pytest.param("a,b\n", ["b"], [], r"a header row and data rows", id="no-data"),
+        pytest.param("b\n0\n1\n", ["b"], [], r"No feature columns are left", id="no-features"),
+    ],
+)
+def test_csv_errors(tmp_path, text, targets, drop, error):
+    with pytest.raises(CompareError, match=error):
+        load_csv(_write(tmp_path, text), targets, drop=drop)
+
+
+def test_csv_missing_file_and_no_target(tmp_path):
+    with pytest.raises(CompareError, match=r"`--csv` to be a readable file, but .*nope.csv"):
+        load_csv(tmp_path / "nope.csv", ["y"])
+    with pytest.raises(CompareError, match=r"at least one `--target COLUMN`"):
+        load_csv(_write(tmp_path, "a,b\n1,0\n"), [])
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+
+def test_stratified_split_binary_keeps_proportions_and_is_seeded():
+    y = np.zeros((1000, 1))
+    y[:20] = 1
+    s = stratified_split("binary", y, (0.6, 0.2, 0.2), seed=0)
+    parts = [s.train, s.val, s.test]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(1000))  # a partition
+    assert [int(y[p].sum()) for p in parts] == [12, 4, 4]
+    assert [len(p) for p in parts] == [600, 200, 200]
+    again = stratified_split("binary", y, (0.6, 0.2, 0.2), seed=0)
+    other = stratified_split("binary", y, (0.6, 0.2, 0.2), seed=1)
+    assert np.array_equal(again.test, s.test) and not np.array_equal(other.test, s.test)
+
+
+def test_stratified_split_gives_every_part_a_rare_class():
+    y = np.array([0] * 50 + [1] * 3 + [2] * 47)
+    s = stratified_split("multiclass", y, (0.8, 0.1, 0.1), seed=0)
+    for part in (s.train, s.val, s.test):
+        assert set(y[part]) == {0, 1, 2}
+
+
+def test_iterative_stratification_balances_every_label():
+    rng = np.random.default_rng(0)
+    Y = (rng.random((2000, 6)) < np.array([0.01, 0.03, 0.1, 0.3, 0.5, 0.02])).astype(int)
+    parts = iterative_stratification(Y, [0.6, 0.2, 0.2], np.random.default_rng(1))
+    assert sorted(np.concatenate(parts).tolist()) == list(range(2000))
+    total = Y.sum(axis=0)
+    for part, f in zip(parts, [0.6, 0.2, 0.2]):
+        assert abs(len(part) - f * 2000) <= 6
+        # Each label's positives within one sample of the desired share.
+        assert np.all(np.abs(Y[part].sum(axis=0) - f * total) <= 1.0 + 1e-9)
+
+
+def test_multilabel_split_too_rare_label_is_an_error():
+    Y = np.zeros((100, 2))
+    Y[::2, 0] = 1
+    Y[0, 1] = 1  # one positive cannot be in train, validation and test
+    with pytest.raises(CompareError, match=r"Label 1 has too few positives"):
+        stratified_split("multilabel", Y, (0.6, 0.2, 0.2), seed=0)
+
+
+@pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.6, 0.3, 0.2), (0.8, 0.2, 0.0)])
+def test_bad_fractions(fractions):
+    with pytest.raises(CompareError, match=r"`--split`"):
+        stratified_split("binary", np.zeros((10, 1)), fractions, seed=0)
+
+
+def test_standardize_uses_training_rows_only():
+    X = np.array([[0.0, 5.0], [2.0, 5.0], [100.0, 7.0]])
+    Z, mean, scale = standardize(X, np.array([0, 1]))
+    assert mean.tolist() == [1.0, 5.0] and scale.tolist() == [1.0, 1.0]  # constant column unscaled
+    assert Z[:, 0].tolist() == [-1.0, 1.0, 99.0]
