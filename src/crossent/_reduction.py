@@ -40,9 +40,11 @@ from crossent._validation import check_process_group, check_reduction
 
 __all__ = [
     "all_reduce_sum",
+    "distributed_ready",
     "global_denominator",
     "output_dtype",
     "record_denominators",
+    "recording_denominators",
     "reduce_loss",
     "safe_denominator",
 ]
@@ -82,7 +84,8 @@ def safe_denominator(denominator: torch.Tensor) -> torch.Tensor:
     return torch.where(denominator == 0, torch.ones_like(denominator), denominator)
 
 
-def _distributed_ready() -> bool:
+def distributed_ready() -> bool:
+    """Whether ``torch.distributed`` has an initialised default process group."""
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized()
@@ -102,7 +105,7 @@ def all_reduce_sum(tensor: torch.Tensor, process_group: Any = None) -> tuple[tor
     a member of ``process_group``.
     """
     copy = tensor.detach().to(_reduce_dtype(tensor), copy=True)
-    if not _distributed_ready():
+    if not distributed_ready():
         return copy, 1
     import torch.distributed as dist
 
@@ -125,9 +128,15 @@ def global_denominator(
 
     Without an initialised process group: the denominator itself and 1.
     """
-    if not _distributed_ready():
+    if not distributed_ready():
         return denominator, 1
     return all_reduce_sum(denominator, process_group)
+
+
+def recording_denominators() -> bool:
+    """Whether a :func:`record_denominators` context is active: a fused kernel must then
+    leave the division to the reduction (not fold the mean into its pass)."""
+    return bool(_RECORDERS)
 
 
 @contextmanager
