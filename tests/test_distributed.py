@@ -14,7 +14,13 @@ import torch
 
 import crossent
 from tests._helpers import assert_close
-from tests._helpers.cases import loss_forms, make_options, make_target
+from tests._helpers.cases import (
+    backend_option,
+    loss_forms,
+    make_options,
+    make_target,
+    with_backends,
+)
 from tests._helpers.ddp_checks import SCENARIOS, compiled_checks, eager_checks, fail_on_rank_one
 from tests._helpers.distributed import run_distributed
 
@@ -103,7 +109,7 @@ def test_global_mean_inside_a_compiled_graph(tmp_path):
     graph (no graph break), one per loss call, values and gradients equal to eager."""
     ranks = run_distributed(compiled_checks, tmp_path, timeout_s=400)
     for rank, r in enumerate(ranks):
-        n = len(r["forms"])
+        n = r["calls"]  # one loss of each family, on each of its backends
         assert r["eager_collectives"] == ["c10d::allreduce_"] * n
         assert r["collectives"] == ["c10d::allreduce_"] * n, f"rank {rank}"
         assert r["value_error"] <= 1e-6, (rank, r)
@@ -126,14 +132,17 @@ def test_a_failing_rank_fails_the_run_at_once(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("form", FORMS, ids=FORM_IDS)
-@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
-def test_global_mean_outside_a_process_group_is_mean(form, weighted):
+@pytest.mark.parametrize("form,backend", with_backends(FORMS))
+@pytest.mark.parametrize("case", ["all_valid", "weighted_ignored"])
+def test_global_mean_outside_a_process_group_is_mean(form, backend, case):
+    """Bit for bit, value and gradient, on every backend (a fused kernel that folds a known
+    mean into its pass must fold "global_mean" too)."""
     assert not torch.distributed.is_initialized()
     g = torch.Generator().manual_seed(3)
+    ignore = weighted = case == "weighted_ignored"
     scores = torch.randn(7, 3, generator=g, dtype=torch.float64) * 3
-    target = make_target(form, 7, generator=g, ignore_fraction=0.3)
-    options = make_options(form, generator=g, weighted=weighted)
+    target = make_target(form, 7, generator=g, ignore_fraction=0.3 if ignore else 0.0)
+    options = make_options(form, generator=g, weighted=weighted, ignore=ignore)
     options = {
         k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
         for k, v in options.items()
@@ -141,7 +150,7 @@ def test_global_mean_outside_a_process_group_is_mean(form, weighted):
     values, grads = [], []
     for reduction in ("mean", "global_mean"):
         s = scores.clone().requires_grad_(True)
-        out = form.make(reduction=reduction, **options)(s, target)
+        out = form.make(reduction=reduction, **options, **backend_option(backend))(s, target)
         out.backward()
         values.append(out.detach())
         grads.append(s.grad)

@@ -30,6 +30,12 @@ FRAGMENTS = {
             group; equal to ``"mean"`` outside one). Default: ``"mean"``.""",
     "process_group": """process_group: the group ``"global_mean"`` reduces over; ``None``
             (default) is the default process group.""",
+    "backend": """backend: how the loss is computed: ``"reference"`` (torch operations and
+            autograd), ``"fused"`` (the loss and its closed-form gradient in one pass),
+            ``"compiled"`` (that pass through ``torch.compile``), ``"triton"`` (GPU kernels) or
+            ``"auto"``. ``None`` (default) reads the environment variable ``CROSSENT_BACKEND``,
+            else ``"auto"``: the fastest that applies. :mod:`crossent.kernels` documents the
+            rule; every backend gives the same result to rounding.""",
     "gamma": """gamma: focusing parameter ``>= 0``. 0 gives (alpha-weighted) BCE exactly; 2 is
             the paper's choice. Any value in (0, 1) is safe too: the modulating factor is
             computed from ``log(1 - p_t)``, so loss and gradient stay finite at saturated

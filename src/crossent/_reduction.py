@@ -46,6 +46,7 @@ __all__ = [
     "record_denominators",
     "recording_denominators",
     "reduce_loss",
+    "reduce_sum",
     "safe_denominator",
 ]
 
@@ -135,7 +136,7 @@ def global_denominator(
 
 def recording_denominators() -> bool:
     """Whether a :func:`record_denominators` context is active: a fused kernel must then
-    leave the division to the reduction (not fold the mean into its pass)."""
+    leave the division to :func:`reduce_sum` (not fold the mean into its pass)."""
     return bool(_RECORDERS)
 
 
@@ -185,20 +186,46 @@ def reduce_loss(
     check_process_group(process_group, reduction)
     if reduction == "none":
         return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
     if denominator is None:
         denominator = float(loss.numel())
+    return reduce_sum(loss.sum(), reduction, denominator=denominator, process_group=process_group)
+
+
+def reduce_sum(
+    total: torch.Tensor,
+    reduction: str,
+    *,
+    denominator: torch.Tensor | float,
+    process_group: Any = None,
+) -> torch.Tensor:
+    """:func:`reduce_loss` for a loss that is already summed (the fused kernels sum as they go).
+
+    ``reduction`` is ``"sum"``, ``"mean"`` or ``"global_mean"``. A Python-number denominator is
+    divided by directly: no tensor is made for it, so nothing waits on a host-to-device copy.
+
+    >>> reduce_sum(torch.tensor(3.0), "mean", denominator=2)
+    tensor(1.5000)
+    """
+    check_process_group(process_group, reduction)
+    if reduction == "sum":
+        return total
+    if _RECORDERS:
+        # Gradient accumulation: the sum now, the division once all micro-batches are seen.
+        if not isinstance(denominator, torch.Tensor):
+            denominator = torch.tensor(float(denominator), dtype=total.dtype, device=total.device)
+        _RECORDERS[-1].append((total.detach(), denominator.detach().to(total.dtype)))
+        return total
+    if reduction == "mean" and not isinstance(denominator, torch.Tensor):
+        return total / float(denominator) if denominator else total * 0.0
     if not isinstance(denominator, torch.Tensor):
         denominator = torch.tensor(float(denominator), dtype=total.dtype, device=total.device)
     denominator = denominator.to(total.dtype)
-    if _RECORDERS:
-        # Gradient accumulation: the sum now, the division once all micro-batches are seen.
-        _RECORDERS[-1].append((total.detach(), denominator.detach()))
-        return total
     if reduction == "mean":
         return total / safe_denominator(denominator)
-    # global_mean
+    if reduction != "global_mean":
+        raise ValueError(
+            'Expected `reduction` to be "sum", "mean" or "global_mean" for an already summed '
+            f"loss, but got {reduction!r}."
+        )
     global_den, world_size = global_denominator(denominator, process_group)
     return total * world_size / safe_denominator(global_den.to(total.dtype))

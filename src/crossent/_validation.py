@@ -21,7 +21,9 @@ from collections.abc import Sequence
 import torch
 
 __all__ = [
+    "BACKENDS",
     "REDUCTIONS",
+    "check_backend",
     "check_broadcastable",
     "check_class_indices",
     "check_class_target",
@@ -41,6 +43,8 @@ __all__ = [
 ]
 
 REDUCTIONS = ("none", "mean", "sum", "global_mean")
+# How a loss is computed; crossent.kernels documents each and the automatic choice.
+BACKENDS = ("auto", "reference", "fused", "compiled", "triton")
 
 _value_checks = os.environ.get("CROSSENT_VALUE_CHECKS", "1").strip().lower() not in (
     "0",
@@ -93,6 +97,14 @@ def check_reduction(reduction: object) -> str:
         allowed = ", ".join(f'"{r}"' for r in REDUCTIONS)
         raise ValueError(f"Expected `reduction` to be one of {allowed}, but got {reduction!r}.")
     return reduction
+
+
+def check_backend(backend: object, *, name: str = "backend") -> str:
+    """A backend name (see :mod:`crossent.kernels`); ``name`` says where it came from."""
+    if not isinstance(backend, str) or backend.strip().lower() not in BACKENDS:
+        allowed = ", ".join(f'"{b}"' for b in BACKENDS)
+        raise ValueError(f"Expected `{name}` to be one of {allowed}, but got {backend!r}.")
+    return backend.strip().lower()
 
 
 def check_floating_input(name: str, tensor: object) -> torch.Tensor:

@@ -83,6 +83,7 @@ class BCEWithLogitsLoss(_Loss):
         ignore_index: float | None = None,
         reduction: str = "mean",
         process_group: Any = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             weight=weight,
@@ -91,6 +92,7 @@ class BCEWithLogitsLoss(_Loss):
             ignore_index=ignore_index,
             reduction=reduction,
             process_group=process_group,
+            backend=backend,
         )
 
 
@@ -128,6 +130,7 @@ class FocalLoss(_Loss):
         ignore_index: float | None = None,
         reduction: str = "mean",
         process_group: Any = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             gamma=gamma,
@@ -138,6 +141,7 @@ class FocalLoss(_Loss):
             ignore_index=ignore_index,
             reduction=reduction,
             process_group=process_group,
+            backend=backend,
         )
 
 
@@ -174,6 +178,7 @@ class AsymmetricLoss(_Loss):
         ignore_index: float | None = None,
         reduction: str = "mean",
         process_group: Any = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             gamma_pos=gamma_pos,
@@ -184,6 +189,7 @@ class AsymmetricLoss(_Loss):
             ignore_index=ignore_index,
             reduction=reduction,
             process_group=process_group,
+            backend=backend,
         )
 
 
@@ -211,6 +217,7 @@ class PolyFocalLoss(_Loss):
         ignore_index: float | None = None,
         reduction: str = "mean",
         process_group: Any = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             epsilon=epsilon,
@@ -222,6 +229,7 @@ class PolyFocalLoss(_Loss):
             ignore_index=ignore_index,
             reduction=reduction,
             process_group=process_group,
+            backend=backend,
         )
 
 
@@ -253,6 +261,7 @@ class CrossEntropyLoss(_Loss):
         label_smoothing: float = 0.0,
         reduction: str = "mean",
         process_group: Any = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             weight=weight,
@@ -260,6 +269,7 @@ class CrossEntropyLoss(_Loss):
             label_smoothing=label_smoothing,
             reduction=reduction,
             process_group=process_group,
+            backend=backend,
         )
 
 

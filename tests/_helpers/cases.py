@@ -154,3 +154,28 @@ def cast_options(options: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
         k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
         for k, v in options.items()
     }
+
+
+# The dispatch keyword of the fused kernels (crossent.kernels), where losses have it:
+# "reference" is the autograd path, "fused" the closed-form forward + gradient. "compiled"
+# and "triton" are covered by tests/test_kernels.py (each costs a compile, or needs a GPU).
+HAS_BACKENDS = any("backend" in spec.options() for spec in LOSSES.values())
+BACKENDS = ("reference", "fused") if HAS_BACKENDS else (None,)
+
+
+def backend_option(backend: str | None) -> dict[str, Any]:
+    return {} if backend is None else {"backend": backend}
+
+
+def with_backends(forms: list[LossForm]) -> list[Any]:
+    """``pytest.param(form, backend)`` for every form on every backend it has (one, named
+    ``None``, for a loss without the keyword)."""
+    import pytest
+
+    params = []
+    for form in forms:
+        has = "backend" in form.spec.options()
+        for backend in BACKENDS if has else (None,):
+            label = form.id if backend is None else f"{form.id}/{backend}"
+            params.append(pytest.param(form, backend, id=label))
+    return params

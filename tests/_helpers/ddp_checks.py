@@ -16,7 +16,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import crossent
-from tests._helpers.cases import LossForm, ignore_all, loss_forms, make_options, make_target
+from tests._helpers.cases import (
+    BACKENDS,
+    LossForm,
+    backend_option,
+    ignore_all,
+    loss_forms,
+    make_options,
+    make_target,
+)
 from tests._helpers.distributed import collectives
 
 FEATURES = 5
@@ -30,6 +38,7 @@ class Scenario:
     all_ignored_rank: int | None = None  # every target of this rank ignored
     weighted: bool = True
     explicit_group: bool = False  # pass process_group= instead of using the default group
+    backend: str | None = None  # None: the loss's default dispatch (the fused path on CPU)
 
 
 SCENARIOS = (
@@ -38,6 +47,8 @@ SCENARIOS = (
     Scenario("rank1_empty", (7, 0)),
     Scenario("unweighted_no_ignore", (3, 9), ignore_fraction=0.0, weighted=False),
     Scenario("explicit_group", (8, 3), explicit_group=True),
+    # the reference (autograd) path, for the losses that also have a fused one
+    Scenario("uneven_reference", (5, 11), backend="reference"),
 )
 # micro-batch sizes per rank for the accumulation check: different counts and sizes per rank
 MICRO_BATCHES = ((3, 5), (6, 1, 2))
@@ -49,6 +60,7 @@ def _data(form: LossForm, sizes: tuple[int, ...], scenario: Scenario, seed: int)
     x = torch.randn(n, FEATURES, generator=g)
     target = make_target(form, n, generator=g, ignore_fraction=scenario.ignore_fraction)
     options = make_options(form, generator=g, weighted=scenario.weighted, ignore=True)
+    options.update(backend_option(scenario.backend))
     if scenario.all_ignored_rank is not None:
         lo = sum(sizes[: scenario.all_ignored_rank])
         hi = lo + sizes[scenario.all_ignored_rank]
@@ -210,8 +222,10 @@ def compiled_checks(rank: int, world: int) -> dict[str, Any]:
     for i, form in enumerate(forms):
         _, target, options = _data(form, sizes, scenario, 500 + i)
         part = _slice(rank, sizes)
-        scores = torch.randn(sizes[rank], 3, generator=g) * 3
-        batch.append((form.make(reduction="global_mean", **options), scores, target[part]))
+        for backend in BACKENDS if "backend" in form.spec.options() else (None,):
+            scores = torch.randn(sizes[rank], 3, generator=g) * 3
+            fn = form.make(reduction="global_mean", **options, **backend_option(backend))
+            batch.append((fn, scores, target[part]))
 
     def all_losses(scores_list):
         return torch.stack([fn(s, t) for (fn, _, t), s in zip(batch, scores_list)])
@@ -233,6 +247,7 @@ def compiled_checks(rank: int, world: int) -> dict[str, Any]:
     value_and_grads(compiled)  # compiles
     out, grads, launched = value_and_grads(compiled)
     return {
+        "calls": len(batch),
         "forms": [f.id for f in forms],
         "value_error": float(((out - eager_out).abs() / eager_out.abs().clamp_min(1e-30)).max()),
         "grad_error": _rel_error(grads, eager_grads)["normwise"],

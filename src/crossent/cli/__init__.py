@@ -44,6 +44,8 @@ def demo() -> None:
 
 
 # The commands register themselves on `app` when imported.
+from crossent.cli import bench as _bench  # noqa: E402, F401
+from crossent.cli import compare as _compare  # noqa: E402, F401
 from crossent.cli import curves as _curves  # noqa: E402, F401
 from crossent.cli import doctor as _doctor  # noqa: E402, F401
 from crossent.cli import explain as _explain  # noqa: E402, F401
@@ -52,7 +54,3 @@ from crossent.cli import explain as _explain  # noqa: E402, F401
 def main() -> None:
     """Console-script entry point."""
     app()
-
-
-# Sub-commands in their own modules register themselves on `app` when imported.
-from crossent.cli import compare as _compare  # noqa: E402, F401

@@ -4,7 +4,9 @@ Every loss here is elementwise: each element of ``input`` is an independent yes/
 The math is written once, in log space, in :func:`sigmoid_family_elementwise` (BCE and focal
 loss) and :func:`asymmetric_elementwise` (ASL); the public functions validate, prepare targets
 (ignore_index, label smoothing), call that math and hand the result to
-:func:`crossent._reduction.reduce_loss`.
+:func:`crossent._reduction.reduce_loss`. That is the ``"reference"`` backend; after validation
+each function asks :func:`crossent.kernels.select_backend` whether a fused kernel (loss and
+closed-form gradient in one pass, :mod:`crossent.kernels`) computes the call instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch.nn.functional as F
 from crossent import _validation as V
 from crossent._docs import fill_doc
 from crossent._reduction import output_dtype, reduce_loss
+from crossent.kernels import asymmetric_loss as fused_asymmetric
+from crossent.kernels import select_backend, sigmoid_family_loss
 
 __all__ = [
     "asymmetric_loss",
@@ -201,6 +205,7 @@ def binary_cross_entropy_with_logits(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Binary cross entropy from logits: the loss for binary and multi-label classification.
 
@@ -225,6 +230,7 @@ def binary_cross_entropy_with_logits(
         {ignore_index}
         {reduction}
         {process_group}
+        {backend}
 
     {binary_shape}
 
@@ -255,6 +261,22 @@ def binary_cross_entropy_with_logits(
         ignore_index=ignore_index,
         reduction=reduction,
     )
+    path = select_backend(backend, input, target, weight, pos_weight)
+    if path != "reference":
+        return sigmoid_family_loss(
+            path,
+            input,
+            target,
+            probs=False,
+            gamma=None,
+            alpha=None,
+            weight=weight,
+            pos_weight=pos_weight,
+            label_smoothing=s,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            process_group=process_group,
+        )
     x = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
     loss = sigmoid_family_elementwise(F.logsigmoid(x), F.logsigmoid(-x), y, pos_weight=pos_weight)
@@ -279,6 +301,7 @@ def binary_cross_entropy(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Binary cross entropy from probabilities: a drop-in for ``F.binary_cross_entropy``.
 
@@ -304,6 +327,7 @@ def binary_cross_entropy(
         {ignore_index}
         {reduction}
         {process_group}
+        {backend}
 
     {binary_shape}
 
@@ -335,6 +359,22 @@ def binary_cross_entropy(
         reduction=reduction,
     )
     V.check_probabilities("input", input)
+    path = select_backend(backend, input, target, weight, pos_weight)
+    if path != "reference":
+        return sigmoid_family_loss(
+            path,
+            input,
+            target,
+            probs=True,
+            gamma=None,
+            alpha=None,
+            weight=weight,
+            pos_weight=pos_weight,
+            label_smoothing=s,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            process_group=process_group,
+        )
     p = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, p.dtype, label_smoothing=s, ignore_index=ignore_index)
     log_p, log_1mp = probability_logs(p)
@@ -362,6 +402,7 @@ def sigmoid_focal_loss(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Focal loss from logits (Lin et al. 2017): BCE that down-weights easy examples.
 
@@ -394,6 +435,7 @@ def sigmoid_focal_loss(
         {ignore_index}
         {reduction}
         {process_group}
+        {backend}
 
     {binary_shape}
 
@@ -425,6 +467,22 @@ def sigmoid_focal_loss(
         reduction=reduction,
     )
     gamma, alpha = check_focal_options(gamma, alpha)
+    path = select_backend(backend, input, target, weight, pos_weight)
+    if path != "reference":
+        return sigmoid_family_loss(
+            path,
+            input,
+            target,
+            probs=False,
+            gamma=gamma,
+            alpha=alpha,
+            weight=weight,
+            pos_weight=pos_weight,
+            label_smoothing=s,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            process_group=process_group,
+        )
     x = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
     loss = sigmoid_family_elementwise(
@@ -459,6 +517,7 @@ def binary_focal_loss(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Focal loss from probabilities: :func:`sigmoid_focal_loss` for models that output p.
 
@@ -485,6 +544,7 @@ def binary_focal_loss(
         {ignore_index}
         {reduction}
         {process_group}
+        {backend}
 
     {binary_shape}
 
@@ -516,6 +576,22 @@ def binary_focal_loss(
     )
     gamma, alpha = check_focal_options(gamma, alpha)
     V.check_probabilities("input", input)
+    path = select_backend(backend, input, target, weight, pos_weight)
+    if path != "reference":
+        return sigmoid_family_loss(
+            path,
+            input,
+            target,
+            probs=True,
+            gamma=gamma,
+            alpha=alpha,
+            weight=weight,
+            pos_weight=pos_weight,
+            label_smoothing=s,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            process_group=process_group,
+        )
     p = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, p.dtype, label_smoothing=s, ignore_index=ignore_index)
     log_p, log_1mp = probability_logs(p)
@@ -585,6 +661,7 @@ def asymmetric_loss(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Asymmetric loss (ASL, Ridnik et al. 2021) from logits, for multi-label classification.
 
@@ -616,6 +693,7 @@ def asymmetric_loss(
         {ignore_index}
         {reduction}
         {process_group}
+        {backend}
 
     {binary_shape}
 
@@ -649,6 +727,21 @@ def asymmetric_loss(
     gamma_neg = V.check_number("gamma_neg", gamma_neg, low=0.0)
     if clip is not None:
         clip = V.check_number("clip", clip, low=0.0, high=1.0, high_inclusive=False)
+    path = select_backend(backend, input, target, weight)
+    if path != "reference":
+        return fused_asymmetric(
+            path,
+            input,
+            target,
+            gamma_pos=gamma_pos,
+            gamma_neg=gamma_neg,
+            clip=clip,
+            weight=weight,
+            label_smoothing=s,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            process_group=process_group,
+        )
     x = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
     loss = asymmetric_elementwise(x, y, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)
@@ -708,6 +801,7 @@ def poly1_focal_loss(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Poly-1 focal loss from logits (Leng et al. 2022): focal loss plus a polynomial term.
 
@@ -739,6 +833,7 @@ def poly1_focal_loss(
         {ignore_index}
         {reduction}
         {process_group}
+        {backend}
 
     {binary_shape}
 
@@ -773,6 +868,23 @@ def poly1_focal_loss(
     )
     gamma, alpha = check_focal_options(gamma, alpha)
     epsilon = V.check_number("epsilon", epsilon, low=-1.0)
+    path = select_backend(backend, input, target, weight, pos_weight)
+    if path != "reference":
+        return sigmoid_family_loss(
+            path,
+            input,
+            target,
+            probs=False,
+            gamma=gamma,
+            alpha=alpha,
+            epsilon=epsilon,
+            weight=weight,
+            pos_weight=pos_weight,
+            label_smoothing=s,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            process_group=process_group,
+        )
     x = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
     loss = poly1_focal_elementwise(

@@ -15,7 +15,10 @@ class weights) and per-class terms :math:`f_c`,
 which is cross entropy for :math:`\gamma = \epsilon = 0`, the focal loss for
 :math:`\epsilon = 0` and Poly-1 for :math:`\gamma = 0`. The public functions validate,
 prepare the targets (``ignore_index``), call that math and hand the per-sample loss and the
-denominator of ``"mean"`` to :func:`crossent._reduction.reduce_loss`.
+denominator of ``"mean"`` to :func:`crossent._reduction.reduce_loss`. That is the
+``"reference"`` backend; :func:`cross_entropy` (and its special cases ``gamma=0`` focal,
+``epsilon=0`` Poly-1) asks :func:`crossent.kernels.select_backend` whether a fused kernel
+(loss and closed-form gradient in one pass, :mod:`crossent.kernels`) computes the call.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from crossent import _validation as V
 from crossent._docs import fill_doc
 from crossent._reduction import output_dtype, reduce_loss
 from crossent.functional._binary import SATURATION, compute_dtype
+from crossent.kernels import cross_entropy_loss as fused_cross_entropy
+from crossent.kernels import select_backend
 
 __all__ = ["cross_entropy", "poly1_cross_entropy", "softmax_focal_loss"]
 
@@ -298,6 +303,7 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Cross entropy from logits: the loss for multi-class classification.
 
@@ -328,6 +334,7 @@ def cross_entropy(
         {softmax_label_smoothing}
         {softmax_reduction}
         {process_group}
+        {backend}
 
     {softmax_shape}
 
@@ -361,6 +368,18 @@ def cross_entropy(
         label_smoothing=label_smoothing,
         reduction=reduction,
     )
+    path = select_backend(backend, input, target, weight)
+    if path != "reference":
+        return fused_cross_entropy(
+            path,
+            input,
+            target,
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=s,
+            reduction=reduction,
+            process_group=process_group,
+        )
     x, t, valid = prepare_softmax_targets(
         input, target, class_dim=class_dim, ignore_index=ignore_index
     )
@@ -463,6 +482,20 @@ def softmax_focal_loss(
     )
     gamma = V.check_number("gamma", gamma, low=0.0)
     alpha = check_alpha(alpha, input.shape[class_dim])
+    if gamma == 0.0 and alpha is None:
+        # exactly cross entropy: take its fused kernel where cross_entropy would
+        path = select_backend(None, input, target, weight)
+        if path != "reference":
+            return fused_cross_entropy(
+                path,
+                input,
+                target,
+                weight=weight,
+                ignore_index=ignore_index,
+                label_smoothing=s,
+                reduction=reduction,
+                process_group=process_group,
+            )
     x, t, valid = prepare_softmax_targets(
         input, target, class_dim=class_dim, ignore_index=ignore_index
     )
@@ -560,6 +593,20 @@ def poly1_cross_entropy(
         reduction=reduction,
     )
     epsilon = V.check_number("epsilon", epsilon, low=-1.0)
+    if epsilon == 0.0:
+        # exactly cross entropy: take its fused kernel where cross_entropy would
+        path = select_backend(None, input, target, weight)
+        if path != "reference":
+            return fused_cross_entropy(
+                path,
+                input,
+                target,
+                weight=weight,
+                ignore_index=ignore_index,
+                label_smoothing=s,
+                reduction=reduction,
+                process_group=process_group,
+            )
     x, t, valid = prepare_softmax_targets(
         input, target, class_dim=class_dim, ignore_index=ignore_index
     )

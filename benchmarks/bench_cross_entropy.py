@@ -1,0 +1,11 @@
+"""Cross entropy: crossent fused and reference, torch eager and compiled. Sizes from
+config.json (8192 x 1000 and 4096 x 32000 by default).
+
+    python benchmarks/bench_cross_entropy.py
+    python benchmarks/bench_cross_entropy.py --quick
+"""
+
+from common import main
+
+if __name__ == "__main__":
+    main("cross_entropy")

@@ -1,0 +1,672 @@
+"""Benchmarks of crossent's fused kernels against torch: the library behind ``crossent bench``
+and the scripts in ``benchmarks/``.
+
+For each loss and size every provider runs forward, backward and forward+backward, in
+rounds: one timed iteration of each provider per round, after warm-up rounds (compiles
+happen there), so that a change of machine load hits every provider alike. Each time is
+reported as the median and the interquartile range over the rounds.
+
+Providers: ``crossent`` (the automatic backend: compiled on CPU, Triton on CUDA),
+``crossent-reference`` (crossent's torch-operations path), ``torch`` (``F.binary_cross_entropy
+_with_logits`` / ``F.cross_entropy``), ``torch+compile`` (``torch.compile`` of the torch
+function), and for the focal loss ``torchvision-style`` (torchvision's
+``sigmoid_focal_loss`` formula, written out below) and ``torchvision-style+compile``.
+
+Memory, per provider, one forward+backward after the timing:
+
+* ``peak_extra_bytes``: on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated
+  before; on Linux CPUs, the rise of the process's peak resident set (``VmHWM``, reset through
+  ``/proc/self/clear_refs`` after freed heap memory is returned with ``malloc_trim``): every
+  byte the step touched beyond what was resident before, ``input.grad`` included. Elsewhere
+  ``None``.
+* ``saved_extra_bytes``: the bytes autograd saved for backward (saved-tensor hooks), except
+  those of the inputs themselves: exact on every platform.
+
+Both are also given in units of one gradient buffer (``input.numel() * element size``).
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import ctypes.util
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "LOSSES",
+    "QUICK_CONFIG",
+    "append_csv",
+    "machine_info",
+    "read_csv",
+    "render_markdown",
+    "run",
+    "targets",
+]
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "elementwise": {
+        "losses": ["bce_with_logits", "sigmoid_focal"],
+        "sizes": [1 << 20, 1 << 22, 1 << 24],
+    },
+    "cross_entropy": {"losses": ["cross_entropy"], "sizes": [[8192, 1000], [4096, 32000]]},
+    "dtype": "float32",
+    "warmup": 3,
+    "repeats": 15,
+}
+QUICK_CONFIG: dict[str, Any] = {
+    "elementwise": {"losses": ["bce_with_logits", "sigmoid_focal"], "sizes": [1 << 12]},
+    "cross_entropy": {"losses": ["cross_entropy"], "sizes": [[64, 10]]},
+    "dtype": "float32",
+    "warmup": 1,
+    "repeats": 3,
+}
+FIELDS = [
+    "run_id",
+    "date",
+    "machine",
+    "cpu",
+    "cores",
+    "threads",
+    "device",
+    "python",
+    "torch",
+    "triton",
+    "crossent",
+    "commit",
+    "dtype",
+    "loss",
+    "size",
+    "numel",
+    "provider",
+    "backend",
+    "repeats",
+    "fwd_ms",
+    "fwd_p25_ms",
+    "fwd_p75_ms",
+    "bwd_ms",
+    "bwd_p25_ms",
+    "bwd_p75_ms",
+    "total_ms",
+    "total_p25_ms",
+    "total_p75_ms",
+    "grad_bytes",
+    "peak_extra_bytes",
+    "peak_method",
+    "saved_extra_bytes",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Providers
+# --------------------------------------------------------------------------------------------
+
+
+def torchvision_style_focal(
+    x: torch.Tensor, y: torch.Tensor, gamma: float = 2.0, alpha: float = 0.25
+) -> torch.Tensor:
+    """torchvision.ops.sigmoid_focal_loss's formula (reduction="mean"), as it is written there."""
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    p_t = p * y + (1 - p) * (1 - y)
+    loss = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        alpha_t = alpha * y + (1 - alpha) * (1 - y)
+        loss = alpha_t * loss
+    return loss.mean()
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _compiled(name: str, fn: Callable) -> Callable:
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fn, dynamic=True)
+    return _COMPILED[name]
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str
+    family: str  # "elementwise" or "cross_entropy"
+    providers: dict[str, Callable[[str | None], Callable]] = field(repr=False)
+
+
+def _crossent(fn_name: str, **options: Any) -> Callable[[str | None], Callable]:
+    def make(backend: str | None) -> Callable:
+        import crossent
+
+        fn = getattr(crossent, fn_name)
+        return lambda x, y: fn(x, y, backend=backend, **options)
+
+    return make
+
+
+def _crossent_reference(fn_name: str, **options: Any) -> Callable[[str | None], Callable]:
+    return lambda backend: _crossent(fn_name, **options)("reference")
+
+
+def _fixed(fn: Callable) -> Callable[[str | None], Callable]:
+    return lambda backend: fn
+
+
+LOSSES: dict[str, Loss] = {
+    "bce_with_logits": Loss(
+        "bce_with_logits",
+        "elementwise",
+        {
+            "crossent": _crossent("binary_cross_entropy_with_logits"),
+            "crossent-reference": _crossent_reference("binary_cross_entropy_with_logits"),
+            "torch": _fixed(F.binary_cross_entropy_with_logits),
+            "torch+compile": lambda backend: _compiled("bce", F.binary_cross_entropy_with_logits),
+        },
+    ),
+    "sigmoid_focal": Loss(
+        "sigmoid_focal",
+        "elementwise",
+        {
+            "crossent": _crossent("sigmoid_focal_loss", gamma=2.0, alpha=0.25),
+            "crossent-reference": _crossent_reference("sigmoid_focal_loss", gamma=2.0, alpha=0.25),
+            "torchvision-style": _fixed(torchvision_style_focal),
+            "torchvision-style+compile": lambda backend: _compiled(
+                "focal", torchvision_style_focal
+            ),
+        },
+    ),
+    "cross_entropy": Loss(
+        "cross_entropy",
+        "cross_entropy",
+        {
+            "crossent": _crossent("cross_entropy"),
+            "crossent-reference": _crossent_reference("cross_entropy"),
+            "torch": _fixed(F.cross_entropy),
+            "torch+compile": lambda backend: _compiled("ce", F.cross_entropy),
+        },
+    ),
+}
+# The provider each speed-up is measured against.
+BASELINE = {
+    "bce_with_logits": "torch",
+    "sigmoid_focal": "torchvision-style",
+    "cross_entropy": "torch",
+}
+
+
+def _inputs(loss: Loss, size: Any, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    if loss.family == "elementwise":
+        n = int(size)
+        x = torch.randn(n, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
+        y = (torch.rand(n, generator=g) < 0.1).to(device=device, dtype=dtype)
+        return x.requires_grad_(True), y
+    n, c = (int(v) for v in size)
+    x = torch.randn(n, c, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
+    t = torch.randint(0, c, (n,), generator=g).to(device)
+    return x.requires_grad_(True), t
+
+
+def _size_label(size: Any) -> str:
+    if isinstance(size, (list, tuple)):
+        return "x".join(str(int(v)) for v in size)
+    n = int(size)
+    for unit, scale in (("M", 1 << 20), ("K", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _step(fn: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device):
+    """One forward+backward; returns the forward and backward seconds."""
+    x.grad = None
+    _sync(device)
+    t0 = time.perf_counter()
+    loss = fn(x, y)
+    _sync(device)
+    t1 = time.perf_counter()
+    loss.backward()
+    _sync(device)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1
+
+
+def _libc_trim() -> None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: freed heap memory stays resident
+        pass
+
+
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def peak_extra_bytes(
+    fn: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> tuple[int | None, str]:
+    """Peak memory of one forward+backward beyond what was allocated before; see the module
+    docstring for how. Returns ``(bytes or None, method)``."""
+    x.grad = None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn(x, y).backward()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base, "cuda.max_memory_allocated"
+    if device.type != "cpu" or not os.path.exists("/proc/self/clear_refs"):
+        return None, "unavailable"
+    _libc_trim()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM (the peak resident set) to the current VmRSS
+        base = _proc_status("VmRSS")
+    except (OSError, KeyError):
+        return None, "unavailable"
+    fn(x, y).backward()
+    return max(_proc_status("VmHWM") - base, 0), "VmHWM"
+
+
+def saved_extra_bytes(fn: Callable, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward, except the inputs' own storage."""
+    inputs = {x.untyped_storage().data_ptr(), y.untyped_storage().data_ptr()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in inputs:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x.grad = None
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fn(x, y)
+    loss.backward()
+    x.grad = None
+    return sum(seen.values())
+
+
+def _quantiles(values: Sequence[float]) -> tuple[float, float, float]:
+    ms = sorted(v * 1e3 for v in values)
+    if len(ms) == 1:
+        return ms[0], ms[0], ms[0]
+    q = statistics.quantiles(ms, n=4, method="inclusive")
+    return statistics.median(ms), q[0], q[2]
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = ""
+    import crossent
+
+    commit = ""
+    try:  # the source tree's revision, when it is a git checkout (with "-dirty" if edited)
+        import subprocess
+
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    name = platform.node()
+    if device.type == "cuda":
+        name = f"{name} / {torch.cuda.get_device_name(device)}"
+    return {
+        "machine": name,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": device.type,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "crossent": crossent.__version__,
+        "commit": commit,
+    }
+
+
+def run(
+    config: dict[str, Any] | None = None,
+    *,
+    families: Iterable[str] = ("elementwise", "cross_entropy"),
+    losses: Iterable[str] | None = None,
+    providers: Iterable[str] | None = None,
+    backend: str | None = None,
+    device: str | torch.device | None = None,
+    memory: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the benchmark described by ``config`` (:data:`DEFAULT_CONFIG` by default) and return
+    one row per (loss, size, provider), with the :data:`FIELDS` of the CSV.
+
+    ``losses`` / ``providers`` restrict what runs (names as in :data:`LOSSES`); ``backend`` is
+    passed to the ``crossent`` provider (``None``: automatic); ``device`` defaults to CUDA when
+    available.
+    """
+    config = {**DEFAULT_CONFIG, **(config or {})}
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    dtype = getattr(torch, str(config.get("dtype", "float32")))
+    warmup, repeats = int(config["warmup"]), int(config["repeats"])
+    wanted_losses = None if losses is None else set(losses)
+    wanted_providers = None if providers is None else set(providers)
+    for name in wanted_losses or ():
+        if name not in LOSSES:
+            raise ValueError(f"Unknown loss {name!r}; known: {', '.join(LOSSES)}.")
+    info = machine_info(device)
+    stamp = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    run_id = f"{stamp.strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}"
+    rows = []
+    for family in families:
+        spec = config.get(family)
+        if not spec:
+            continue
+        for loss_name in spec["losses"]:
+            if wanted_losses is not None and loss_name not in wanted_losses:
+                continue
+            loss = LOSSES[loss_name]
+            chosen = {
+                p: make(backend)
+                for p, make in loss.providers.items()
+                if wanted_providers is None or p in wanted_providers
+            }
+            for size in spec["sizes"]:
+                x, y = _inputs(loss, size, dtype, device)
+                label = _size_label(size)
+                if progress:
+                    progress(f"{loss_name} {label}: {', '.join(chosen)}")
+                times: dict[str, list[tuple[float, float]]] = {p: [] for p in chosen}
+                for round_ in range(warmup + repeats):
+                    for p, fn in chosen.items():
+                        step = _step(fn, x, y, device)
+                        if round_ >= warmup:
+                            times[p].append(step)
+                for p, fn in chosen.items():
+                    fwd = [a for a, _ in times[p]]
+                    bwd = [b for _, b in times[p]]
+                    total = [a + b for a, b in times[p]]
+                    row = {**info, "run_id": run_id, "date": stamp.isoformat()}
+                    row.update(
+                        dtype=str(dtype).replace("torch.", ""),
+                        loss=loss_name,
+                        size=label,
+                        numel=x.numel(),
+                        provider=p,
+                        backend=_resolved_backend(p, backend, x, y),
+                        repeats=repeats,
+                        grad_bytes=x.numel() * x.element_size(),
+                    )
+                    for key, values in (("fwd", fwd), ("bwd", bwd), ("total", total)):
+                        med, lo, hi = _quantiles(values)
+                        row[f"{key}_ms"], row[f"{key}_p25_ms"], row[f"{key}_p75_ms"] = med, lo, hi
+                    if memory:
+                        row["peak_extra_bytes"], row["peak_method"] = peak_extra_bytes(
+                            fn, x, y, device
+                        )
+                        row["saved_extra_bytes"] = saved_extra_bytes(fn, x, y)
+                    else:
+                        row["peak_extra_bytes"], row["peak_method"] = None, "skipped"
+                        row["saved_extra_bytes"] = None
+                    rows.append(row)
+                del x, y
+                gc.collect()
+    return rows
+
+
+def _resolved_backend(provider: str, backend: str | None, x: torch.Tensor, y: torch.Tensor) -> str:
+    if provider == "crossent-reference":
+        return "reference"
+    if provider != "crossent":
+        return ""
+    from crossent.kernels import select_backend
+
+    return select_backend(backend, x, y)
+
+
+# --------------------------------------------------------------------------------------------
+# CSV and Markdown
+# --------------------------------------------------------------------------------------------
+
+
+def append_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Append rows to a CSV file (the header is written when the file is new)."""
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in FIELDS})
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return value
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in FIELDS:
+            if key.endswith("_ms") and row.get(key):
+                row[key] = float(row[key])
+            elif key in ("numel", "grad_bytes", "peak_extra_bytes", "saved_extra_bytes", "repeats"):
+                row[key] = int(float(row[key])) if row.get(key) else None
+    return rows
+
+
+def _find(rows, loss, size, provider):
+    for row in rows:
+        if row["loss"] == loss and row["size"] == size and row["provider"] == provider:
+            return row
+    return None
+
+
+def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's CPU / GPU targets, checked on one run's rows (forward+backward medians)."""
+    checks = [
+        ("sigmoid_focal", "4M", "torchvision-style", 6.0),
+        ("sigmoid_focal", "4M", "torchvision-style+compile", 2.0),
+        ("bce_with_logits", "4M", "torch", 2.5),
+        ("cross_entropy", "8192x1000", "torch", 2.5),
+    ]
+    out = []
+    for loss, size, baseline, wanted in checks:
+        ours, base = _find(rows, loss, size, "crossent"), _find(rows, loss, size, baseline)
+        if ours is None or base is None:
+            continue
+        ratio = base["total_ms"] / ours["total_ms"]
+        out.append(
+            {
+                "target": f"{loss} {size}: crossent vs {baseline}, fwd+bwd",
+                "wanted": f">= {wanted:g}x",
+                "measured": f"{ratio:.2f}x ({ours['total_ms']:.2f} vs {base['total_ms']:.2f} ms)",
+                "met": ratio >= wanted,
+            }
+        )
+    for row in rows:
+        if row["provider"] != "crossent" or row.get("peak_extra_bytes") in (None, ""):
+            continue
+        if row["numel"] < 1 << 20:  # page-sized noise dominates small buffers
+            continue
+        units = row["peak_extra_bytes"] / row["grad_bytes"]
+        out.append(
+            {
+                "target": f"{row['loss']} {row['size']}: crossent peak extra memory",
+                "wanted": "<= 1 gradient buffer",
+                "measured": f"{units:.2f} gradient buffers ({row['peak_method']})",
+                # 2% slack: a few pages of allocator bookkeeping around a buffer of MBs
+                "met": units <= 1.02,
+            }
+        )
+    return out
+
+
+def _fmt_ms(row: dict[str, Any], key: str) -> str:
+    med, lo, hi = row[f"{key}_ms"], row[f"{key}_p25_ms"], row[f"{key}_p75_ms"]
+    return f"{med:.2f} ({lo:.2f}-{hi:.2f})"
+
+
+def _fmt_units(value: Any, grad_bytes: int) -> str:
+    if value in (None, ""):
+        return "-"
+    return f"{int(value) / grad_bytes:.2f}"
+
+
+def _latest_runs(by_run: dict[str, list[dict[str, Any]]], runs: int) -> list[str]:
+    """The newest run of each set of losses (one per benchmark script), then the newest others,
+    at most ``runs`` in all, newest first."""
+    chosen, seen = [], set()
+    for run_id in sorted(by_run, reverse=True):
+        losses = frozenset(row["loss"] for row in by_run[run_id])
+        if losses not in seen:
+            seen.add(losses)
+            chosen.append(run_id)
+    for run_id in sorted(by_run, reverse=True):
+        if run_id not in chosen:
+            chosen.append(run_id)
+    return sorted(chosen[:runs], reverse=True)
+
+
+def render_markdown(rows: Sequence[dict[str, Any]], *, command: str = "", runs: int = 3) -> str:
+    """A Markdown report: the newest run of each benchmark (then other recent runs), one table
+    per run with the issue's targets checked, and the targets' history over every run."""
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_run.setdefault(row["run_id"], []).append(row)
+    lines = [
+        "# crossent benchmark results",
+        "",
+        "Forward, backward and forward+backward times: median over the timed rounds, with the",
+        "interquartile range in parentheses, in milliseconds; every provider runs once per round,",
+        "side by side. *Speed-up*: the baseline's forward+backward median over this provider's",
+        "(baseline: torch's own function; the torchvision-style formula for the focal loss).",
+        "*Peak extra*: the peak memory of one forward+backward beyond what was allocated",
+        "before (``input.grad`` included), in gradient buffers (``numel x 4`` bytes in",
+        "float32); on CPU the rise of the process's peak resident set (VmHWM), on CUDA",
+        "`torch.cuda.max_memory_allocated`. *Saved*: what autograd keeps for backward besides",
+        "the inputs, in gradient buffers (exact, from saved-tensor hooks). Produced by",
+        "`crossent.bench` (see `benchmarks/README.md`); the CSV next to this file holds every run.",
+        "Reproduce with `python benchmarks/bench_elementwise.py` and",
+        "`python benchmarks/bench_cross_entropy.py` (sizes in `benchmarks/config.json`).",
+        "",
+    ]
+    if command:
+        lines += ["Command:", "", f"    {command}", ""]
+    for run_id in _latest_runs(by_run, runs):
+        run_rows = by_run[run_id]
+        first = run_rows[0]
+        lines += [
+            f"## Run {run_id}",
+            "",
+            f"{first['machine']}; {first['cpu']}, {first['cores']} cores, torch threads "
+            f"{first['threads']}; device {first['device']}; python {first['python']}, torch "
+            f"{first['torch']}, triton {first['triton'] or '-'}; crossent {first['crossent']} "
+            f"({first.get('commit') or 'no git revision'}); {first['dtype']}; "
+            f"{first['repeats']} timed rounds.",
+            "",
+            "| loss | size | provider | backend | forward ms | backward ms | fwd+bwd ms "
+            "| speed-up | peak extra | saved |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in run_rows:
+            base = _find(run_rows, row["loss"], row["size"], BASELINE[row["loss"]])
+            speed = f"{base['total_ms'] / row['total_ms']:.2f}x" if base else "-"
+            lines.append(
+                f"| {row['loss']} | {row['size']} | {row['provider']} | {row['backend'] or '-'} "
+                f"| {_fmt_ms(row, 'fwd')} | {_fmt_ms(row, 'bwd')} | {_fmt_ms(row, 'total')} "
+                f"| {speed} | {_fmt_units(row.get('peak_extra_bytes'), row['grad_bytes'])} "
+                f"| {_fmt_units(row.get('saved_extra_bytes'), row['grad_bytes'])} |"
+            )
+        checks = targets(run_rows)
+        if checks:
+            lines += ["", "Targets of issue 4 on this run:", ""]
+            lines += ["| target | wanted | measured | met |", "|---|---|---|---|"]
+            for c in checks:
+                met = "yes" if c["met"] else "**no**"
+                lines.append(f"| {c['target']} | {c['wanted']} | {c['measured']} | {met} |")
+        lines.append("")
+    history = [
+        (run_id, c)
+        for run_id in sorted(by_run)
+        for c in targets(by_run[run_id])
+        if "fwd+bwd" in c["target"]
+    ]
+    if len(history) > len({c["target"] for _, c in history}):
+        lines += [
+            "## Speed targets over every run",
+            "",
+            "The same ratios from each run in `results.csv`, oldest first: their spread is the",
+            "run-to-run variation of this machine (shared cores; page faults of fresh buffers).",
+            "",
+            "| run | target | wanted | measured | met |",
+            "|---|---|---|---|---|",
+        ]
+        for run_id, c in history:
+            met = "yes" if c["met"] else "no"
+            lines.append(f"| {run_id} | {c['target']} | {c['wanted']} | {c['measured']} | {met} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None, *, quick: bool = False) -> dict[str, Any]:
+    """The benchmark configuration: a JSON file's, else the built-in default (or quick) one."""
+    if path is None:
+        return dict(QUICK_CONFIG if quick else DEFAULT_CONFIG)
+    with Path(path).open() as f:
+        config = json.load(f)
+    if quick:
+        config = {**config, **QUICK_CONFIG}
+    return config

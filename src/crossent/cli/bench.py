@@ -1,0 +1,144 @@
+"""``crossent bench``: time the fused kernels against torch (see :mod:`crossent.bench`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crossent.cli import app
+
+FAMILIES = ("elementwise", "cross_entropy")
+
+
+def _names(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@app.command("bench")
+def bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Tiny sizes, 3 rounds: a smoke test, not a measurement.")
+    ] = False,
+    family: Annotated[
+        str, typer.Option(help="elementwise, cross_entropy or all (the losses of each family).")
+    ] = "all",
+    losses: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated: bce_with_logits, sigmoid_focal, cross_entropy."),
+    ] = None,
+    providers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated providers, e.g. crossent,torch (default: all)."),
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Backend of the `crossent` provider (default: automatic).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda (default: cuda if available).")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="A JSON file of sizes and rounds (benchmarks/config.json).", dir_okay=False
+        ),
+    ] = None,
+    repeats: Annotated[
+        int | None, typer.Option(min=1, help="Timed rounds (overrides the config).")
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option(min=0, help="Warm-up rounds (overrides the config).")
+    ] = None,
+    csv_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv", help="Append the results to this CSV (benchmarks/results.csv).", dir_okay=False
+        ),
+    ] = None,
+    markdown: Annotated[
+        Path | None,
+        typer.Option(
+            help="Render the CSV's latest runs (or this run) to this Markdown file.", dir_okay=False
+        ),
+    ] = None,
+    memory: Annotated[bool, typer.Option(help="Measure peak memory too.")] = True,
+) -> None:
+    """Time forward, backward and forward+backward of crossent's fused kernels against torch.
+
+    Prints one table per loss and size, and the issue's targets checked on this run.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from crossent import bench as B
+    from crossent._validation import check_backend, check_choice
+
+    try:
+        families = FAMILIES if family == "all" else (check_choice("family", family, FAMILIES),)
+        if backend is not None:
+            backend = check_backend(backend)
+        cfg = B.load_config(config, quick=quick)
+    except (ValueError, TypeError, OSError) as e:
+        raise typer.BadParameter(str(e)) from None
+    if repeats is not None:
+        cfg["repeats"] = repeats
+    if warmup is not None:
+        cfg["warmup"] = warmup
+    console = Console(highlight=False, soft_wrap=False)
+    try:
+        rows = B.run(
+            cfg,
+            families=families,
+            losses=_names(losses),
+            providers=_names(providers),
+            backend=backend,
+            device=device,
+            memory=memory,
+            progress=lambda msg: console.print(f"[dim]running {msg}[/dim]"),
+        )
+    except (ValueError, TypeError) as e:
+        raise typer.BadParameter(str(e)) from None
+    table = Table(title="crossent bench (ms: median, p25-p75)")
+    for col in (
+        "loss",
+        "size",
+        "provider",
+        "backend",
+        "forward",
+        "backward",
+        "fwd+bwd",
+        "speed-up",
+        "peak extra",
+    ):
+        table.add_column(col)
+    for row in rows:
+        base = B._find(rows, row["loss"], row["size"], B.BASELINE[row["loss"]])
+        speed = f"{base['total_ms'] / row['total_ms']:.2f}x" if base else "-"
+        peak = row.get("peak_extra_bytes")
+        table.add_row(
+            row["loss"],
+            row["size"],
+            row["provider"],
+            row["backend"] or "-",
+            B._fmt_ms(row, "fwd"),
+            B._fmt_ms(row, "bwd"),
+            B._fmt_ms(row, "total"),
+            speed,
+            "-" if peak is None else f"{peak / row['grad_bytes']:.2f} grad",
+        )
+    console.print(table)
+    for check in B.targets(rows):
+        mark = "met" if check["met"] else "MISSED"
+        console.print(f"{mark}: {check['target']}: {check['measured']} (wanted {check['wanted']})")
+    if csv_path is not None:
+        B.append_csv(rows, csv_path)
+        console.print(f"appended {len(rows)} rows to {csv_path}")
+        if markdown is not None:
+            markdown.write_text(B.render_markdown(B.read_csv(csv_path)))
+            console.print(f"wrote {markdown}")
+    elif markdown is not None:
+        markdown.write_text(B.render_markdown(rows))
+        console.print(f"wrote {markdown}")

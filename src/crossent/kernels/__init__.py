@@ -1,0 +1,58 @@
+"""Fused loss kernels: the loss and its gradient in one pass, on CPU and GPU.
+
+A loss over N elements must at least read the input and the target once and write one
+gradient. The fused paths do exactly that: a :class:`torch.autograd.Function` whose forward
+computes the reduced loss *and* the closed-form gradient in one pass, and saves only that
+gradient; backward multiplies it by the incoming gradient (in place when the graph is not
+retained, so the buffer becomes ``input.grad`` itself). No per-element intermediate is kept,
+the caller's tensors are never written, nothing synchronises with the host.
+
+Backends -- every loss function takes ``backend=`` (``None``: the environment variable
+``CROSSENT_BACKEND``, else ``"auto"``):
+
+``"reference"``
+    The loss written as ordinary torch operations, differentiated by autograd. Always
+    available; the definition the other backends are tested against.
+``"fused"``
+    The closed form (:mod:`crossent.kernels._math`) run eagerly, any device.
+``"compiled"``
+    The same closed form through ``torch.compile(dynamic=True)``, compiled once per loss
+    configuration (inductor generates one vectorised C++ loop on CPU). A new batch size or a
+    new value of ``gamma``, ``alpha``, ``label_smoothing``, ... reuses it. If compilation
+    fails (no C++ compiler) the eager closed form is used, with one warning.
+``"triton"``
+    Hand-written Triton kernels (:mod:`crossent.kernels._triton`), for CUDA tensors. With
+    ``TRITON_INTERPRET=1`` they also run on CPU tensors, slowly: for testing.
+``"auto"`` (default)
+    ``"reference"`` when a target or weight requires a gradient (the fused paths
+    differentiate the input only); ``"triton"`` for CUDA tensors (``"fused"`` without
+    triton); on CPU ``"compiled"`` from :data:`COMPILE_MIN_NUMEL` elements on and
+    ``"fused"`` below, where a compile would cost more than it saves; ``"fused"`` inside a
+    user's ``torch.compile`` (the closed form is traced into their graph).
+
+Results of every backend equal the reference to the dtype tolerance table, gradients included.
+"""
+
+from crossent.kernels._dispatch import (
+    COMPILE_MIN_NUMEL,
+    ENV_VAR,
+    asymmetric_loss,
+    compile_available,
+    cross_entropy_loss,
+    select_backend,
+    sigmoid_family_loss,
+    triton_available,
+)
+from crossent.kernels._function import FusedLoss
+
+__all__ = [
+    "COMPILE_MIN_NUMEL",
+    "ENV_VAR",
+    "FusedLoss",
+    "asymmetric_loss",
+    "compile_available",
+    "cross_entropy_loss",
+    "select_backend",
+    "sigmoid_family_loss",
+    "triton_available",
+]

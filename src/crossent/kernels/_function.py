@@ -1,0 +1,90 @@
+"""The autograd node of every fused path: forward computes loss and gradient, backward scales.
+
+Memory: the forward's gradient buffer (the input's size and dtype) is the only tensor saved.
+When autograd will not run this node again (no ``retain_graph``), backward scales that buffer in
+place and hands it on; autograd has released its own reference by then, so the buffer becomes
+``input.grad`` itself (or flows into the next node) without a copy. Peak extra memory of a
+forward plus backward is therefore one gradient buffer. With ``retain_graph=True`` (or
+under ``torch.compile``) backward returns a scaled copy and the saved buffer stays intact.
+
+Time: on CPU, when the incoming gradient is a scalar exactly 1 (``loss.backward()``: the
+kernels fold a mean's denominator into the forward where it is known in advance), backward
+does no pass at all. Reading that scalar is a memory load on CPU; for GPU tensors it is never
+read (that would synchronise), and backward always scales.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["FusedLoss"]
+
+
+def _keep_graph() -> bool:
+    """Whether the running backward pass keeps the graph (``retain_graph=True``)."""
+    try:
+        return bool(torch._C._autograd._get_current_graph_task_keep_graph())
+    except (AttributeError, RuntimeError):  # older torch, or no graph task: never write in place
+        return True
+
+
+def _is_exactly_one(grad_out: torch.Tensor) -> bool:
+    """A scalar incoming gradient equal to 1, looked at only where that is free: a CPU tensor
+    (reading it is a memory load; on a GPU it would synchronise with the device)."""
+    return (
+        grad_out.device.type == "cpu"
+        and grad_out.dim() == 0
+        and not torch.compiler.is_compiling()
+        and float(grad_out) == 1.0
+    )
+
+
+class FusedLoss(torch.autograd.Function):
+    """``out, denominator = FusedLoss.apply(input, compute, args, class_dim)``.
+
+    ``compute(input, *args)`` returns ``(out, denominator, grad)``: the summed (or elementwise)
+    loss, the ``"mean"`` denominator or ``None``, and d(out summed)/d(input) in the input's
+    dtype. Only ``input`` receives a gradient; the dispatcher routes every call in which
+    another tensor requires one to the reference path. ``class_dim``: for a per-sample loss
+    (cross entropy, ``reduction="none"``) the input dimension the output lacks, else ``None``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: torch.Tensor,
+        compute: Callable[..., Any],
+        args: tuple,
+        class_dim: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out, denominator, grad = compute(input, *args)
+        ctx.class_dim = class_dim if out.dim() else None
+        ctx.save_for_backward(grad)
+        if denominator is not None:
+            ctx.mark_non_differentiable(denominator)
+        return out, denominator
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor, _grad_denominator: Any) -> tuple:
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # create_graph=True: a silently constant gradient would give wrong second-order
+            # terms (a gradient penalty that never trains), so say so instead.
+            raise RuntimeError(
+                "crossent's fused kernels compute first derivatives only, but backward was "
+                "called with create_graph=True. For higher-order gradients compute the loss "
+                'with backend="reference".'
+            )
+        (grad,) = ctx.saved_tensors
+        if ctx.class_dim is not None:
+            grad_out = grad_out.unsqueeze(ctx.class_dim)
+        if _is_exactly_one(grad_out):
+            # loss.backward() on the loss itself: the gradient is already final (a mean's
+            # denominator is folded into the forward on CPU), so no pass over it at all.
+            return grad, None, None, None
+        if torch.compiler.is_compiling() or _keep_graph():
+            return grad * grad_out, None, None, None
+        # The graph is freed after this call: reuse the saved buffer (see the module docstring).
+        return grad.mul_(grad_out), None, None, None

@@ -1,0 +1,445 @@
+"""Closed-form loss and gradient, written once in plain torch ops.
+
+Each function here computes, in one pass over the data, the loss (summed, or elementwise for
+``reduction="none"``) *and* its gradient with respect to the input, from formulas derived by
+hand -- no autograd graph, no intermediate kept. The same code runs
+
+* eagerly (the ``"fused"`` backend: correct everywhere, the fallback), and
+* under ``torch.compile`` (the ``"compiled"`` backend: inductor fuses it into one vectorised
+  C++ loop on CPU).
+
+Numeric options arrive either as Python floats (eager) or as 0-dim tensors (compiled: a new
+value is a new input, not a recompile). Python ``bool`` / ``str`` arguments select the code path
+and are compile-time constants.
+
+Math is done in float32 (float64 stays float64); the gradient and the elementwise loss are
+returned in the input's dtype, the sum in the compute dtype.
+
+Notation (logit family): ``e = exp(-|x|)``, ``l = log1p(e)``, ``p = sigmoid(x)``,
+``q = sigmoid(-x) = 1 - p``, ``log p = min(x, 0) - l``, ``log q = min(-x, 0) - l``. Every
+quantity below is built from these, so it is finite for every finite logit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from crossent._reduction import output_dtype
+
+__all__ = ["asymmetric", "cross_entropy", "sigmoid_family"]
+
+# torch's BCELoss clamps the log terms at -100 (see crossent.functional._binary.LOG_CLAMP).
+LOG_CLAMP = -100.0
+EXP_CLAMP = math.exp(LOG_CLAMP)
+
+Scalar = float | torch.Tensor
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _targets(target, dtype, ignore_index, keep, add):
+    """Targets in the compute dtype, ignored positions zeroed, then smoothed (the reference's
+    order: crossent.functional._binary.prepare_targets). ``keep``/``add`` are ``1 - s`` and
+    ``s / 2``; ``keep is None`` means no smoothing."""
+    y = target.to(dtype)
+    valid = None
+    if ignore_index is not None:
+        valid = target != ignore_index
+        y = torch.where(valid, y, 0.0)
+    if keep is not None:
+        y = y * keep + add
+    return y, valid
+
+
+def _finish(loss, grad, valid, weight, x, scale, reduce):
+    """Weight, mask, reduce. Returns ``(sum or elementwise loss, valid count, gradient)``; a
+    ``scale`` (``1 / denominator`` of a mean known in advance) multiplies the sum and the
+    gradient."""
+    if weight is not None:
+        w = weight.to(loss.dtype)
+        loss = loss * w
+        if grad is not None:
+            grad = grad * w
+    count = None
+    if valid is not None:
+        # where, not multiply: an ignored element contributes exactly 0, even a NaN input.
+        loss = torch.where(valid, loss, 0.0)
+        if grad is not None:
+            grad = torch.where(valid, grad, 0.0)
+        count = valid.sum(dtype=loss.dtype)
+    # the elementwise loss in the loss's output dtype (float32 under autocast), rounded once
+    out = loss.sum() if reduce else loss.to(output_dtype(x))
+    if scale is not None:
+        out = out * scale
+        grad = None if grad is None else grad * scale
+    return out, count, None if grad is None else grad.to(x.dtype)
+
+
+# 2 atanh(s) = log((1 + s) / (1 - s)) = log1p(e) for s = e / (2 + e); s <= 1/3 for e <= 1.
+_ATANH_COEFFICIENTS = (1 / 13, 1 / 11, 1 / 9, 1 / 7, 1 / 5, 1 / 3)
+
+
+def log1p_unit(e: torch.Tensor) -> torch.Tensor:
+    """``log1p(e)`` for ``e`` in [0, 1] (here ``e = exp(-|x|)``).
+
+    float64: ``torch.log1p``. float32: ``2 atanh(s)``, ``s = e / (2 + e) <= 1/3``, as the
+    series ``2s (1 + s^2/3 + ... + s^12/13)``, written as ``2s + 2s (s^2 P(s^2))`` so the
+    rounding of the small correction hardly matters. Truncation error below
+    ``(1/3)^14 / 15 < 1.5e-8`` relative (a quarter of float32's rounding unit); measured within
+    1.5 units in the last place of the exact value over (0, 1], subnormal ``e`` included
+    (``2s = e / (1 + e/2)`` does not underflow). It is a division and eight
+    multiply-adds where a vectorised ``log1p`` costs several times that: on CPU the loss's
+    largest cost, so this halves the BCE / focal kernels' time.
+    """
+    if e.dtype == torch.float64:
+        return torch.log1p(e)
+    two_s = e / (1.0 + 0.5 * e)  # 2s: no underflow for subnormal e
+    s2 = 0.25 * (two_s * two_s)
+    poly = _ATANH_COEFFICIENTS[0]
+    for c in _ATANH_COEFFICIENTS[1:]:
+        poly = poly * s2 + c
+    return two_s + two_s * (s2 * poly)
+
+
+def _logit_terms(x):
+    """``e, l, inv = 1 / (1 + e), x >= 0`` -- the shared pieces of the logit family."""
+    e = torch.exp(-x.abs())  # in (0, 1]: never overflows
+    l = log1p_unit(e)  # softplus(-|x|), exact for tiny e
+    inv = 1.0 / (1.0 + e)
+    return e, l, inv, x >= 0
+
+
+def _int_power(s, bits):
+    """``s ** (b0 + 2 b1 + 4 b2)`` by squaring; ``bits`` are bools or 0-dim bool tensors."""
+    out = None
+    for i, bit in enumerate(bits):
+        if i:
+            s = s * s
+        if isinstance(bit, torch.Tensor):
+            factor = torch.where(bit, s, 1.0)
+        else:
+            factor = s if bit else None
+        if factor is not None:
+            out = factor if out is None else out * factor
+    return torch.ones_like(s) if out is None else out
+
+
+def sigmoid_family(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    ignore_index: Scalar | None,
+    keep: Scalar | None,
+    add: Scalar | None,
+    gamma: Scalar | None,
+    gamma_bits: tuple | None,
+    alpha: Scalar | None,
+    one_minus_alpha: Scalar | None,
+    epsilon: Scalar | None,
+    probs: bool,
+    scale: Scalar | None,
+    reduce: bool,
+    need_grad: bool,
+):
+    r"""BCE (``gamma is None``), focal loss and Poly-1 focal loss (``epsilon`` not None), from
+    logits or (``probs``) probabilities.
+
+    With ``B = -(w_pos y log p + (1 - y) log q)`` and the focal factor
+    ``M = (1 - p_t)^gamma = exp(gamma L)``, ``L = log(1 - p_t) = log(y q + (1 - y) p)``:
+
+    .. math::
+
+        \ell = \alpha_t M B, \qquad
+        \frac{d\ell}{dz} = \alpha_t M \left( \frac{dB}{dz} + \gamma B \frac{dL}{dz} \right)
+
+    Logits: ``dB/dx = (1 - y) p - w_pos y q`` and ``dL/dx = (1 - 2y) p q / (1 - p_t)``.
+    ``1 - p_t = D / (1 + e)`` with ``D = a + b e`` (``a, b`` = ``1 - y, y`` for ``x >= 0``,
+    else ``y, 1 - y``), so ``L = log D - l`` and ``p q / (1 - p_t) = e / (D (1 + e))``; when
+    ``a = 0`` (a hard target on the saturated side) ``D = e`` may underflow, and there the
+    exact forms ``L = -|x| - l``, ``p q / (1 - p_t) = 1 / (1 + e)`` are used instead.
+
+    Probabilities: ``log p`` and ``log(1 - p)`` are clamped at -100 as in torch's BCELoss,
+    with zero derivative where the clamp is active (the reference's autograd does the same).
+
+    Poly-1 adds ``epsilon s^(gamma + 1) = epsilon M s`` with ``s = 1 - p_t`` (after ``alpha_t``,
+    which weights the focal term only), gradient ``epsilon (gamma + 1) M s dL/dz``.
+
+    ``gamma_bits``: for an integer ``gamma`` in [0, 8], ``(gamma >= 1, binary digits of
+    gamma - 1)``; ``M = s * s^(gamma - 1)`` by repeated squaring of ``s = 1 - p_t`` (no log, no
+    exp), and ``M dL/dz = s^(gamma - 1) (s dL/dz)`` with ``s dL/dx = p q (1 - 2y)`` (no
+    division). ``s`` is exact to rounding wherever ``s^gamma`` is representable (for
+    ``a = 0``, ``s = e / (1 + e)`` underflows only when ``s^gamma`` does, ``gamma >= 1``), so
+    the result is the same to the last digits. ``None``: any ``gamma >= 0`` through
+    ``exp(gamma L)``.
+    """
+    dtype = compute_dtype(input.dtype)
+    z = input.to(dtype)
+    y, valid = _targets(target, dtype, ignore_index, keep, add)
+    y1 = 1.0 - y
+    if probs:
+        # log p and log(1 - p), clamped at -100; d/dp of each (0 where clamped or p on the edge).
+        p_ok = z > 0
+        lp_raw = torch.log(torch.where(p_ok, z, 1.0))
+        lp = torch.where(p_ok, lp_raw, LOG_CLAMP).clamp_min(LOG_CLAMP)
+        om = 1.0 - z
+        q_ok = om > 0
+        lq_raw = torch.log(torch.where(q_ok, om, 1.0))
+        lq = torch.where(q_ok, lq_raw, LOG_CLAMP).clamp_min(LOG_CLAMP)
+        p_live = p_ok & (lp_raw >= LOG_CLAMP)
+        q_live = q_ok & (lq_raw >= LOG_CLAMP)
+    else:
+        e, l, inv, pos = _logit_terms(z)
+        lp = torch.clamp_max(z, 0.0) - l  # log sigmoid(x)
+        lq = torch.clamp_max(-z, 0.0) - l  # log sigmoid(-x)
+    pos_term = y * lp
+    if pos_weight is not None:
+        pw = pos_weight.to(dtype)
+        pos_term = pos_term * pw
+    loss = -(pos_term + y1 * lq)  # the reference's expression order
+    grad = None
+    if need_grad:
+        if probs:
+            wy = y if pos_weight is None else pw * y
+            dlp = torch.where(p_live, 1.0 / z, 0.0)
+            dlq = torch.where(q_live, -1.0 / om, 0.0)
+            grad = -(wy * dlp + y1 * dlq)
+            if pos_weight is None:
+                # = (p - y) / (p (1 - p)) where both logs are live: no cancellation at p ~ y
+                both = p_live & q_live
+                grad = torch.where(both, (z - y) / torch.where(both, z * om, 1.0), grad)
+        else:
+            # (1 - y) p - w_pos y q, not p - y: p - 1 would cancel where q is small
+            p = torch.where(pos, inv, e * inv)
+            q = torch.where(pos, e * inv, inv)
+            grad = y1 * p - (y if pos_weight is None else pw * y) * q
+    if gamma is not None:
+        if probs:
+            # 1 - p_t = y Q + (1 - y) P with P = exp(log p), Q = exp(log(1 - p)) (clamped).
+            big_p = torch.where(p_live, z, EXP_CLAMP)
+            big_q = torch.where(q_live, om, EXP_CLAMP)
+            s = y * big_q + y1 * big_p
+            # s dL/dp = -y [q live] + (1 - y) [p live]
+            s_dL = y1 * p_live.to(dtype) - y * q_live.to(dtype)
+        else:
+            a = torch.where(pos, y1, y)
+            b = torch.where(pos, y, y1)
+            d = a + b * e  # 1 - p_t = d / (1 + e)
+            s = d * inv  # 1 - p_t; exact to rounding unless it underflows (then s^gamma does)
+            s_dL = (e * inv * inv) * (y1 - y)  # s dL/dx = p q (1 - 2y)
+        if gamma_bits is not None:
+            # s^gamma = s * s^(gamma - 1): m dL = s^(gamma - 1) (s dL), no division
+            at_least_one, bits = gamma_bits
+            m_1 = _int_power(s, bits)  # s^(gamma - 1), or 1 for gamma = 0
+            if isinstance(at_least_one, torch.Tensor):
+                m = torch.where(at_least_one, m_1 * s, 1.0)
+            else:
+                m = m_1 * s if at_least_one else torch.ones_like(s)
+            m_dL = m_1 * s_dL
+        else:
+            if probs:
+                L = torch.log(s)
+                m = torch.exp(gamma * L)  # (1 - p_t)^gamma from its log: any gamma >= 0
+                m_dL = m * s_dL / s
+            else:
+                edge = a == 0  # there d = e, which may have underflowed: use log(e) = -|x|
+                L = torch.where(edge, -z.abs(), torch.log(d)) - l
+                m = torch.exp(gamma * L)
+                r = torch.where(edge, 1.0, e / d) * inv  # p q / (1 - p_t)
+                m_dL = m * r * (y1 - y)
+        if grad is not None:
+            # loss * m_dL first: at |x| near the format's max gamma * loss overflows while
+            # m_dL is exactly 0 there (inf * 0 = NaN); their product is finite everywhere.
+            grad = m * grad + gamma * (loss * m_dL)
+        loss = m * loss
+    if alpha is not None:
+        alpha_t = alpha * y + one_minus_alpha * y1
+        loss = loss * alpha_t
+        if grad is not None:
+            grad = grad * alpha_t
+    if epsilon is not None:
+        loss = loss + epsilon * (m * s)  # (1 - p_t)^(gamma + 1)
+        if grad is not None:
+            grad = grad + epsilon * (gamma + 1.0) * (m * s_dL)
+    return _finish(loss, grad, valid, weight, input, scale, reduce)
+
+
+def asymmetric(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: Scalar | None,
+    keep: Scalar | None,
+    add: Scalar | None,
+    gamma_pos: Scalar,
+    gamma_neg: Scalar,
+    clip: Scalar | None,
+    scale: Scalar | None,
+    reduce: bool,
+    need_grad: bool,
+):
+    r"""ASL: ``y * pos + (1 - y) * neg`` with
+
+    * ``pos = -q^{gamma_pos} log p``,
+      ``d pos / dx = q^{gamma_pos} (gamma_pos p log p - q)``;
+    * without a clip: ``neg = -p^{gamma_neg} log q``,
+      ``d neg / dx = p^{gamma_neg} (p - gamma_neg q log q)``;
+    * with a clip ``m``: ``p_m = max(p - m, 0)``, ``neg = -p_m^{gamma_neg} log(q + m)`` where
+      ``p_m > 0`` (else 0), ``d neg / dx = p q p_m^{gamma_neg}
+      (1 / (q + m) - gamma_neg log(q + m) / p_m)``.
+    """
+    dtype = compute_dtype(input.dtype)
+    x = input.to(dtype)
+    y, valid = _targets(target, dtype, ignore_index, keep, add)
+    e, l, inv, pos = _logit_terms(x)
+    lp = torch.clamp_max(x, 0.0) - l
+    lq = torch.clamp_max(-x, 0.0) - l
+    p = torch.where(pos, inv, e * inv)
+    q = torch.where(pos, e * inv, inv)
+    e_pos = torch.exp(gamma_pos * lq)  # q^gamma_pos in log space
+    pos_loss = -lp * e_pos
+    if clip is None:
+        e_neg = torch.exp(gamma_neg * lp)
+        neg_loss = -lq * e_neg
+    else:
+        p_m = (p - clip).clamp_min(0.0)
+        shifted = p_m > 0
+        log_1mpm = torch.log(q + clip)  # log(1 - p_m) where shifted; q + m: no cancellation
+        e_neg = torch.exp(gamma_neg * torch.log(torch.where(shifted, p_m, 1.0)))
+        neg_loss = torch.where(shifted, -log_1mpm * e_neg, 0.0)
+    y1 = 1.0 - y
+    loss = y * pos_loss + y1 * neg_loss
+    grad = None
+    if need_grad:
+        d_pos = e_pos * (gamma_pos * p * lp - q)
+        if clip is None:
+            d_neg = e_neg * (p - gamma_neg * q * lq)
+        else:
+            safe_pm = torch.where(shifted, p_m, 1.0)
+            d_neg = (p * q) * e_neg * (1.0 / (q + clip) - gamma_neg * log_1mpm / safe_pm)
+            d_neg = torch.where(shifted, d_neg, 0.0)
+        grad = y * d_pos + y1 * d_neg
+    return _finish(loss, grad, valid, weight, input, scale, reduce)
+
+
+def cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: Scalar | None,
+    smoothing: Scalar | None,
+    probs: bool,
+    scale: Scalar | None,
+    reduce: bool,
+    need_grad: bool,
+):
+    r"""Softmax cross entropy over dimension 1 (crossent's, i.e. torch's, semantics), loss and
+    gradient.
+
+    Index targets (``probs=False``), class weights ``w``, smoothing ``s`` over ``C`` classes:
+
+    .. math::
+
+        \ell_i = (1 - s)\, w_{t_i} (\mathrm{lse}_i - x_{i t_i})
+                 + \frac{s}{C} \sum_j w_j (\mathrm{lse}_i - x_{ij})
+
+        \frac{d\ell_i}{dx_{ik}} = p_{ik} \Big((1 - s) w_{t_i} + \frac{s}{C} W\Big)
+                 - (1 - s) w_{t_i} [k = t_i] - \frac{s}{C} w_k, \qquad W = \sum_j w_j
+
+    and ``"mean"`` divides by :math:`\sum_i w_{t_i}` over non-ignored samples. Probability
+    targets (``probs=True``), with ``a_j = w_j ((1 - s) y_j + s / C)``:
+    :math:`\ell_i = \sum_j a_{ij} (\mathrm{lse}_i - x_{ij})`, gradient
+    :math:`p_{ik} \sum_j a_{ij} - a_{ik}`; a row whose every target equals ``ignore_index``
+    is ignored, and ``"mean"`` divides by the number of valid rows. Every difference
+    ``lse - x`` is formed as ``log(sum exp(x - max)) - (x - max)``: no cancellation when one
+    class dominates. A term whose coefficient is 0 contributes 0 even at a ``-inf`` logit.
+
+    Returns ``(sum or per-sample loss, denominator or None, gradient)``; a ``None``
+    denominator means every sample counts once.
+    """
+    dtype = compute_dtype(input.dtype)
+    x = input.to(dtype)
+    n_classes = x.shape[1]
+    shift = x.amax(dim=1, keepdim=True)  # log-sum-exp from x - max: no overflow
+    z = x - shift
+    ez = torch.exp(z)
+    sum_ez = ez.sum(dim=1, keepdim=True)
+    lse = torch.log(sum_ez)  # log-sum-exp of z; lse(x) - x_j = lse - z_j
+    w_shape = [1] * x.dim()
+    w_shape[1] = n_classes
+    w = None if weight is None else weight.to(dtype).view(w_shape)
+    denominator = None
+    grad = None
+    if probs:
+        y = target.to(dtype)
+        if ignore_index is not None:
+            valid = (target != ignore_index).any(dim=1, keepdim=True)
+            y = torch.where(valid, y, 0.0)
+            denominator = valid.sum(dtype=dtype)
+        if smoothing is not None:
+            y = y * (1.0 - smoothing) + smoothing / n_classes
+            if ignore_index is not None:
+                y = torch.where(valid, y, 0.0)
+        a = y if w is None else w * y
+        loss = torch.where(a == 0, 0.0, a * (lse - z)).sum(dim=1)
+        if need_grad:
+            sc = 1.0 if scale is None else scale
+            grad = ez * (a.sum(dim=1, keepdim=True) * sc / sum_ez) - a * sc
+    else:
+        t = target.to(torch.long).unsqueeze(1)
+        valid = None
+        if ignore_index is not None:
+            valid = t != ignore_index
+            t = torch.where(valid, t, 0)
+        # gather / scatter at the target class: an index outside [0, C) raises, as in torch
+        z_t = z.gather(1, t)  # x_t - max
+        w_t = None
+        if w is not None:
+            w_t = weight.to(dtype).gather(0, t.view(-1)).view_as(z_t)
+            if valid is not None:
+                w_t = torch.where(valid, w_t, 0.0)
+        elif valid is not None:
+            w_t = valid.to(dtype)
+        if w_t is not None:
+            denominator = w_t.sum()
+        nll_coef = torch.ones_like(z_t) if w_t is None else w_t
+        if smoothing is not None:
+            nll_coef = nll_coef * (1.0 - smoothing)
+        nll = lse - z_t
+        if w_t is not None:
+            nll = torch.where(nll_coef == 0, 0.0, nll)  # a zero weight at a -inf logit: 0
+        loss = nll_coef * nll
+        if smoothing is not None:
+            eps = smoothing / n_classes
+            if valid is not None:
+                eps = valid.to(dtype) * eps
+            if w is None:
+                smooth = n_classes * lse - z.sum(dim=1, keepdim=True)
+                w_sum = n_classes
+            else:
+                smooth = torch.where(w == 0, 0.0, w * (lse - z)).sum(dim=1, keepdim=True)
+                w_sum = w.sum()
+            smooth = eps * smooth
+            if valid is not None:
+                smooth = torch.where(valid, smooth, 0.0)
+            loss = loss + smooth
+        if need_grad:
+            # the mean's scale goes into the per-row coefficients: the scatter stays the last
+            # write of the gradient (no further pass over it)
+            sc = 1.0 if scale is None else scale
+            coef = nll_coef
+            if smoothing is not None:
+                coef = coef + eps * w_sum
+            grad = ez * (coef * sc / sum_ez)
+            if smoothing is not None:
+                grad = grad - (eps * sc if w is None else (eps * sc) * w)
+            grad = grad.scatter_add(1, t, -(nll_coef * sc))
+        loss = loss.squeeze(1)
+    out = loss.sum() if reduce else loss.to(output_dtype(input))
+    if scale is not None:
+        out = out * scale  # the gradient has it already
+    return out, denominator, None if grad is None else grad.to(input.dtype)

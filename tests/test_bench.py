@@ -1,0 +1,114 @@
+"""The benchmark library and ``crossent bench``: what it measures, how it reports, a quick run.
+
+Timing is not tested (no test asserts a time); the memory measurements are checked against
+functions whose memory use is known exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from crossent import bench as B
+from crossent.cli import app
+
+RUNNER = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"})
+N = 1 << 22  # 16 MB buffers: page-sized noise is far below the tolerances
+
+
+def test_saved_extra_bytes_counts_what_autograd_keeps_except_inputs():
+    x = torch.randn(1000, requires_grad=True)
+    y = torch.randn(1000)
+    assert B.saved_extra_bytes(lambda x, y: (x * y).sum(), x, y) == 0  # saves the inputs only
+    assert B.saved_extra_bytes(lambda x, y: x.exp().sum(), x, y) == 4000  # saves exp(x)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_cpu_peak_extra_bytes_sees_live_buffers():
+    x = torch.randn(N, requires_grad=True)
+    y = torch.randn(N)
+    # forward keeps exp(x) (1 buffer); backward writes x.grad (1 more) while it is alive
+    peak, method = B.peak_extra_bytes(lambda x, y: x.exp().sum(), x, y, torch.device("cpu"))
+    assert method == "VmHWM"
+    assert 1.9 <= peak / (4 * N) <= 2.3
+    # y * 2 * x: two temporaries in forward, x.grad in backward
+    peak, _ = B.peak_extra_bytes(lambda x, y: (y * 2 * x).sum(), x, y, torch.device("cpu"))
+    assert 1.9 <= peak / (4 * N) <= 3.3
+
+
+def _row(loss, size, provider, total, numel=N, peak=None):
+    return {
+        "run_id": "r1",
+        "loss": loss,
+        "size": size,
+        "provider": provider,
+        "total_ms": total,
+        "numel": numel,
+        "grad_bytes": 4 * numel,
+        "peak_extra_bytes": peak,
+        "peak_method": "VmHWM",
+    }
+
+
+def test_targets_are_checked_as_ratios_of_medians():
+    rows = [
+        _row("sigmoid_focal", "4M", "crossent", 10.0, peak=4 * N),
+        _row("sigmoid_focal", "4M", "torchvision-style", 70.0),
+        _row("sigmoid_focal", "4M", "torchvision-style+compile", 15.0),
+        _row("bce_with_logits", "4M", "crossent", 5.0, peak=8 * N),
+        _row("bce_with_logits", "4M", "torch", 20.0),
+    ]
+    checks = {c["target"]: c for c in B.targets(rows)}
+    assert checks["sigmoid_focal 4M: crossent vs torchvision-style, fwd+bwd"]["met"]
+    compiled = checks["sigmoid_focal 4M: crossent vs torchvision-style+compile, fwd+bwd"]
+    assert not compiled["met"] and compiled["measured"].startswith("1.50x")
+    assert checks["bce_with_logits 4M: crossent vs torch, fwd+bwd"]["met"]
+    assert checks["sigmoid_focal 4M: crossent peak extra memory"]["met"]
+    assert not checks["bce_with_logits 4M: crossent peak extra memory"]["met"]
+
+
+def test_quick_bench_command_writes_csv_and_markdown(tmp_path):
+    out_csv, out_md = tmp_path / "results.csv", tmp_path / "RESULTS.md"
+    args = [
+        "bench",
+        "--quick",
+        "--backend",
+        "fused",  # no compile in a unit test
+        "--providers",
+        "crossent,crossent-reference,torch,torchvision-style",
+        "--repeats",
+        "2",
+        "--csv",
+        str(out_csv),
+        "--markdown",
+        str(out_md),
+    ]
+    result = RUNNER.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "crossent bench" in result.output and "sigmoid_focal" in result.output
+    with out_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    # bce: 3 providers, focal: 3, cross entropy: 3
+    assert len(rows) == 9
+    assert {r["backend"] for r in rows if r["provider"] == "crossent"} == {"fused"}
+    assert all(float(r["total_ms"]) > 0 and r["repeats"] == "2" for r in rows)
+    text = out_md.read_text()
+    assert "| sigmoid_focal | 4K | crossent | fused |" in text
+    # a second run appends, and the report shows both
+    assert RUNNER.invoke(app, args).exit_code == 0
+    with out_csv.open() as f:
+        assert len(list(csv.DictReader(f))) == 18
+
+
+def test_bench_rejects_bad_options_clearly():
+    result = RUNNER.invoke(app, ["bench", "--quick", "--backend", "gpu"])
+    assert result.exit_code == 2
+    assert "Expected `backend` to be one of" in result.output
+    result = RUNNER.invoke(app, ["bench", "--quick", "--family", "softmax"])
+    assert result.exit_code == 2 and "Expected `family` to be one of" in result.output
+    result = RUNNER.invoke(app, ["bench", "--quick", "--losses", "hinge"])
+    assert result.exit_code == 2 and "Unknown loss 'hinge'" in result.output
