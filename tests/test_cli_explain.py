@@ -371,7 +371,8 @@ def test_cli_inputs_from_files_are_read_not_changed(tmp_path):
         before = (sha256(fp), sha256(fy), fp.stat().st_mtime_ns)
         result = invoke("explain", "--input", fp, "--target", fy, "--probs", "--json")
         assert result.exit_code == 0, (kind, result.output)
-        assert json.loads(result.stdout)["value"] == pytest.approx(0.7738943696, abs=1e-9), kind
+        # torch's float32 value; the fused path rounds differently in the last float32 bits
+        assert json.loads(result.stdout)["value"] == pytest.approx(0.7738943696, rel=1e-6), kind
         assert (sha256(fp), sha256(fy), fp.stat().st_mtime_ns) == before, kind
 
 
