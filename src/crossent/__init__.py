@@ -1,11 +1,13 @@
 """crossent: classification losses for PyTorch that are exact, finite in every precision, and fast.
 
 The public API is exactly what ``__all__`` lists: the functional losses (also in
-:mod:`crossent.functional`), their modules (also in :mod:`crossent.nn`) and the class-weight
-tools (also in :mod:`crossent.weights`).
+:mod:`crossent.functional`), their modules (also in :mod:`crossent.nn`), the class-weight
+tools (also in :mod:`crossent.weights`) and :class:`GradientAccumulator` (exact means under
+gradient accumulation, also in :mod:`crossent.accumulation`).
 """
 
 from crossent._validation import set_value_checks
+from crossent.accumulation import GradientAccumulator
 from crossent.functional import (
     asymmetric_loss,
     binary_cross_entropy,
@@ -39,6 +41,7 @@ __all__ = [
     "BinaryFocalLoss",
     "CrossEntropyLoss",
     "FocalLoss",
+    "GradientAccumulator",
     "PolyFocalLoss",
     "PolyLoss",
     "SoftmaxFocalLoss",

@@ -78,7 +78,8 @@ FRAGMENTS = {
         - output: a scalar, or the input's size without the class dimension for
           ``reduction="none"``.""",
     "dtype_note": """float16 and bfloat16 inputs are computed in float32 inside and returned in
-    the input dtype.""",
+    the input dtype; under ``torch.autocast`` the loss is returned in float32, as torch's own
+    losses are.""",
 }
 
 

@@ -10,22 +10,73 @@ module turns that pair into the reduced value:
 * ``"mean"``: sum / denominator, and **0 (with zero gradient) when the denominator is 0** --
   every element ignored -- where torch returns NaN;
 * ``"global_mean"``: the mean over every rank of a ``torch.distributed`` process group. Each
-  rank returns ``world_size * local_sum / global_denominator``. DDP averages gradients over
-  ranks, so the parameter gradients equal those of one process on the concatenated batch,
-  also when ranks hold different numbers of valid elements; the value, averaged over ranks,
-  is the global mean. One all-reduce of the (detached) denominator per call. Outside an
-  initialised process group it equals ``"mean"``.
+  rank returns ``world_size * local_sum / global_denominator``. DDP (and FSDP) average
+  gradients over ranks, so the parameter gradients equal those of one process on the
+  concatenated batch, also when ranks hold different numbers of valid elements; the value,
+  averaged over ranks, is the global mean. Outside an initialised process group it equals
+  ``"mean"``.
+
+The all-reduce of ``"global_mean"`` is one collective per call, on a detached copy of the
+denominator (no gradient flows through it), in float64 on CPU and CUDA so that integer counts
+and weight sums add up exactly on every backend (gloo, nccl) whatever the compute dtype. It is
+written with the ordinary in-place ``torch.distributed.all_reduce``: eager code calls it
+directly, and ``torch.compile`` (``fullgraph=True`` too) rewrites it into a functional
+collective inside the graph, without a graph break.
+
+Gradient accumulation has the same normalisation problem across micro-batches;
+:class:`crossent.GradientAccumulator` solves it by recording, through :func:`record_denominators`,
+the denominator each loss call would have divided by.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from crossent._validation import check_reduction
+from crossent._validation import check_process_group, check_reduction
 
-__all__ = ["global_denominator", "reduce_loss", "reduce_sum", "safe_denominator"]
+__all__ = [
+    "all_reduce_sum",
+    "distributed_ready",
+    "global_denominator",
+    "output_dtype",
+    "record_denominators",
+    "recording_denominators",
+    "reduce_loss",
+    "reduce_sum",
+    "safe_denominator",
+]
+
+# Active recorders of :func:`record_denominators` (innermost last); empty outside them.
+_RECORDERS: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+
+
+def output_dtype(input: torch.Tensor) -> torch.dtype:
+    """The dtype a loss returns for ``input``: the input's own, except under ``torch.autocast``.
+
+    Outside autocast a float16 / bfloat16 input gives a loss in that dtype (computed in
+    float32 inside). Under autocast the loss is float32, as torch's own losses are (autocast
+    runs them in float32): a ``"sum"`` over many elements or a large loss stays finite where
+    float16 would overflow at 65504, and ``loss.dtype`` is what code written for torch expects.
+
+    >>> import torch
+    >>> x = torch.zeros(2, dtype=torch.bfloat16)
+    >>> output_dtype(x)
+    torch.bfloat16
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     output_dtype(x)
+    torch.float32
+    """
+    if (
+        input.dtype in (torch.float16, torch.bfloat16)
+        and input.device.type in ("cpu", "cuda", "xpu", "mps")
+        and torch.is_autocast_enabled(input.device.type)
+    ):
+        return torch.float32
+    return input.dtype
 
 
 def safe_denominator(denominator: torch.Tensor) -> torch.Tensor:
@@ -34,24 +85,80 @@ def safe_denominator(denominator: torch.Tensor) -> torch.Tensor:
     return torch.where(denominator == 0, torch.ones_like(denominator), denominator)
 
 
-def _distributed_ready(process_group: Any) -> bool:
+def distributed_ready() -> bool:
+    """Whether ``torch.distributed`` has an initialised default process group."""
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized()
 
 
+def _reduce_dtype(tensor: torch.Tensor) -> torch.dtype:
+    # float64 where every backend has it (gloo, nccl): counts above 2**24 and sums of many
+    # weights stay exact, so every rank divides by what one process would divide by.
+    return torch.float64 if tensor.device.type in ("cpu", "cuda") else tensor.dtype
+
+
+def all_reduce_sum(tensor: torch.Tensor, process_group: Any = None) -> tuple[torch.Tensor, int]:
+    """Sum a detached copy of ``tensor`` over the process group (one all-reduce).
+
+    Returns the sum, in float64 on CPU and CUDA, and the group's world size. Without an
+    initialised process group: the copy itself and 1. Raises ValueError when this rank is not
+    a member of ``process_group``.
+    """
+    copy = tensor.detach().to(_reduce_dtype(tensor), copy=True)
+    if not distributed_ready():
+        return copy, 1
+    import torch.distributed as dist
+
+    world_size = dist.get_world_size(process_group)
+    if world_size < 1:
+        # torch returns -1 (and skips the collective) on a rank outside the group.
+        raise ValueError(
+            f"Expected `process_group` to contain this rank (global rank {dist.get_rank()}), "
+            f"but it does not. Call the loss only on the group's ranks, or pass a group "
+            f"that contains every rank that calls it."
+        )
+    dist.all_reduce(copy, op=dist.ReduceOp.SUM, group=process_group)
+    return copy, world_size
+
+
 def global_denominator(
     denominator: torch.Tensor, process_group: Any = None
 ) -> tuple[torch.Tensor, int]:
-    """All-reduce (sum) a detached denominator over the process group; returns it and the
-    group's world size. Without an initialised process group: the denominator itself and 1."""
-    if not _distributed_ready(process_group):
-        return denominator, 1
-    import torch.distributed as dist
+    """The denominator summed over the process group (one all-reduce), and the world size.
 
-    total = denominator.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=process_group)
-    return total, dist.get_world_size(process_group)
+    Without an initialised process group: the denominator itself and 1.
+    """
+    if not distributed_ready():
+        return denominator, 1
+    return all_reduce_sum(denominator, process_group)
+
+
+def recording_denominators() -> bool:
+    """Whether a :func:`record_denominators` context is active: a fused kernel must then
+    leave the division to :func:`reduce_sum` (not fold the mean into its pass)."""
+    return bool(_RECORDERS)
+
+
+@contextmanager
+def record_denominators() -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Within this context every ``"mean"`` / ``"global_mean"`` reduction returns its **sum**
+    and appends ``(sum, denominator)`` (both detached) to the list it yields; nothing is
+    all-reduced. :class:`crossent.GradientAccumulator` is built on it.
+
+    >>> import torch
+    >>> with record_denominators() as records:
+    ...     reduce_loss(torch.tensor([1.0, 2.0, 0.0]), "mean", denominator=torch.tensor(2.0))
+    tensor(3.)
+    >>> records
+    [(tensor(3.), tensor(2.))]
+    """
+    records: list[tuple[torch.Tensor, torch.Tensor]] = []
+    _RECORDERS.append(records)
+    try:
+        yield records
+    finally:
+        _RECORDERS.pop()
 
 
 def reduce_loss(
@@ -76,6 +183,7 @@ def reduce_loss(
     tensor(0.)
     """
     check_reduction(reduction)
+    check_process_group(process_group, reduction)
     if reduction == "none":
         return loss
     if denominator is None:
@@ -98,7 +206,14 @@ def reduce_sum(
     >>> reduce_sum(torch.tensor(3.0), "mean", denominator=2)
     tensor(1.5000)
     """
+    check_process_group(process_group, reduction)
     if reduction == "sum":
+        return total
+    if _RECORDERS:
+        # Gradient accumulation: the sum now, the division once all micro-batches are seen.
+        if not isinstance(denominator, torch.Tensor):
+            denominator = torch.tensor(float(denominator), dtype=total.dtype, device=total.device)
+        _RECORDERS[-1].append((total.detach(), denominator.detach().to(total.dtype)))
         return total
     if reduction == "mean" and not isinstance(denominator, torch.Tensor):
         return total / float(denominator) if denominator else total * 0.0
@@ -112,5 +227,5 @@ def reduce_sum(
             'Expected `reduction` to be "sum", "mean" or "global_mean" for an already summed '
             f"loss, but got {reduction!r}."
         )
-    denominator, world_size = global_denominator(denominator, process_group)
-    return total * world_size / safe_denominator(denominator)
+    global_den, world_size = global_denominator(denominator, process_group)
+    return total * world_size / safe_denominator(global_den.to(total.dtype))

@@ -34,6 +34,7 @@ __all__ = [
     "check_label_smoothing",
     "check_number",
     "check_probabilities",
+    "check_process_group",
     "check_reduction",
     "check_same_shape",
     "class_dim_of",
@@ -173,7 +174,9 @@ def check_number(
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"Expected `{name}` to be a number, but got {_fmt(value)}.")
     value = float(value)
-    if not math.isfinite(value):
+    # A chained comparison, not math.isfinite: under torch.compile(dynamic=True) a float
+    # option can arrive as a symbolic float, which compares (a guard) but has no isfinite.
+    if not -math.inf < value < math.inf:
         raise ValueError(f"Expected `{name}` to be finite, but got {value!r}.")
     if low is not None:
         if (low_inclusive and value < low) or (not low_inclusive and value <= low):
@@ -341,4 +344,14 @@ def check_class_indices(target: torch.Tensor, num_classes: int, ignore_index: in
         raise ValueError(
             f"Expected `target` to hold class indices in [0, {num_classes - 1}] for an input "
             f"with C = {num_classes} classes{ignored}, but it holds {value}."
+        )
+
+
+def check_process_group(process_group: object, reduction: str) -> None:
+    """``process_group`` only means something to ``"global_mean"``: never accept and ignore it."""
+    if process_group is not None and reduction != "global_mean":
+        raise ValueError(
+            f'Expected `reduction` to be "global_mean" when `process_group` is given, but got '
+            f'{reduction!r}. Pass reduction="global_mean" to average over the group, or drop '
+            f"`process_group`."
         )

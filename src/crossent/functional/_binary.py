@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from crossent import _validation as V
 from crossent._docs import fill_doc
-from crossent._reduction import reduce_loss
+from crossent._reduction import output_dtype, reduce_loss
 from crossent.kernels import asymmetric_loss as fused_asymmetric
 from crossent.kernels import select_backend, sigmoid_family_loss
 
@@ -34,6 +34,19 @@ __all__ = [
 # torch's BCELoss clamps each log term at -100 so that p = 0 or 1 gives a finite loss; the
 # probability forms keep that clamp so they are drop-in replacements.
 LOG_CLAMP = -100.0
+
+# Beyond |x| = 1e3 a modulating factor (1 - p_t)^gamma and its derivative have saturated
+# exactly, even in float64 (exp(-745) underflows), or the loss they multiply is exactly 0.
+# Computing the factor from logits clamped there changes no value and no gradient, and keeps
+# d loss / d factor = base_loss * gamma (~|x| * gamma) from overflowing into 0 * inf = NaN
+# for |x| near the float32 maximum.
+SATURATION = 1e3
+
+
+def saturated_logs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log p`` and ``log(1 - p)`` from logits clamped at +-SATURATION, for modulating factors."""
+    xs = x.clamp(-SATURATION, SATURATION)
+    return F.logsigmoid(xs), F.logsigmoid(-xs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,8 +152,12 @@ def sigmoid_family_elementwise(
     gamma: float = 0.0,
     alpha: float | None = None,
     pos_weight: torch.Tensor | None = None,
+    modulating_logs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Elementwise focal loss from ``log p`` and ``log(1 - p)``; BCE when gamma = 0, alpha = None.
+
+    ``modulating_logs``: ``(log p, log(1 - p))`` for the modulating factor only (the saturated
+    logs of :func:`saturated_logs`); default: the same logs as the loss.
 
     ``alpha_t (1 - p_t)^gamma * -(w_pos y log p + (1 - y) log(1 - p))`` with
     ``(1 - p_t)^gamma = exp(gamma log(1 - p_t))``: no probability is rounded to 1 before the
@@ -151,7 +168,8 @@ def sigmoid_family_elementwise(
         pos_term = pos_term * pos_weight.to(log_p.dtype)
     loss = -(pos_term + (1.0 - y) * log_1mp)
     if gamma != 0.0:
-        loss = loss * torch.exp(gamma * log_mix(y, log_1mp, log_p))
+        m_log_p, m_log_1mp = modulating_logs if modulating_logs is not None else (log_p, log_1mp)
+        loss = loss * torch.exp(gamma * log_mix(y, m_log_1mp, m_log_p))
     if alpha is not None:
         loss = loss * (alpha * y + (1.0 - alpha) * (1.0 - y))
     return loss
@@ -217,7 +235,7 @@ def binary_cross_entropy_with_logits(
     {binary_shape}
 
     Returns:
-        The loss, in the input's dtype.
+        The loss, in the input's dtype (float32 under ``torch.autocast``).
 
     Example:
         >>> import torch, crossent
@@ -267,7 +285,7 @@ def binary_cross_entropy_with_logits(
         valid=valid,
         weight=weight,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )
 
@@ -314,7 +332,7 @@ def binary_cross_entropy(
     {binary_shape}
 
     Returns:
-        The loss, in the input's dtype.
+        The loss, in the input's dtype (float32 under ``torch.autocast``).
 
     Example (the worked example of the BCE tutorials, with exact inputs):
         >>> import torch, crossent
@@ -366,7 +384,7 @@ def binary_cross_entropy(
         valid=valid,
         weight=weight,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )
 
@@ -422,7 +440,7 @@ def sigmoid_focal_loss(
     {binary_shape}
 
     Returns:
-        The loss, in the input's dtype.
+        The loss, in the input's dtype (float32 under ``torch.autocast``).
 
     Example:
         >>> import torch, crossent
@@ -468,14 +486,20 @@ def sigmoid_focal_loss(
     x = input.to(compute_dtype(input.dtype))
     y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
     loss = sigmoid_family_elementwise(
-        F.logsigmoid(x), F.logsigmoid(-x), y, gamma=gamma, alpha=alpha, pos_weight=pos_weight
+        F.logsigmoid(x),
+        F.logsigmoid(-x),
+        y,
+        gamma=gamma,
+        alpha=alpha,
+        pos_weight=pos_weight,
+        modulating_logs=saturated_logs(x) if gamma != 0.0 else None,
     )
     return finish(
         loss,
         valid=valid,
         weight=weight,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )
 
@@ -525,7 +549,7 @@ def binary_focal_loss(
     {binary_shape}
 
     Returns:
-        The loss, in the input's dtype.
+        The loss, in the input's dtype (float32 under ``torch.autocast``).
 
     Example:
         >>> import torch, crossent
@@ -579,7 +603,7 @@ def binary_focal_loss(
         valid=valid,
         weight=weight,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )
 
@@ -599,9 +623,11 @@ def asymmetric_elementwise(
     """
     log_p = F.logsigmoid(x)
     log_1mp = F.logsigmoid(-x)
+    # the modulating factors' exponents come from saturated logits (see SATURATION)
+    sat_log_p, sat_log_1mp = saturated_logs(x) if gamma_pos or not clip else (log_p, log_1mp)
     pos = -log_p
     if gamma_pos != 0.0:
-        pos = pos * torch.exp(gamma_pos * log_1mp)
+        pos = pos * torch.exp(gamma_pos * sat_log_1mp)
     if clip:
         # 1 - p_m = min(1 - p + clip, 1): log(sigma(-x) + clip) via logaddexp stays exact when
         # sigma(-x) is tiny; where p <= clip the shifted probability is 0 and so is the loss.
@@ -612,7 +638,7 @@ def asymmetric_elementwise(
             shifted, torch.logaddexp(log_1mp, log_1mp.new_tensor(clip).log()), 0.0
         )
     else:
-        log_pm, log_1mpm = log_p, log_1mp
+        log_pm, log_1mpm = sat_log_p, log_1mp
         shifted = None
     neg = -log_1mpm
     if gamma_neg != 0.0:
@@ -672,7 +698,7 @@ def asymmetric_loss(
     {binary_shape}
 
     Returns:
-        The loss, in the input's dtype.
+        The loss, in the input's dtype (float32 under ``torch.autocast``).
 
     Example:
         >>> import torch, crossent
@@ -724,7 +750,7 @@ def asymmetric_loss(
         valid=valid,
         weight=weight,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )
 
@@ -738,17 +764,26 @@ def poly1_focal_elementwise(
     gamma: float,
     alpha: float | None,
     pos_weight: torch.Tensor | None,
+    modulating_logs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Elementwise Poly-1 focal loss: the focal loss plus ``epsilon (1 - p_t)^(gamma + 1)``.
 
     ``(1 - p_t)^(gamma + 1) = exp((gamma + 1) log(1 - p_t))`` with ``log(1 - p_t)`` from
     :func:`log_mix`, as in the focal term: exact at saturated logits, for soft targets too.
+    ``modulating_logs`` as in :func:`sigmoid_family_elementwise`.
     """
     loss = sigmoid_family_elementwise(
-        log_p, log_1mp, y, gamma=gamma, alpha=alpha, pos_weight=pos_weight
+        log_p,
+        log_1mp,
+        y,
+        gamma=gamma,
+        alpha=alpha,
+        pos_weight=pos_weight,
+        modulating_logs=modulating_logs,
     )
     if epsilon != 0.0:
-        loss = loss + epsilon * torch.exp((gamma + 1.0) * log_mix(y, log_1mp, log_p))
+        m_log_p, m_log_1mp = modulating_logs if modulating_logs is not None else (log_p, log_1mp)
+        loss = loss + epsilon * torch.exp((gamma + 1.0) * log_mix(y, m_log_1mp, m_log_p))
     return loss
 
 
@@ -803,7 +838,7 @@ def poly1_focal_loss(
     {binary_shape}
 
     Returns:
-        The loss, in the input's dtype.
+        The loss, in the input's dtype (float32 under ``torch.autocast``).
 
     Example:
         >>> import torch, crossent
@@ -860,12 +895,13 @@ def poly1_focal_loss(
         gamma=gamma,
         alpha=alpha,
         pos_weight=pos_weight,
+        modulating_logs=saturated_logs(x),
     )
     return finish(
         loss,
         valid=valid,
         weight=weight,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )

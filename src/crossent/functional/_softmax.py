@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from crossent import _validation as V
 from crossent._docs import fill_doc
-from crossent._reduction import reduce_loss
-from crossent.functional._binary import compute_dtype
+from crossent._reduction import output_dtype, reduce_loss
+from crossent.functional._binary import SATURATION, compute_dtype
 from crossent.kernels import cross_entropy_loss as fused_cross_entropy
 from crossent.kernels import select_backend
 
@@ -164,6 +164,10 @@ def _terms(
     """
     f = -log_p
     if gamma != 0.0 and log_1mp is not None:
+        # Where p < e^-SATURATION, 1 - p is exactly 1 (float64 too) and the factor's derivative
+        # exactly 0: cut the branch there, so that d f / d factor = -log p * gamma, which
+        # overflows for logits near the format's max, never meets that 0 as inf * 0 = NaN.
+        log_1mp = torch.where(log_p < -SATURATION, 0.0, log_1mp)
         # log(1 - p) = -inf (p = 1 exactly) is clamped to the dtype's minimum: a gamma that
         # rounds to 0 in the compute dtype would otherwise give 0 * -inf = NaN.
         floor = torch.finfo(log_1mp.dtype).min
@@ -335,7 +339,7 @@ def cross_entropy(
     {softmax_shape}
 
     Returns:
-        The loss, in the input's dtype.
+        The loss, in the input's dtype (float32 under ``torch.autocast``).
 
     Example:
         >>> import torch, crossent
@@ -386,7 +390,7 @@ def cross_entropy(
         loss,
         denominator,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )
 
@@ -448,7 +452,7 @@ def softmax_focal_loss(
     {softmax_shape}
 
     Returns:
-        The loss, in the input's dtype.
+        The loss, in the input's dtype (float32 under ``torch.autocast``).
 
     Example:
         >>> import torch, crossent
@@ -509,7 +513,7 @@ def softmax_focal_loss(
         loss,
         denominator,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )
 
@@ -560,7 +564,7 @@ def poly1_cross_entropy(
     {softmax_shape}
 
     Returns:
-        The loss, in the input's dtype.
+        The loss, in the input's dtype (float32 under ``torch.autocast``).
 
     Example:
         >>> import torch, crossent
@@ -613,6 +617,6 @@ def poly1_cross_entropy(
         loss,
         denominator,
         reduction=reduction,
-        out_dtype=input.dtype,
+        out_dtype=output_dtype(input),
         process_group=process_group,
     )

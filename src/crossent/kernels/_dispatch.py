@@ -12,7 +12,13 @@ from typing import Any
 import torch
 
 from crossent import _validation as V
-from crossent._reduction import reduce_sum, safe_denominator
+from crossent._reduction import (
+    distributed_ready,
+    output_dtype,
+    recording_denominators,
+    reduce_sum,
+    safe_denominator,
+)
 from crossent.kernels import _math
 from crossent.kernels._function import FusedLoss
 
@@ -193,6 +199,7 @@ def _run(
     folded: bool = False,
 ) -> torch.Tensor:
     """Run ``fn(input, *args)`` -> ``(out, denominator, grad)`` on ``path`` and reduce."""
+    V.check_process_group(process_group, reduction)
     if path == "compiled":
         fn = functools.partial(_run_compiled, fn, flat)
     elif path == "fused" and not torch.compiler.is_compiling():
@@ -208,11 +215,12 @@ def _run(
     if reduction == "none":
         return out
     if folded:
-        return out.to(input.dtype)  # the kernel already divided by the mean's denominator
+        # the kernel already divided by the mean's denominator
+        return out.to(output_dtype(input))
     if denominator is None:
         denominator = default_denominator
     return reduce_sum(out, reduction, denominator=denominator, process_group=process_group).to(
-        input.dtype
+        output_dtype(input)
     )
 
 
@@ -278,8 +286,12 @@ def _mean_scale(path: str, input: torch.Tensor, reduction: str, denominator: Any
     from a few targets). On a GPU the incoming gradient is not read (that would synchronise),
     so there backward scales anyway and nothing is folded.
     """
+    if reduction == "global_mean" and not distributed_ready():
+        reduction = "mean"  # outside a process group "global_mean" is "mean", to the last bit
     if reduction != "mean" or denominator is None or path == "triton":
         return None
+    if recording_denominators():
+        return None  # GradientAccumulator: reduce_sum must see the sum and its denominator
     if input.device.type != "cpu":
         return None
     if isinstance(denominator, torch.Tensor):

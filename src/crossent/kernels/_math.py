@@ -26,6 +26,8 @@ import math
 
 import torch
 
+from crossent._reduction import output_dtype
+
 __all__ = ["asymmetric", "cross_entropy", "sigmoid_family"]
 
 # torch's BCELoss clamps the log terms at -100 (see crossent.functional._binary.LOG_CLAMP).
@@ -69,7 +71,8 @@ def _finish(loss, grad, valid, weight, x, scale, reduce):
         if grad is not None:
             grad = torch.where(valid, grad, 0.0)
         count = valid.sum(dtype=loss.dtype)
-    out = loss.sum() if reduce else loss.to(x.dtype)
+    # the elementwise loss in the loss's output dtype (float32 under autocast), rounded once
+    out = loss.sum() if reduce else loss.to(output_dtype(x))
     if scale is not None:
         out = out * scale
         grad = None if grad is None else grad * scale
@@ -249,7 +252,9 @@ def sigmoid_family(
                 r = torch.where(edge, 1.0, e / d) * inv  # p q / (1 - p_t)
                 m_dL = m * r * (y1 - y)
         if grad is not None:
-            grad = m * grad + gamma * loss * m_dL
+            # loss * m_dL first: at |x| near the format's max gamma * loss overflows while
+            # m_dL is exactly 0 there (inf * 0 = NaN); their product is finite everywhere.
+            grad = m * grad + gamma * (loss * m_dL)
         loss = m * loss
     if alpha is not None:
         alpha_t = alpha * y + one_minus_alpha * y1
@@ -434,7 +439,7 @@ def cross_entropy(
                 grad = grad - (eps * sc if w is None else (eps * sc) * w)
             grad = grad.scatter_add(1, t, -(nll_coef * sc))
         loss = loss.squeeze(1)
-    out = loss.sum() if reduce else loss.to(input.dtype)
+    out = loss.sum() if reduce else loss.to(output_dtype(input))
     if scale is not None:
         out = out * scale  # the gradient has it already
     return out, denominator, None if grad is None else grad.to(input.dtype)

@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from crossent._reduction import output_dtype
+
 __all__ = ["asymmetric", "cross_entropy", "interpreting", "sigmoid_family"]
 
 LOG_CLAMP = -100.0
@@ -189,7 +191,7 @@ def _binary_kernel(
                 big_l = tl.where(edge, -ax, tl.log(tl.where(edge, 1.0, d))) - l
                 d_l = tl.where(edge, 1.0, e / tl.where(edge, 1.0, d)) * inv * (y1 - y)
             m = tl.exp(opt_a * big_l)  # (1 - p_t)^gamma from its log
-            grad = m * (grad + opt_a * loss * d_l)
+            grad = m * (grad + opt_a * (loss * d_l))  # loss * d_l first: no inf * 0
             loss = m * loss
         if HAS_ALPHA:
             alpha_t = opt_b * y + opt_c * y1
@@ -280,7 +282,7 @@ def _launch_binary(kind, input, target, weight, pos_weight, ignore_index, smooth
     w, w_inner, w_mid = _broadcast_index(weight, input.shape)
     pw, pw_inner, pw_mid = _broadcast_index(pos_weight, input.shape)
     grad = torch.empty_like(x) if need_grad else None
-    loss = None if reduce else torch.empty_like(x)
+    loss = None if reduce else torch.empty_like(x, dtype=output_dtype(input))
     has_ignore = ignore_index is not None
     parts = torch.empty((2 if has_ignore else 1, n_blocks), dtype=cdt, device=x.device)
     s = smoothing or 0.0
@@ -569,7 +571,7 @@ def cross_entropy(input, target, weight, ignore_index, smoothing, probs, reduce,
         )
     has_denominator = ignore_index is not None or (weight is not None and not probs)
     if not reduce:
-        loss = rows[0].view((x.shape[0], *x.shape[2:])).to(input.dtype)
+        loss = rows[0].view((x.shape[0], *x.shape[2:])).to(output_dtype(input))
         return loss, None, grad
     sums = _sum_rows(rows) if n_rows else torch.zeros(2, dtype=cdt, device=x.device)
     return sums[0], (sums[1] if has_denominator else None), grad
