@@ -81,6 +81,7 @@ FIELDS = [
     "cpu",
     "cores",
     "threads",
+    "load",
     "device",
     "python",
     "torch",
@@ -356,11 +357,16 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     name = platform.node()
     if device.type == "cuda":
         name = f"{name} / {torch.cuda.get_device_name(device)}"
+    try:  # other work on the machine: the 1-minute load average when the run starts
+        load = f"{os.getloadavg()[0]:.2f}"
+    except (OSError, AttributeError):
+        load = ""
     return {
         "machine": name,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "load": load,
         "device": device.type,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -612,7 +618,8 @@ def render_markdown(rows: Sequence[dict[str, Any]], *, command: str = "", runs: 
             f"## Run {run_id}",
             "",
             f"{first['machine']}; {first['cpu']}, {first['cores']} cores, torch threads "
-            f"{first['threads']}; device {first['device']}; python {first['python']}, torch "
+            f"{first['threads']}, load average {first.get('load') or '?'} at the start; "
+            f"device {first['device']}; python {first['python']}, torch "
             f"{first['torch']}, triton {first['triton'] or '-'}; crossent {first['crossent']} "
             f"({first.get('commit') or 'no git revision'}); {first['dtype']}; "
             f"{first['repeats']} timed rounds.",
@@ -649,14 +656,20 @@ def render_markdown(rows: Sequence[dict[str, Any]], *, command: str = "", runs: 
             "## Speed targets over every run",
             "",
             "The same ratios from each run in `results.csv`, oldest first: their spread is the",
-            "run-to-run variation of this machine (shared cores; page faults of fresh buffers).",
+            "run-to-run variation of this machine (shared cores -- see the load average at each",
+            "run's start; page faults of fresh buffers). A loaded machine favours the fused",
+            "kernels (one pass instead of many), so only low-load runs measure the code.",
             "",
-            "| run | target | wanted | measured | met |",
-            "|---|---|---|---|---|",
+            "| run | commit | load | target | wanted | measured | met |",
+            "|---|---|---|---|---|---|---|",
         ]
         for run_id, c in history:
             met = "yes" if c["met"] else "no"
-            lines.append(f"| {run_id} | {c['target']} | {c['wanted']} | {c['measured']} | {met} |")
+            first = by_run[run_id][0]
+            lines.append(
+                f"| {run_id} | {first.get('commit') or '-'} | {first.get('load') or '?'} "
+                f"| {c['target']} | {c['wanted']} | {c['measured']} | {met} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

@@ -277,11 +277,11 @@ def _unbatched(fn: Callable, input: torch.Tensor, target: torch.Tensor, *args):
     return out, denominator, None if grad is None else grad.squeeze(0)
 
 
-def _mean_scale(path: str, input: torch.Tensor, reduction: str, denominator: Any) -> Any:
-    """``1 / denominator`` when a CPU kernel can fold the mean into its pass, else ``None``.
+def _mean_denominator(path: str, input: torch.Tensor, reduction: str, denominator: Any) -> Any:
+    """The mean's denominator when a CPU kernel can fold the mean into its pass, else ``None``.
 
     On CPU backward can see that its incoming gradient is exactly 1 (``loss.backward()``) and
-    hand the saved gradient on untouched -- if the forward already divided it by the mean's
+    hand the saved gradient on untouched -- if the forward already divided by the mean's
     denominator, known before the pass (``denominator``: a number, or a 0-dim tensor computed
     from a few targets). On a GPU the incoming gradient is not read (that would synchronise),
     so there backward scales anyway and nothing is folded.
@@ -295,8 +295,8 @@ def _mean_scale(path: str, input: torch.Tensor, reduction: str, denominator: Any
     if input.device.type != "cpu":
         return None
     if isinstance(denominator, torch.Tensor):
-        return 1.0 / safe_denominator(denominator.to(_math.compute_dtype(input.dtype)))
-    return 1.0 / denominator if denominator else None
+        return safe_denominator(denominator.to(_math.compute_dtype(input.dtype)))
+    return denominator or None
 
 
 def _flat_ok(input: torch.Tensor, *weights: torch.Tensor | None) -> bool:
@@ -396,9 +396,11 @@ def sigmoid_family_loss(
         else:
             options = [ignore_index, keep, add, gamma, bits, alpha, one_minus_alpha, epsilon]
         args = (target, weight, pos_weight, *options, probs)
-    scale = _mean_scale(path, input, reduction, None if ignore_index is not None else input.numel())
+    mean_denominator = _mean_denominator(
+        path, input, reduction, None if ignore_index is not None else input.numel()
+    )
     if path != "triton":
-        args = (*args, _option(scale, path, input))
+        args = (*args, _option(mean_denominator, path, input))
     return _run(
         path,
         fn,
@@ -409,7 +411,7 @@ def sigmoid_family_loss(
         default_denominator=input.numel(),
         flat=_flat_ok(input, weight, pos_weight),
         sliceable=(0, 1),
-        folded=scale is not None,
+        folded=mean_denominator is not None,
     )
 
 
@@ -448,9 +450,11 @@ def asymmetric_loss(
             ignore = _scalar(ignore_index, _ignore_dtype(target), input.device)
             options = [ignore] + [_scalar(v, cdt, input.device) for v in options[1:]]
         args = (target, weight, *options)
-    scale = _mean_scale(path, input, reduction, None if ignore_index is not None else input.numel())
+    mean_denominator = _mean_denominator(
+        path, input, reduction, None if ignore_index is not None else input.numel()
+    )
     if path != "triton":
-        args = (*args, _option(scale, path, input))
+        args = (*args, _option(mean_denominator, path, input))
     return _run(
         path,
         fn,
@@ -461,7 +465,7 @@ def asymmetric_loss(
         default_denominator=input.numel(),
         flat=_flat_ok(input, weight),
         sliceable=(0,),
-        folded=scale is not None,
+        folded=mean_denominator is not None,
     )
 
 
@@ -502,14 +506,14 @@ def cross_entropy_loss(
                 _scalar(smoothing, cdt, input.device),
             ]
         args = (target, weight, *options, probs)
-    scale = None
+    mean_denominator = None
     if not probs and weight is None:
         # the mean's denominator from the targets alone: a pass over N indices, not N x C
         rows = input.numel() // max(input.shape[1], 1) if input.dim() > 1 else 1
         count = rows if ignore_index is None else (target != ignore_index).sum()
-        scale = _mean_scale(path, input, reduction, count)
+        mean_denominator = _mean_denominator(path, input, reduction, count)
     if path != "triton":
-        args = (*args, _option(scale, path, input))
+        args = (*args, _option(mean_denominator, path, input))
     return _run(
         path,
         fn,
@@ -520,7 +524,7 @@ def cross_entropy_loss(
         default_denominator=input.numel() // max(input.shape[1], 1) if input.dim() > 1 else 1,
         class_dim=1,
         unbatched=input.dim() == 1,
-        folded=scale is not None,
+        folded=mean_denominator is not None,
     )
 
 

@@ -55,10 +55,10 @@ def _targets(target, dtype, ignore_index, keep, add):
     return y, valid
 
 
-def _finish(loss, grad, valid, weight, x, scale, reduce):
+def _finish(loss, grad, valid, weight, x, mean_denominator, reduce):
     """Weight, mask, reduce. Returns ``(sum or elementwise loss, valid count, gradient)``; a
-    ``scale`` (``1 / denominator`` of a mean known in advance) multiplies the sum and the
-    gradient."""
+    ``mean_denominator`` known in advance divides the sum (as the reference's mean does) and
+    scales the gradient."""
     if weight is not None:
         w = weight.to(loss.dtype)
         loss = loss * w
@@ -73,9 +73,9 @@ def _finish(loss, grad, valid, weight, x, scale, reduce):
         count = valid.sum(dtype=loss.dtype)
     # the elementwise loss in the loss's output dtype (float32 under autocast), rounded once
     out = loss.sum() if reduce else loss.to(output_dtype(x))
-    if scale is not None:
-        out = out * scale
-        grad = None if grad is None else grad * scale
+    if mean_denominator is not None:
+        out = out / mean_denominator
+        grad = None if grad is None else grad * (1.0 / mean_denominator)
     return out, count, None if grad is None else grad.to(x.dtype)
 
 
@@ -142,7 +142,7 @@ def sigmoid_family(
     one_minus_alpha: Scalar | None,
     epsilon: Scalar | None,
     probs: bool,
-    scale: Scalar | None,
+    mean_denominator: Scalar | None,
     reduce: bool,
     need_grad: bool,
 ):
@@ -265,7 +265,7 @@ def sigmoid_family(
         loss = loss + epsilon * (m * s)  # (1 - p_t)^(gamma + 1)
         if grad is not None:
             grad = grad + epsilon * (gamma + 1.0) * (m * s_dL)
-    return _finish(loss, grad, valid, weight, input, scale, reduce)
+    return _finish(loss, grad, valid, weight, input, mean_denominator, reduce)
 
 
 def asymmetric(
@@ -278,7 +278,7 @@ def asymmetric(
     gamma_pos: Scalar,
     gamma_neg: Scalar,
     clip: Scalar | None,
-    scale: Scalar | None,
+    mean_denominator: Scalar | None,
     reduce: bool,
     need_grad: bool,
 ):
@@ -323,7 +323,7 @@ def asymmetric(
             d_neg = (p * q) * e_neg * (1.0 / (q + clip) - gamma_neg * log_1mpm / safe_pm)
             d_neg = torch.where(shifted, d_neg, 0.0)
         grad = y * d_pos + y1 * d_neg
-    return _finish(loss, grad, valid, weight, input, scale, reduce)
+    return _finish(loss, grad, valid, weight, input, mean_denominator, reduce)
 
 
 def cross_entropy(
@@ -333,7 +333,7 @@ def cross_entropy(
     ignore_index: Scalar | None,
     smoothing: Scalar | None,
     probs: bool,
-    scale: Scalar | None,
+    mean_denominator: Scalar | None,
     reduce: bool,
     need_grad: bool,
 ):
@@ -387,7 +387,7 @@ def cross_entropy(
         a = y if w is None else w * y
         loss = torch.where(a == 0, 0.0, a * (lse - z)).sum(dim=1)
         if need_grad:
-            sc = 1.0 if scale is None else scale
+            sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
             grad = ez * (a.sum(dim=1, keepdim=True) * sc / sum_ez) - a * sc
     else:
         t = target.to(torch.long).unsqueeze(1)
@@ -428,9 +428,9 @@ def cross_entropy(
                 smooth = torch.where(valid, smooth, 0.0)
             loss = loss + smooth
         if need_grad:
-            # the mean's scale goes into the per-row coefficients: the scatter stays the last
-            # write of the gradient (no further pass over it)
-            sc = 1.0 if scale is None else scale
+            # the mean's 1 / denominator goes into the per-row coefficients: the scatter
+            # stays the last write of the gradient (no further pass over it)
+            sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
             coef = nll_coef
             if smoothing is not None:
                 coef = coef + eps * w_sum
@@ -440,6 +440,6 @@ def cross_entropy(
             grad = grad.scatter_add(1, t, -(nll_coef * sc))
         loss = loss.squeeze(1)
     out = loss.sum() if reduce else loss.to(output_dtype(input))
-    if scale is not None:
-        out = out * scale  # the gradient has it already
+    if mean_denominator is not None:
+        out = out / mean_denominator  # the gradient has it already
     return out, denominator, None if grad is None else grad.to(input.dtype)
