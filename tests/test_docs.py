@@ -1,0 +1,196 @@
+"""The documentation site: it builds in strict mode, and the code it shows runs.
+
+* ``mkdocs build --strict`` into a temporary folder: any warning fails, so a broken link, a
+  cross-reference to an API that does not exist (also from a docstring), a missing snippet file
+  or a docstring mkdocstrings cannot parse fails the test suite.
+* The Python blocks of every guide page run, and print exactly the output the page shows
+  (tests/_helpers/doc_blocks.py describes the conventions).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests._helpers.doc_blocks import SKIP_MARKER, parse_blocks, run_page
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+GUIDE_PAGES = sorted(p for p in DOCS.glob("*.md"))
+
+
+class _Loader(yaml.SafeLoader):
+    """mkdocs.yml holds ``!!python/name:`` tags; the nav does not need them resolved."""
+
+
+_Loader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
+
+
+def nav_pages() -> list[str]:
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_Loader)
+    pages: list[str] = []
+
+    def walk(item: object) -> None:
+        if isinstance(item, str):
+            pages.append(item)
+        elif isinstance(item, list):
+            for entry in item:
+                walk(entry)
+        elif isinstance(item, dict):
+            for value in item.values():
+                walk(value)
+
+    walk(config["nav"])
+    return pages
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built once with ``mkdocs build --strict`` outside the repository."""
+    site_dir = tmp_path_factory.mktemp("site")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    env["NO_MKDOCS_2_WARNING"] = "1"  # Material's banner about MkDocs 2 is not a build warning
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"`mkdocs build --strict` failed (exit {result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}",
+            pytrace=False,
+        )
+    return site_dir
+
+
+def test_strict_build_renders_every_nav_page(site: Path) -> None:
+    for page in nav_pages():
+        stem = page.removesuffix(".md")
+        html = site / (stem.removesuffix("index") if stem.endswith("index") else stem + "/")
+        html = html / "index.html"
+        assert html.is_file(), f"{page} was not rendered"
+    assert (site / "search" / "search_index.json").is_file()
+
+
+def test_api_reference_is_generated_from_the_docstrings(site: Path) -> None:
+    import crossent
+
+    html = (site / "reference" / "functional" / "index.html").read_text(encoding="utf-8")
+    for name in crossent.functional.__all__:
+        assert f'id="crossent.functional.{name}"' in html, name
+    # reST math in the docstrings is rendered as math, and roles as links, not left as text.
+    assert ".. math::" not in html and ":math:`" not in html and ":func:`" not in html
+    assert 'class="arithmatex"' in html
+    nn_html = (site / "reference" / "nn" / "index.html").read_text(encoding="utf-8")
+    for name in crossent.nn.__all__:
+        assert f'id="crossent.nn.{name}"' in nn_html, name
+
+
+def test_cli_reference_is_the_cli_help(site: Path) -> None:
+    sys.path.insert(0, str(DOCS / "_hooks"))
+    try:
+        import cli_reference
+    finally:
+        sys.path.pop(0)
+    html = (site / "reference" / "cli" / "index.html").read_text(encoding="utf-8")
+    text = re.sub(r"<[^>]+>", "", html)
+    commands = cli_reference.commands()
+    assert len(commands) >= 2  # the root and at least one sub-command
+    for path in commands:
+        # The first line of each command's own --help appears in the page.
+        usage = cli_reference.help_text(path).splitlines()[0].strip()
+        assert usage.startswith("Usage: crossent")
+        assert usage in text, usage
+
+
+def test_figures_are_made_by_the_commands_on_the_pages(site: Path) -> None:
+    sys.path.insert(0, str(DOCS / "_hooks"))
+    try:
+        import figures
+    finally:
+        sys.path.pop(0)
+    made = {
+        match["path"]: match["command"]
+        for page in DOCS.rglob("*.md")
+        for match in figures.FIGURE.finditer(page.read_text(encoding="utf-8"))
+    }
+    for path, command in made.items():
+        png = site / path
+        assert png.is_file(), f"{path} ({command}) was not built"
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, path
+    # Every marker became an image with its command as caption; none is left as a comment.
+    for html in site.rglob("index.html"):
+        text = html.read_text(encoding="utf-8")
+        assert "crossent-figure" not in text, html
+        assert "crossent-include" not in text, html
+
+
+def test_included_sections_come_from_the_committed_reports(site: Path) -> None:
+    sys.path.insert(0, str(DOCS / "_hooks"))
+    try:
+        import includes
+    finally:
+        sys.path.pop(0)
+    found = 0
+    for page in DOCS.rglob("*.md"):
+        stem = str(page.relative_to(DOCS)).removesuffix(".md")
+        for match in includes.INCLUDE.finditer(page.read_text(encoding="utf-8")):
+            body = includes.section(
+                (DOCS / match["path"]).read_text(encoding="utf-8"), match["heading"]
+            )
+            html = (site / stem / "index.html").read_text(encoding="utf-8")
+            # The first table row or sentence of the section is in the rendered page.
+            first = body.strip().splitlines()[0]
+            probe = first.split("|")[1].strip() if first.startswith("|") else first[:40]
+            assert probe and probe in html, (page.name, match["heading"], probe)
+            found += 1
+    assert found >= 1
+    text = "# T\n\nintro\n\n## A\n\na body\n\n### A.1\n\nsub\n\n## B\n\nb body\n"
+    assert includes.section(text, "") == "intro"
+    assert includes.section(text, "A") == "a body\n\n### A.1\n\nsub"
+    everything = includes.section(text, "*")
+    assert everything.startswith("intro") and everything.endswith("b body")
+    with pytest.raises(ValueError, match="No heading"):
+        includes.section(text, "C")
+
+
+def test_every_page_is_in_the_nav() -> None:
+    """A page outside the nav is unreachable from the site's menu."""
+    in_nav = set(nav_pages())
+    on_disk = {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md") if "_hooks" not in p.parts}
+    assert in_nav <= on_disk, f"nav names missing pages: {sorted(in_nav - on_disk)}"
+    assert on_disk - in_nav == set(), f"pages not in the nav: {sorted(on_disk - in_nav)}"
+
+
+@pytest.mark.parametrize("page", GUIDE_PAGES, ids=lambda p: p.name)
+def test_guide_code_blocks_run(page: Path) -> None:
+    results = run_page(page)
+    blocks = parse_blocks(page.read_text(encoding="utf-8"))
+    python_blocks = [b for b in blocks if b.language == "python"]
+    assert len(results) == sum(not b.skip for b in python_blocks)
+
+
+def test_doc_blocks_helper_catches_a_wrong_output(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        '```python\nprint(1 + 1)\n```\n\n```text title="Output"\n3\n```\n', encoding="utf-8"
+    )
+    with pytest.raises(AssertionError, match="printed"):
+        run_page(page)
+    page.write_text(f"{SKIP_MARKER}\n```python\nraise RuntimeError\n```\n", encoding="utf-8")
+    assert run_page(page) == []
+    page.write_text("```python\nraise RuntimeError('boom')\n```\n", encoding="utf-8")
+    with pytest.raises(AssertionError, match="boom"):
+        run_page(page)
