@@ -51,10 +51,8 @@ def nav_pages() -> list[str]:
     return pages
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The site, built once with ``mkdocs build --strict`` outside the repository."""
-    site_dir = tmp_path_factory.mktemp("site")
+def build_site(site_dir: Path) -> Path:
+    """``mkdocs build --strict`` into ``site_dir``, outside the repository."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     env["NO_MKDOCS_2_WARNING"] = "1"  # Material's banner about MkDocs 2 is not a build warning
@@ -75,7 +73,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site_dir
 
 
-def test_strict_build_renders_every_nav_page(site: Path) -> None:
+def check_strict_build_renders_every_nav_page(site: Path) -> None:
     for page in nav_pages():
         stem = page.removesuffix(".md")
         html = site / (stem.removesuffix("index") if stem.endswith("index") else stem + "/")
@@ -84,7 +82,7 @@ def test_strict_build_renders_every_nav_page(site: Path) -> None:
     assert (site / "search" / "search_index.json").is_file()
 
 
-def test_api_reference_is_generated_from_the_docstrings(site: Path) -> None:
+def check_api_reference_is_generated_from_the_docstrings(site: Path) -> None:
     import crossent
 
     html = (site / "reference" / "functional" / "index.html").read_text(encoding="utf-8")
@@ -98,7 +96,7 @@ def test_api_reference_is_generated_from_the_docstrings(site: Path) -> None:
         assert f'id="crossent.nn.{name}"' in nn_html, name
 
 
-def test_cli_reference_is_the_cli_help(site: Path) -> None:
+def check_cli_reference_is_the_cli_help(site: Path) -> None:
     sys.path.insert(0, str(DOCS / "_hooks"))
     try:
         import cli_reference
@@ -115,7 +113,7 @@ def test_cli_reference_is_the_cli_help(site: Path) -> None:
         assert usage in text, usage
 
 
-def test_figures_are_made_by_the_commands_on_the_pages(site: Path) -> None:
+def check_figures_are_made_by_the_commands_on_the_pages(site: Path) -> None:
     sys.path.insert(0, str(DOCS / "_hooks"))
     try:
         import figures
@@ -138,7 +136,7 @@ def test_figures_are_made_by_the_commands_on_the_pages(site: Path) -> None:
         assert "crossent-include" not in text, html
 
 
-def test_included_sections_come_from_the_committed_reports(site: Path) -> None:
+def check_included_sections_come_from_the_committed_reports(site: Path) -> None:
     sys.path.insert(0, str(DOCS / "_hooks"))
     try:
         import includes
@@ -167,6 +165,16 @@ def test_included_sections_come_from_the_committed_reports(site: Path) -> None:
     assert everything.startswith("intro") and everything.endswith("b body")
     with pytest.raises(ValueError, match="No heading"):
         includes.section(text, "C")
+
+
+def test_site_builds_in_strict_mode_and_renders_everything(tmp_path: Path) -> None:
+    """One build, every check on it: under ``pytest -n auto`` the site is built once."""
+    site = build_site(tmp_path / "site")
+    check_strict_build_renders_every_nav_page(site)
+    check_api_reference_is_generated_from_the_docstrings(site)
+    check_cli_reference_is_the_cli_help(site)
+    check_figures_are_made_by_the_commands_on_the_pages(site)
+    check_included_sections_come_from_the_committed_reports(site)
 
 
 def test_every_page_is_in_the_nav() -> None:
