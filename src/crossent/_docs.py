@@ -20,7 +20,7 @@ FRAGMENTS = {
             for ``(N, C, H, W)``). ``negatives / positives`` per label balances a label's
             classes; :func:`crossent.pos_weight` computes it from targets.""",
     "label_smoothing": """label_smoothing: ``s`` in [0, 1). Targets become ``y (1 - s) + s / 2``
-            (the Keras / optax convention for sigmoid losses). Default: 0.""",
+            (the convention of Keras' ``BinaryCrossentropy(label_smoothing=s)``). Default: 0.""",
     "ignore_index": """ignore_index: elements whose target equals this value contribute
             nothing and are not counted by ``"mean"``. ``None`` (default) disables it. When
             every element is ignored, ``"mean"`` is 0 with zero gradient, never NaN.""",
