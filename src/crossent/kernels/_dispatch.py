@@ -196,10 +196,20 @@ def _run(
     flat: bool = False,
     unbatched: bool = False,
     sliceable: tuple[int, ...] = (),
-    folded: bool = False,
+    mean_denominator: Any = None,
 ) -> torch.Tensor:
-    """Run ``fn(input, *args)`` -> ``(out, denominator, grad)`` on ``path`` and reduce."""
+    """Run ``fn(input, *args, [mean_denominator,] reduce, need_grad)`` ->
+    ``(out, denominator, grad)`` on ``path`` and reduce.
+
+    A ``mean_denominator`` known in advance (see :func:`_mean_denominator`) is folded into the
+    closed form, which then returns the mean itself; the Triton kernels take no such argument.
+    """
     V.check_process_group(process_group, reduction)
+    folded = mean_denominator is not None
+    need_grad = input.requires_grad and torch.is_grad_enabled()
+    if path != "triton":
+        args = (*args, _option(mean_denominator, path, input))
+    args = (*args, reduction != "none", need_grad)
     if path == "compiled":
         fn = functools.partial(_run_compiled, fn, flat)
     elif path == "fused" and not torch.compiler.is_compiling():
@@ -208,7 +218,7 @@ def _run(
             fn = functools.partial(_chunked, fn, sliceable, chunk, flat)
     if unbatched:
         fn = functools.partial(_unbatched, fn)
-    if input.requires_grad and torch.is_grad_enabled():
+    if need_grad:
         out, denominator = FusedLoss.apply(input, fn, args, class_dim)
     else:
         out, denominator, _ = fn(input, *args)
@@ -352,8 +362,6 @@ def sigmoid_family_loss(
 ) -> torch.Tensor:
     """BCE (``gamma=None``), focal loss, or Poly-1 focal loss (``epsilon`` not None, logits),
     from logits or (``probs``) probabilities."""
-    reduce = reduction != "none"
-    need_grad = input.requires_grad and torch.is_grad_enabled()
     if path == "triton":
         from crossent.kernels import _triton
 
@@ -396,22 +404,19 @@ def sigmoid_family_loss(
         else:
             options = [ignore_index, keep, add, gamma, bits, alpha, one_minus_alpha, epsilon]
         args = (target, weight, pos_weight, *options, probs)
-    mean_denominator = _mean_denominator(
-        path, input, reduction, None if ignore_index is not None else input.numel()
-    )
-    if path != "triton":
-        args = (*args, _option(mean_denominator, path, input))
     return _run(
         path,
         fn,
         input,
-        (*args, reduce, need_grad),
+        args,
         reduction=reduction,
         process_group=process_group,
         default_denominator=input.numel(),
         flat=_flat_ok(input, weight, pos_weight),
         sliceable=(0, 1),
-        folded=mean_denominator is not None,
+        mean_denominator=_mean_denominator(
+            path, input, reduction, None if ignore_index is not None else input.numel()
+        ),
     )
 
 
@@ -431,8 +436,6 @@ def asymmetric_loss(
     process_group: Any = None,
 ) -> torch.Tensor:
     """Asymmetric loss (ASL) from logits; ``clip`` None or 0 disables the margin."""
-    reduce = reduction != "none"
-    need_grad = input.requires_grad and torch.is_grad_enabled()
     clip = clip or None
     if path == "triton":
         from crossent.kernels import _triton
@@ -450,22 +453,19 @@ def asymmetric_loss(
             ignore = _scalar(ignore_index, _ignore_dtype(target), input.device)
             options = [ignore] + [_scalar(v, cdt, input.device) for v in options[1:]]
         args = (target, weight, *options)
-    mean_denominator = _mean_denominator(
-        path, input, reduction, None if ignore_index is not None else input.numel()
-    )
-    if path != "triton":
-        args = (*args, _option(mean_denominator, path, input))
     return _run(
         path,
         fn,
         input,
-        (*args, reduce, need_grad),
+        args,
         reduction=reduction,
         process_group=process_group,
         default_denominator=input.numel(),
         flat=_flat_ok(input, weight),
         sliceable=(0,),
-        folded=mean_denominator is not None,
+        mean_denominator=_mean_denominator(
+            path, input, reduction, None if ignore_index is not None else input.numel()
+        ),
     )
 
 
@@ -488,8 +488,6 @@ def cross_entropy_loss(
     by the summed weight of the non-ignored targets (index targets), or by the number of
     non-ignored positions (probability targets)."""
     probs = target.is_floating_point()
-    reduce = reduction != "none"
-    need_grad = input.requires_grad and torch.is_grad_enabled()
     smoothing = label_smoothing or None
     if path == "triton":
         from crossent.kernels import _triton
@@ -506,25 +504,23 @@ def cross_entropy_loss(
                 _scalar(smoothing, cdt, input.device),
             ]
         args = (target, weight, *options, probs)
+    rows = input.numel() // max(input.shape[1], 1) if input.dim() > 1 else 1
     mean_denominator = None
     if not probs and weight is None:
         # the mean's denominator from the targets alone: a pass over N indices, not N x C
-        rows = input.numel() // max(input.shape[1], 1) if input.dim() > 1 else 1
         count = rows if ignore_index is None else (target != ignore_index).sum()
         mean_denominator = _mean_denominator(path, input, reduction, count)
-    if path != "triton":
-        args = (*args, _option(mean_denominator, path, input))
     return _run(
         path,
         fn,
         input,
-        (*args, reduce, need_grad),
+        args,
         reduction=reduction,
         process_group=process_group,
-        default_denominator=input.numel() // max(input.shape[1], 1) if input.dim() > 1 else 1,
+        default_denominator=rows,
         class_dim=1,
         unbatched=input.dim() == 1,
-        folded=mean_denominator is not None,
+        mean_denominator=mean_denominator,
     )
 
 
