@@ -750,7 +750,7 @@ def _run_triton_cases(family: str) -> None:
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("family", ["binary", "cross_entropy"])
+@pytest.mark.parametrize("family", ["binary", "cross_entropy", "softmax_focal"])
 def test_triton_kernels_under_the_interpreter(family):
     pytest.importorskip("triton")
     _run_triton_cases(family)

@@ -9,6 +9,7 @@ done. Small CPU tensors only (the interpreter runs each program in numpy, slowly
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import sys
@@ -18,6 +19,8 @@ import torch
 import crossent
 from crossent import functional as CF
 from crossent import kernels as K
+from crossent.functional import _softmax
+from crossent.kernels import _triton
 from tests._helpers.tolerances import tolerance
 
 
@@ -29,9 +32,11 @@ def _grad(fn, x, *args, **kwargs):
     return out.detach(), grad
 
 
-def _check(failures, label, ours, ref, dtype):
+def _check(failures, label, ours, ref, dtype, rtol=None):
+    """``ours`` against ``ref`` with the table's tolerance, or (``rtol``) relative only."""
+    tol = tolerance(dtype) if rtol is None else {"rtol": rtol, "atol": 0.0}
     try:
-        torch.testing.assert_close(ours, ref, **tolerance(dtype))
+        torch.testing.assert_close(ours, ref, **tol)
     except AssertionError as exc:
         failures.append(f"{label}: {str(exc).splitlines()[-2:]}")
 
@@ -162,12 +167,218 @@ def cross_entropy_cases():
     return failures, count + 3
 
 
+# name -> (gamma, epsilon, alpha); "vec" is a per-class alpha tensor
+SOFTMAX = {
+    "focal_g2": (2.0, 0.0, None),
+    "focal_g05": (0.5, 0.0, None),
+    "focal_g2_alpha": (2.0, 0.0, 0.25),
+    "focal_g05_alpha_vec": (0.5, 0.0, "vec"),
+    "poly1_e1": (0.0, 1.0, None),
+    "poly1_em05": (0.0, -0.5, None),
+    "poly1_focal": (2.0, -0.5, None),
+    "alpha_only": (0.0, 0.0, "vec"),
+}
+
+
+def _softmax_reference(x, t, *, weight, alpha, ignore_index, smoothing, gamma, epsilon):
+    """Per-sample loss of crossent's reference path (float64 in, float64 out)."""
+    common = dict(weight=weight, ignore_index=ignore_index, label_smoothing=smoothing)
+    if epsilon == 0.0:
+        fn, extra = CF.softmax_focal_loss, dict(gamma=gamma, alpha=alpha)
+    elif gamma == 0.0 and alpha is None:
+        fn, extra = CF.poly1_cross_entropy, dict(epsilon=epsilon)
+    else:
+        # no public function combines the two; the math both public functions call
+        x, t, valid = _softmax.prepare_softmax_targets(x, t, class_dim=1, ignore_index=ignore_index)
+        loss, _ = _softmax.softmax_family_loss(
+            x,
+            t,
+            class_dim=1,
+            valid=valid,
+            weight=weight,
+            alpha=alpha,
+            gamma=gamma,
+            epsilon=epsilon,
+            label_smoothing=smoothing,
+        )
+        return loss
+    if "backend" in inspect.signature(fn).parameters:
+        common["backend"] = "reference"
+    return fn(x, t, reduction="none", **common, **extra)
+
+
+def _expected_denominator(t, probs, weight, ignore_index):
+    if probs:
+        return None if ignore_index is None else (t != ignore_index).any(1).sum().double()
+    if ignore_index is None and weight is None:
+        return None
+    valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=bool)
+    w_t = (
+        torch.ones(t.shape, dtype=torch.float64)
+        if weight is None
+        else weight.double()[t.clamp_min(0)]
+    )
+    return torch.where(valid, w_t, 0.0).sum()
+
+
+def _softmax_case(failures, label, x64, t, dtype, *, reduce=True, need_grad=True, tol=None, **opts):
+    """One call of the Triton ``softmax_family`` against the float64 reference: the loss (per
+    sample, or summed), the denominator, and the gradient of the summed loss."""
+    weight, alpha = opts["weight"], opts["alpha"]
+    probs = t.is_floating_point()
+    x = x64.to(dtype)
+    xr = x.double().requires_grad_(True)  # the reference sees the same rounded logits
+    ref = _softmax_reference(xr, t.double() if probs else t, **opts)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), xr)
+    out, den, grad = _triton.softmax_family(
+        x,
+        t.to(dtype) if probs else t,
+        None if weight is None else weight.to(dtype),
+        alpha.to(dtype) if isinstance(alpha, torch.Tensor) else alpha,
+        opts["ignore_index"],
+        opts["smoothing"],
+        opts["gamma"],
+        opts["epsilon"],
+        probs,
+        reduce,
+        need_grad,
+    )
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    if reduce:
+        _check(failures, label + " sum", out, ref.detach().sum().to(cdt), cdt)
+        expected = _expected_denominator(t, probs, weight, opts["ignore_index"])
+        if (den is None) != (expected is None):
+            failures.append(f"{label}: denominator {den}, expected {expected}")
+        elif den is not None:
+            _check(failures, label + " denominator", den, expected.to(cdt), cdt)
+    else:
+        if out.dtype != dtype:
+            failures.append(f"{label}: loss dtype {out.dtype}")
+        _check(failures, label + " value", out, ref.detach().to(dtype), dtype, tol)
+    if not need_grad:
+        if grad is not None:
+            failures.append(f"{label}: a gradient without need_grad")
+        return
+    if grad.dtype != dtype:
+        failures.append(f"{label}: gradient dtype {grad.dtype}")
+    _check(failures, label + " grad", grad, ref_grad.to(dtype), dtype, tol)
+
+
+def softmax_focal_cases():
+    """Softmax focal loss / Poly-1 / alpha through the cross-entropy kernel's TERMS path."""
+    failures, count = [], 0
+    options = {
+        # name: (shape, probability targets, weighted, smoothing)
+        "plain": ((4, 5), False, False, 0.0),
+        "weight": ((4, 5), False, True, 0.0),
+        "smooth_nchw": ((2, 3, 2, 2), False, True, 0.1),
+        "probs": ((4, 5), True, True, 0.0),
+        "probs_smooth_nchw": ((2, 3, 2, 2), True, False, 0.1),
+    }
+    grid = itertools.product(
+        SOFTMAX.items(), options.items(), [False, True], [torch.float64, torch.float32]
+    )
+    for (name, (gamma, epsilon, alpha)), (option, spec), reduce, dtype in grid:
+        if reduce and (dtype == torch.float32 or option in ("plain", "probs_smooth_nchw")):
+            continue  # sum = per-sample kernel + _sum_rows: float64, where denominators vary
+        shape, probs, weighted, smoothing = spec
+        g = torch.Generator().manual_seed(count)
+        n_classes = shape[1]
+        x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+        if probs:
+            t = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64), 1)
+            t[1] = -100  # a position whose targets all equal ignore_index is ignored
+        else:
+            t = torch.randint(0, n_classes, (shape[0], *shape[2:]), generator=g)
+            t.view(-1)[::4] = -100
+        weight = torch.rand(n_classes, generator=g, dtype=torch.float64) + 0.2 if weighted else None
+        if alpha == "vec":
+            alpha = torch.rand(n_classes, generator=g, dtype=torch.float64)
+        opts = dict(
+            weight=weight,
+            alpha=alpha,
+            ignore_index=-100,
+            smoothing=smoothing,
+            gamma=gamma,
+            epsilon=epsilon,
+        )
+        label = f"softmax-{name}-{option}-reduce{reduce}-{dtype}"
+        _softmax_case(failures, label, x, t, dtype, reduce=reduce, **opts)
+        count += 1
+    plain = dict(weight=None, alpha=None, ignore_index=None, smoothing=0.0)
+    g = torch.Generator().manual_seed(count)
+    # float16 logits (float32 inside), nothing ignored; no gradient asked for
+    x = torch.randn(8, 6, generator=g, dtype=torch.float64) * 3
+    t = torch.randint(0, 6, (8,), generator=g)
+    for gamma, epsilon, smoothing in [(2.0, 0.0, 0.0), (0.5, 1.0, 0.1)]:
+        opts = dict(plain, gamma=gamma, epsilon=epsilon, smoothing=smoothing)
+        for reduce in (False, True):
+            label = f"float16-g{gamma}-e{epsilon}-s{smoothing}-reduce{reduce}"
+            _softmax_case(failures, label, x, t, torch.float16, reduce=reduce, **opts)
+        _softmax_case(failures, label + " no grad", x, t, torch.float64, need_grad=False, **opts)
+        count += 3
+    # several blocks per row: C = 5000 (float64 blocks hold 2048 classes, float32 4096)
+    x = torch.randn(2, 5000, generator=g, dtype=torch.float64) * 4
+    x[0, 4321] = 30.0  # a dominant class in the last block: its 1 - p from the others' sum
+    for target in (torch.tensor([4321, 17]), torch.softmax(x * 0.5, 1)):
+        for dtype, (gamma, epsilon, smoothing) in itertools.product(
+            [torch.float64, torch.float32], [(2.0, 0.0, 0.1), (0.5, -0.5, 0.0)]
+        ):
+            opts = dict(plain, gamma=gamma, epsilon=epsilon, smoothing=smoothing)
+            label = f"multi-block-{target.dtype}-g{gamma}-e{epsilon}-s{smoothing}-{dtype}"
+            _softmax_case(failures, label, x, target, dtype, reduce=False, **opts)
+            count += 1
+    # saturated rows: p_t = 1 to the last bit, p_t = 0, logits near float32's max
+    x = torch.tensor([[1e4, -1e4, 0.0]] * 3 + [[-1e30, 1e30, 5.0]] * 3, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2] * 2)
+    y = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.2, 0.0, 0.8]] * 2, dtype=torch.float64)
+    for target, smoothing, (gamma, epsilon), dtype in itertools.product(
+        (t, y), (0.0, 0.1), [(2.0, 0.0), (0.5, 0.0), (0.0, 1.0)], [torch.float64, torch.float32]
+    ):
+        opts = dict(plain, gamma=gamma, epsilon=epsilon, smoothing=smoothing)
+        label = f"saturated-{target.dtype}-g{gamma}-e{epsilon}-s{smoothing}-{dtype}"
+        _softmax_case(failures, label, x, target, dtype, reduce=False, **opts)
+        count += 1
+    # confident rows in float32 (1 - p of the top class down to 3e-7, far below the float32
+    # table's atol): every value and gradient element to 2e-5 relative of the float64 reference,
+    # which only an exact 1 - p and log(1 - p) achieve (1 - rounded p is off by up to 10%)
+    x = torch.tensor(
+        [[12.0, 0.0, -1.0, 2.0], [0.5, 15.0, 1.0, -3.0], [9.0, 1.0, 9.5, 0.0], [-2, 0, 1, 14]],
+        dtype=torch.float64,
+    )
+    t = torch.tensor([0, 1, 0, 2])
+    y = torch.softmax(torch.tensor([[5.0, 0, 0, 0], [0, 4, 0, 1], [1, 0, 3, 0], [0, 0, 0, 6]]), 1)
+    for target, smoothing, (gamma, epsilon) in itertools.product(
+        (t, y.double()), (0.0, 0.1), [(2.0, 0.0), (0.5, 0.0), (0.0, 1.0), (0.5, -0.5)]
+    ):
+        opts = dict(plain, gamma=gamma, epsilon=epsilon, smoothing=smoothing)
+        label = f"confident-{target.dtype}-g{gamma}-e{epsilon}-s{smoothing}"
+        _softmax_case(failures, label, x, target, torch.float32, reduce=False, tol=2e-5, **opts)
+        count += 1
+    # an index outside [0, C) (value checks off): NaN for that sample, no out-of-bounds read
+    for smoothing in (0.0, 0.1):
+        x = torch.randn(3, 4, generator=g)
+        loss, _, grad = _triton.softmax_family(
+            x, torch.tensor([0, 7, 1]), None, 0.5, None, smoothing, 2.0, 1.0, False, False, True
+        )
+        finite = torch.isfinite(loss[[0, 2]]).all() and torch.isfinite(grad[[0, 2]]).all()
+        if not (torch.isnan(loss[1]) and torch.isnan(grad[1]).all() and finite):
+            failures.append(f"out-of-range index, smoothing {smoothing}: {loss}, {grad}")
+        count += 1
+    return failures, count
+
+
 def main(argv: list[str]) -> int:
     if os.environ.get("TRITON_INTERPRET") != "1":
         print("TRITON_INTERPRET=1 must be set")
         return 2
     family = argv[0] if argv else "binary"
-    failures, count = {"binary": binary_cases, "cross_entropy": cross_entropy_cases}[family]()
+    families = {
+        "binary": binary_cases,
+        "cross_entropy": cross_entropy_cases,
+        "softmax_focal": softmax_focal_cases,
+    }
+    failures, count = families[family]()
     for line in failures:
         print(line)
     if failures:

@@ -6,9 +6,17 @@ Two kernels and a reduction stage:
   ASL. One program per block of ``BLOCK`` elements: it reads the input and the target once,
   writes the gradient (and the elementwise loss for ``reduction="none"``) once, and stores
   the block's partial sum (and valid count) -- no atomics.
-* ``_cross_entropy_kernel``: one program per row (sample, or sample x spatial position):
-  an online softmax pass (running max and rescaled sum of exponentials, plus the sums label
-  smoothing and probability targets need), then a pass that writes the gradient.
+* ``_cross_entropy_kernel``: the softmax family, one program per row (sample, or sample x
+  spatial position): an online softmax pass (running max and rescaled sum of exponentials,
+  plus the sums label smoothing and probability targets need), then a pass that writes the
+  gradient. Constexpr flags ``FOCAL``, ``POLY`` and ``ALPHA`` turn it into the softmax focal
+  loss / Poly-1 cross entropy, ``sum_c a_c f(p_c)`` with ``a_c = y'_c w_c alpha_c`` and
+  ``f(p) = -(1 - p)^gamma log p + epsilon (1 - p)``: the online pass also keeps the sum of
+  exponentials below the max, so that ``1 - p`` and ``log(1 - p)`` of a dominant class are
+  exact (never ``1 -`` a rounded p); the gradient is ``g_k - p_k sum_c g_c`` with
+  ``g_c = a_c p_c f'(p_c)``. A class index without smoothing needs the target's term alone
+  (two passes); smoothing and probability targets add a pass for the sums over classes. With
+  the flags off, cross entropy compiles to the same code as before they existed.
 * ``_sum_rows_kernel``: the deterministic second stage: one program per partial-sum row adds
   its values in a fixed order, so a result does not depend on scheduling.
 
@@ -28,7 +36,7 @@ import triton.language as tl
 
 from crossent._reduction import output_dtype
 
-__all__ = ["asymmetric", "cross_entropy", "interpreting", "sigmoid_family"]
+__all__ = ["asymmetric", "cross_entropy", "interpreting", "sigmoid_family", "softmax_family"]
 
 LOG_CLAMP = -100.0
 EXP_CLAMP = math.exp(LOG_CLAMP)
@@ -53,7 +61,7 @@ def _split(value: float | None) -> tuple[float, float]:
 
 @triton.jit
 def _log1p_small(e):
-    # log1p for e in [0, 1] from log alone (Goldberg's trick: u - 1 is exact, and the ratio
+    # log1p for e in [-1/2, 1] from log alone (Goldberg's trick: u - 1 is exact, and the ratio
     # e / (u - 1) corrects the rounding of u = 1 + e); libdevice.log1p has no interpreter.
     u = 1.0 + e
     d = u - 1.0
@@ -373,6 +381,7 @@ def _cross_entropy_kernel(
     x_ptr,
     t_ptr,
     w_ptr,
+    alpha_ptr,
     grad_ptr,
     row_ptr,
     n_rows,
@@ -382,15 +391,27 @@ def _cross_entropy_kernel(
     ign_lo,
     s_hi,
     s_lo,
+    gamma_hi,
+    gamma_lo,
+    eps_hi,
+    eps_lo,
+    alpha_hi,
+    alpha_lo,
     PROBS: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     SMOOTH: tl.constexpr,
+    FOCAL: tl.constexpr,
+    POLY: tl.constexpr,
+    ALPHA: tl.constexpr,  # 0: none, 1: one number for every class, 2: a (C,) tensor
     NEED_GRAD: tl.constexpr,
     F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     CDT: tl.constexpr = tl.float64 if F64 else tl.float32
+    # TERMS: the softmax focal loss / Poly-1 / alpha, sum_c a_c f(p_c) (see _terms); else
+    # cross entropy, whose code below is unchanged by these flags.
+    TERMS: tl.constexpr = FOCAL or POLY or ALPHA != 0
     row = tl.program_id(0).to(tl.int64)
     # Row = (sample n, spatial position s); class j sits at n * C * inner + j * inner + s.
     base = (row // inner) * n_classes * inner + row % inner
@@ -401,14 +422,23 @@ def _cross_entropy_kernel(
     d = tl.zeros([], CDT)
     acc_w = tl.zeros([BLOCK], CDT)  # sum_j w_j y_j (probabilities) or sum_j w_j (smoothing)
     kept = tl.zeros([BLOCK], CDT)  # probability targets: entries != ignore_index
+    d_rest = tl.zeros([], CDT)  # TERMS: sum of exp(x - m) over the x below the running max
+    n_top = tl.zeros([], CDT)  # TERMS: how many x equal the running max
     for start in range(0, n_classes, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         cmask = cols < n_classes
         x = tl.load(x_ptr + base + cols * inner, mask=cmask, other=float("-inf")).to(CDT)
         m_new = tl.maximum(m, tl.max(x, axis=0))
+        if TERMS:
+            # when the max grows, the entries at the old max join the rest
+            grew = m_new > m
+            top = x == m_new
+            d_rest = (d_rest + tl.where(grew, n_top, 0.0)) * tl.exp(m - m_new)
+            d_rest += tl.sum(tl.where(top, 0.0, tl.exp(x - m_new)), axis=0)
+            n_top = tl.where(grew, 0.0, n_top) + tl.sum(top.to(CDT), axis=0)
         d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
         m = m_new
-        if PROBS or SMOOTH:
+        if (PROBS or SMOOTH) and not TERMS:
             wj = _class_weights(
                 w_ptr,
                 t_ptr,
@@ -460,10 +490,95 @@ def _cross_entropy_kernel(
             eps = tl.where(valid, smoothing / n_classes, 0.0).to(CDT)
         loss = tl.where(nll_coef != 0.0, nll_coef * (lse_z - z_t), 0.0)
         coef = nll_coef + eps * sum_w
-    # Pass 2: the terms summed over classes (probability targets, smoothing) and the gradient
+    if TERMS:
+        gamma = _scalar(gamma_hi, gamma_lo, CDT)
+        epsilon = _scalar(eps_hi, eps_lo, CDT)
+        alpha = _scalar(alpha_hi, alpha_lo, CDT)
+        keep = row_valid
+        g_t = tl.zeros([], CDT)
+        g_rest = tl.zeros([], CDT)  # sum of g_c = a_c p_c f'(p_c) but the dominant class's
+        g_top = tl.zeros([], CDT)  # the dominant class's g (0 if none)
+        if PROBS or SMOOTH:
+            if not PROBS:
+                keep = tl.where(valid, 1.0, 0.0).to(CDT)
+        else:
+            # a class index without smoothing: the target's term alone, no pass for the sums
+            a_t = w_t
+            if ALPHA == 1:
+                a_t = a_t * alpha
+            if ALPHA == 2:
+                a_t = a_t * tl.load(alpha_ptr + target).to(CDT)
+            p_t, top_t = _probability(z_t, lse_z, d)
+            f_t, h_t = _terms(z_t, lse_z, p_t, top_t, d, d_rest, gamma, epsilon, FOCAL, POLY)
+            # a zero coefficient contributes 0, also at a -inf logit (no 0 * inf)
+            loss = tl.where(a_t != 0.0, a_t * f_t, 0.0)
+            g_t = tl.where(a_t != 0.0, a_t * h_t, 0.0)
+            g_rest = tl.where(top_t, 0.0, g_t)
+            g_top = tl.where(top_t, g_t, 0.0)
+        # Phase 0, pass 2 (PROBS / SMOOTH: every class has a coefficient a_c): the loss and the
+        # g sums. Phase 1, the last pass: d loss / d x_k = g_k - p_k sum_c g_c, for the
+        # dominant class g_k (1 - p_k) - p_k g_rest, with 1 - p_k = d_rest / d exact.
+        FIRST: tl.constexpr = 0 if PROBS or SMOOTH else 1
+        PHASES: tl.constexpr = 2 if NEED_GRAD else 1
+        om_top = d_rest / d
+        for phase in tl.static_range(FIRST, PHASES):
+            acc = tl.zeros([BLOCK], CDT)
+            acc_g = tl.zeros([BLOCK], CDT)
+            acc_top = tl.zeros([BLOCK], CDT)
+            for start in range(0, n_classes, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                cmask = cols < n_classes
+                offs = base + cols * inner
+                if PROBS or SMOOTH:
+                    p, top, af, g = _dense_terms(
+                        x_ptr,
+                        t_ptr,
+                        w_ptr,
+                        alpha_ptr,
+                        base,
+                        cols,
+                        inner,
+                        n_classes,
+                        m,
+                        lse_z,
+                        d,
+                        d_rest,
+                        target,
+                        keep,
+                        smoothing,
+                        gamma,
+                        epsilon,
+                        alpha,
+                        PROBS,
+                        HAS_W,
+                        SMOOTH,
+                        FOCAL,
+                        POLY,
+                        ALPHA,
+                        CDT,
+                    )
+                    if phase == 0:
+                        acc += af
+                        acc_g += tl.where(top, 0.0, g)
+                        acc_top += tl.where(top, g, 0.0)
+                else:
+                    z = tl.load(x_ptr + offs, mask=cmask, other=float("-inf")).to(CDT) - m
+                    p, top = _probability(z, lse_z, d)
+                    g = tl.where(cols == target, g_t, 0.0)
+                if phase == 1:
+                    g = tl.where(top, g * om_top - p * g_rest, g - p * (g_rest + g_top))
+                    if not PROBS:
+                        g = tl.where(in_range, g, float("nan"))
+                    tl.store(grad_ptr + offs, g.to(grad_ptr.dtype.element_ty), mask=cmask)
+            if phase == 0:
+                loss = tl.sum(acc, axis=0)
+                g_rest = tl.sum(acc_g, axis=0)
+                g_top = tl.sum(acc_top, axis=0)
+    # Cross entropy, pass 2: the terms summed over classes (probability targets, smoothing) and
+    # the gradient
     #   d loss / d x_j = p_j coef - [j = t] nll_coef - eps w_j  (index targets)
     #                  = p_j coef - w_j y_j                    (probability targets)
-    if PROBS or SMOOTH or NEED_GRAD:
+    if (PROBS or SMOOTH or NEED_GRAD) and not TERMS:
         acc = tl.zeros([BLOCK], CDT)
         for start in range(0, n_classes, BLOCK):
             cols = start + tl.arange(0, BLOCK)
@@ -536,8 +651,111 @@ def _class_weights(
     return wj
 
 
-def cross_entropy(input, target, weight, ignore_index, smoothing, probs, reduce, need_grad):
-    """Triton form of :func:`crossent.kernels._math.cross_entropy` (same returns)."""
+@triton.jit
+def _dense_terms(
+    x_ptr,
+    t_ptr,
+    w_ptr,
+    alpha_ptr,
+    base,
+    cols,
+    inner,
+    n_classes,
+    m,
+    lse_z,
+    d,
+    d_rest,
+    target,
+    keep,
+    smoothing,
+    gamma,
+    epsilon,
+    alpha,
+    PROBS: tl.constexpr,
+    HAS_W: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    FOCAL: tl.constexpr,
+    POLY: tl.constexpr,
+    ALPHA: tl.constexpr,
+    CDT: tl.constexpr,
+):
+    """One block of classes ``cols`` of a row: ``p``, whether each is the dominant class, and
+    ``a f``, ``a h`` (see :func:`_terms`) with ``a_j = y'_j w_j alpha_j`` (``y'`` the smoothed
+    target distribution, 0 outside the row and where ``keep``, the row's validity, is 0)."""
+    cmask = cols < n_classes
+    z = tl.load(x_ptr + base + cols * inner, mask=cmask, other=float("-inf")).to(CDT) - m
+    a = _class_weights(
+        w_ptr, t_ptr, base, cols, cmask, inner, smoothing, n_classes, PROBS, HAS_W, SMOOTH, CDT
+    )
+    if not PROBS:
+        # a class index, smoothed: y'_j = (1 - s) [j = t] + s / C
+        a = a * (tl.where(cols == target, 1.0 - smoothing, 0.0) + smoothing / n_classes)
+    a = a * keep
+    if ALPHA == 1:
+        a = a * alpha
+    if ALPHA == 2:
+        a = a * tl.load(alpha_ptr + cols, mask=cmask, other=0.0).to(CDT)
+    p, top = _probability(z, lse_z, d)
+    f, h = _terms(z, lse_z, p, top, d, d_rest, gamma, epsilon, FOCAL, POLY)
+    # a zero coefficient contributes 0, also at a -inf logit (no 0 * inf)
+    live = a != 0.0
+    return p, top, tl.where(live, a * f, 0.0), tl.where(live, a * h, 0.0)
+
+
+@triton.jit
+def _probability(z, lse_z, d):
+    """p = softmax for z = x - max, and whether the class is the dominant one: the unique
+    maximum with p > 1/2 (d = sum exp(z) < 2; a tie at the max makes d >= 2 exactly)."""
+    # where, not &: the interpreter cannot broadcast a scalar boolean in &
+    return tl.exp(z - lse_z), tl.where(d < 2.0, z == 0.0, False)
+
+
+@triton.jit
+def _terms(z, lse_z, p, top, d, d_rest, gamma, epsilon, FOCAL: tl.constexpr, POLY: tl.constexpr):
+    """Per class f = -(1 - p)^gamma log p + epsilon (1 - p) and h = p f'(p)
+    = (1 - p)^gamma (gamma p log p / (1 - p) - 1) - epsilon p.
+
+    1 - p and log(1 - p) of the dominant class come from the sum of the others, d_rest / d
+    (never 1 - a rounded p), and its log p from log1p(-(1 - p)); every other class has
+    p <= 1/2, where 1 - p and log1p(-p) are exact.
+    """
+    om = tl.where(top, d_rest / d, 1.0 - p)
+    # (the wheres inside keep the branch not taken finite)
+    lp = tl.where(top, _log1p_small(-tl.where(top, om, 0.0)), z - lse_z)
+    f = -lp
+    h = tl.zeros_like(p) - 1.0
+    if FOCAL:
+        l_top = tl.log(tl.where(top, d_rest, 1.0)) - lse_z
+        l1m = tl.where(top, l_top, _log1p_small(-tl.where(top, 0.0, p)))
+        # (1 - p)^gamma from its log; the clamp keeps gamma * log(0) from being 0 * -inf
+        mf = tl.exp(gamma * tl.maximum(l1m, -3.0e38))
+        # p log p / (1 - p): -p where 1 - p is 0 (its limit), 0 where p is 0 (no 0 * inf)
+        lp_live = tl.where(p > 0.0, lp, 0.0)
+        pr = tl.where(om > 0.0, p * (lp_live / tl.where(om > 0.0, om, 1.0)), -p)
+        f = f * mf
+        h = mf * (gamma * pr - 1.0)
+    if POLY:
+        f += epsilon * om
+        h -= epsilon * p
+    return f, h
+
+
+def softmax_family(
+    input,
+    target,
+    weight,
+    alpha,
+    ignore_index,
+    smoothing,
+    gamma,
+    epsilon,
+    probs,
+    reduce,
+    need_grad,
+):
+    """Triton form of ``crossent.kernels._math.softmax_family``: returns (sum, or per-sample
+    loss in ``output_dtype(input)`` when not ``reduce``; denominator or None; gradient
+    d(sum of the loss)/d(input) in ``input.dtype``, or None)."""
     x = input.contiguous()
     n_classes = x.shape[1]
     inner = math.prod(x.shape[2:])
@@ -545,14 +763,21 @@ def cross_entropy(input, target, weight, ignore_index, smoothing, probs, reduce,
     cdt = torch.float64 if input.dtype == torch.float64 else torch.float32
     t = target.contiguous()
     w = None if weight is None else weight.contiguous()
+    alpha_kind = 0 if alpha is None else 2 if isinstance(alpha, torch.Tensor) else 1
+    if alpha_kind == 2:
+        alpha = alpha.reshape(-1).expand(n_classes).contiguous()  # a 0-dim alpha: one per class
     grad = torch.empty_like(x) if need_grad else None
     rows = torch.empty((2, n_rows), dtype=cdt, device=x.device)
-    block = min(triton.next_power_of_2(max(n_classes, 1)), 4096 if cdt == torch.float32 else 2048)
+    cap = 4096 if cdt == torch.float32 else 2048
+    if cdt == torch.float64 and (probs or smoothing) and (gamma or epsilon or alpha_kind):
+        cap = 1024  # ptxas (sm_90) spills registers on this path at 2048 classes, 8 warps
+    block = min(triton.next_power_of_2(max(n_classes, 1)), cap)
     if n_rows:
         _cross_entropy_kernel[(n_rows,)](
             x,
             t,
             w if w is not None else x,
+            alpha if alpha_kind == 2 else x,
             grad if grad is not None else x,
             rows,
             n_rows,
@@ -560,14 +785,20 @@ def cross_entropy(input, target, weight, ignore_index, smoothing, probs, reduce,
             inner,
             *_split(ignore_index),
             *_split(smoothing),
+            *_split(gamma),
+            *_split(epsilon),
+            *_split(alpha if alpha_kind == 1 else None),
             PROBS=probs,
             HAS_W=weight is not None,
             HAS_IGNORE=ignore_index is not None,
             SMOOTH=bool(smoothing),
+            FOCAL=bool(gamma),
+            POLY=bool(epsilon),
+            ALPHA=alpha_kind,
             NEED_GRAD=need_grad,
             F64=cdt == torch.float64,
             BLOCK=block,
-            num_warps=8 if block >= 2048 else 4,  # wide rows: more threads per program
+            num_warps=8 if block >= min(cap, 2048) else 4,  # wide rows: more threads per program
         )
     has_denominator = ignore_index is not None or (weight is not None and not probs)
     if not reduce:
@@ -575,3 +806,10 @@ def cross_entropy(input, target, weight, ignore_index, smoothing, probs, reduce,
         return loss, None, grad
     sums = _sum_rows(rows) if n_rows else torch.zeros(2, dtype=cdt, device=x.device)
     return sums[0], (sums[1] if has_denominator else None), grad
+
+
+def cross_entropy(input, target, weight, ignore_index, smoothing, probs, reduce, need_grad):
+    """Triton form of :func:`crossent.kernels._math.cross_entropy` (same returns)."""
+    return softmax_family(
+        input, target, weight, None, ignore_index, smoothing, 0.0, 0.0, probs, reduce, need_grad
+    )
