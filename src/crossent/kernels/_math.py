@@ -28,7 +28,7 @@ import torch
 
 from crossent._reduction import output_dtype
 
-__all__ = ["asymmetric", "cross_entropy", "sigmoid_family"]
+__all__ = ["asymmetric", "cross_entropy", "sigmoid_family", "softmax_family"]
 
 # torch's BCELoss clamps the log terms at -100 (see crossent.functional._binary.LOG_CLAMP).
 LOG_CLAMP = -100.0
@@ -443,3 +443,190 @@ def cross_entropy(
     if mean_denominator is not None:
         out = out / mean_denominator  # the gradient has it already
     return out, denominator, None if grad is None else grad.to(input.dtype)
+
+
+def _class_view(v: Scalar | None, dtype: torch.dtype, shape: list[int]) -> Scalar | None:
+    """A per-class ``(C,)`` tensor viewed along dimension 1; a number or 0-dim tensor as is."""
+    if isinstance(v, torch.Tensor):
+        v = v.to(dtype)
+        return v.view(shape) if v.dim() else v
+    return v
+
+
+def softmax_family(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    alpha: Scalar | None,
+    ignore_index: Scalar | None,
+    smoothing: Scalar | None,
+    gamma: Scalar | None,
+    epsilon: Scalar | None,
+    probs: bool,
+    mean_denominator: Scalar | None,
+    reduce: bool,
+    need_grad: bool,
+):
+    r"""Softmax focal loss and Poly-1 cross entropy over dimension 1, loss and gradient.
+
+    With ``a_c = y'_c w_c alpha_c`` (``y'`` the smoothed target distribution, 0 for an ignored
+    sample) and the per-class term ``f(p) = -(1 - p)^gamma log p + epsilon (1 - p)``
+    (``gamma=None``: no focal factor; ``epsilon=None``: no polynomial term):
+
+    .. math::
+
+        \ell = \sum_c a_c f(p_c), \qquad
+        \frac{d\ell}{dx_k} = g_k - p_k \sum_c g_c, \qquad g_c = a_c\, p_c f'(p_c)
+
+    since :math:`dp_c / dx_k = p_c ([c = k] - p_k)`; and
+    ``p f'(p) = M (gamma p r - 1) - epsilon p`` with ``M = (1 - p)^gamma = exp(gamma L)``,
+    ``L = log(1 - p)``, ``r = log p / (1 - p)`` (-> -1 as ``p`` -> 1). ``1 - p`` and
+    ``L`` are never formed from a rounded ``p``: for a class index without smoothing (only
+    the target class has ``a_c != 0``) ``1 - p_t = S_{c != t} / S``, the exponentials of the
+    other classes summed; otherwise ``1 - p_c`` where ``p_c <= 1/2`` and, for the one class
+    that can exceed it (the unique maximum, ``x_c - max = 0``), the sum over the classes
+    below the maximum. A term with ``a_c = 0`` contributes 0, also at a ``-inf`` logit.
+    ``"mean"`` divides as :func:`cross_entropy` does (``alpha`` never enters it).
+
+    Returns ``(sum or per-sample loss, denominator or None, gradient)``.
+    """
+    dtype = compute_dtype(input.dtype)
+    x = input.to(dtype)
+    n_classes = x.shape[1]
+    shape = [1] * x.dim()
+    shape[1] = n_classes
+    shift = x.amax(dim=1, keepdim=True)
+    z = x - shift
+    ez = torch.exp(z)
+    sum_ez = ez.sum(dim=1, keepdim=True)
+    lse = torch.log(sum_ez)
+    w = _class_view(weight, dtype, shape)
+    al = _class_view(alpha, dtype, shape)
+    sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
+    denominator = None
+    grad = None
+    if probs or smoothing is not None:
+        # every class may carry target mass: per-class coefficients and terms
+        valid = None
+        if probs:
+            y = target.to(dtype)
+            if ignore_index is not None:
+                valid = (target != ignore_index).any(dim=1, keepdim=True)
+                y = torch.where(valid, y, 0.0)
+                denominator = valid.sum(dtype=dtype)
+            if smoothing is not None:
+                y = y * (1.0 - smoothing) + smoothing / n_classes
+        else:
+            t = target.to(torch.long).unsqueeze(1)
+            if ignore_index is not None:
+                valid = t != ignore_index
+                t = torch.where(valid, t, 0)
+            onehot = torch.arange(n_classes, device=x.device).view(shape) == t
+            y = onehot.to(dtype) * (1.0 - smoothing) + smoothing / n_classes
+            w_t = None if w is None else weight.to(dtype).gather(0, t.view(-1)).view_as(lse)
+            if valid is not None:
+                w_t = valid.to(dtype) if w_t is None else torch.where(valid, w_t, 0.0)
+            if w_t is not None:
+                denominator = w_t.sum()
+        if valid is not None:
+            y = torch.where(valid, y, 0.0)
+        a = y if w is None else y * w
+        if al is not None:
+            a = a * al
+        log_p = z - lse
+        p = ez / sum_ez
+        keep = a != 0
+        terms = -log_p
+        m = None
+        if gamma is not None or epsilon is not None:
+            big = p > 0.5  # only the unique maximum, where z = 0
+            s_below = torch.where(z == 0, 0.0, ez).sum(dim=1, keepdim=True)
+            u = torch.where(big, s_below / sum_ez, 1.0 - p)  # 1 - p, exact
+            if gamma is not None:
+                L = torch.where(
+                    big, torch.log(s_below) - lse, torch.log1p(-torch.where(big, 0.0, p))
+                )
+                m = _focal_factor(gamma, L)
+                terms = terms * m
+            if epsilon is not None:
+                terms = terms + epsilon * u
+        loss = torch.where(keep, a * terms, 0.0).sum(dim=1)
+        if need_grad:
+            h = _p_dfdp(
+                p,
+                log_p,
+                u if m is not None else None,
+                big if m is not None else None,
+                m,
+                gamma,
+                epsilon,
+            )
+            g = torch.where(keep, a * (h * sc), 0.0)
+            grad = g - p * g.sum(dim=1, keepdim=True)
+    else:
+        # class indices without smoothing: only the target class has a coefficient
+        t = target.to(torch.long).unsqueeze(1)
+        valid = None
+        if ignore_index is not None:
+            valid = t != ignore_index
+            t = torch.where(valid, t, 0)
+        coef = None if w is None else weight.to(dtype).gather(0, t.view(-1)).view_as(lse)
+        if valid is not None:
+            coef = valid.to(dtype) if coef is None else torch.where(valid, coef, 0.0)
+        if coef is not None:
+            denominator = coef.sum()
+        if al is not None:
+            a_t = al
+            if isinstance(al, torch.Tensor) and al.dim():
+                a_t = al.view(-1).gather(0, t.view(-1)).view_as(lse)
+            coef = a_t if coef is None else coef * a_t
+        onehot = torch.arange(n_classes, device=x.device).view(shape) == t
+        z_t = z.gather(1, t)
+        log_pt = z_t - lse
+        p_t = torch.exp(log_pt)
+        s_other = torch.where(onehot, 0.0, ez).sum(dim=1, keepdim=True)
+        u = s_other / sum_ez  # 1 - p_t, exact
+        f = -log_pt
+        m = None
+        if gamma is not None:
+            m = _focal_factor(gamma, torch.log(s_other) - lse)
+            f = f * m
+        if epsilon is not None:
+            f = f + epsilon * u
+        if coef is not None:
+            f = torch.where(coef == 0, 0.0, coef * f)
+        loss = f.squeeze(1)
+        if need_grad:
+            h = _p_dfdp(p_t, log_pt, u, p_t > 0.5, m, gamma, epsilon) * sc
+            if coef is not None:
+                h = torch.where(coef == 0, 0.0, coef * h)
+            # g_k - p_k sum g = h ([k = t] - p_k)
+            grad = torch.where(onehot, h, 0.0) - ez * (h / sum_ez)
+    out = loss.sum() if reduce else loss.to(output_dtype(input))
+    if mean_denominator is not None:
+        out = out / mean_denominator  # the gradient has it already
+    return out, denominator, None if grad is None else grad.to(input.dtype)
+
+
+def _focal_factor(gamma, log_1mp):
+    """``(1 - p)^gamma = exp(gamma log(1 - p))``; ``log(1 - p) = -inf`` (``p`` rounds to 1) is
+    clamped to the dtype's minimum, as in the reference: a ``gamma`` that rounds to 0 in the
+    compute dtype gives 1, not ``0 * -inf = NaN``."""
+    return torch.exp(gamma * log_1mp.clamp_min(torch.finfo(log_1mp.dtype).min))
+
+
+def _p_dfdp(p, log_p, u, big, m, gamma, epsilon):
+    """``p f'(p)`` for ``f(p) = -(1 - p)^gamma log p + epsilon (1 - p)``: ``M (gamma p r - 1)
+    - epsilon p`` with ``M = (1 - p)^gamma`` (``m``; ``None`` without a focal factor) and
+    ``r = log p / (1 - p)``, from ``u = 1 - p`` (exact): where ``p > 1/2`` (``big``)
+    ``log p = log1p(-u)``, and ``r = -1`` where ``u`` underflows to 0."""
+    if m is None:
+        h = torch.full_like(p, -1.0)
+    else:
+        u_safe = torch.where(u == 0, 1.0, u)
+        r_big = torch.where(u == 0, -1.0, torch.log1p(-torch.where(big, u_safe, 0.0)) / u_safe)
+        r = torch.where(big, r_big, log_p / u_safe)
+        h = m * (gamma * (p * r) - 1.0)
+    if epsilon is not None:
+        h = h - epsilon * p
+    return h
