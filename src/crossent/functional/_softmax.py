@@ -32,8 +32,7 @@ from crossent import _validation as V
 from crossent._docs import fill_doc
 from crossent._reduction import output_dtype, reduce_loss
 from crossent.functional._binary import SATURATION, compute_dtype
-from crossent.kernels import cross_entropy_loss as fused_cross_entropy
-from crossent.kernels import select_backend
+from crossent.kernels import cross_entropy_loss, select_backend
 
 __all__ = ["cross_entropy", "poly1_cross_entropy", "softmax_focal_loss"]
 
@@ -288,6 +287,31 @@ def _reduce(
     )
 
 
+def fused_cross_entropy(
+    path: str,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int | None,
+    label_smoothing: float,
+    reduction: str,
+    process_group: Any,
+    **family: Any,
+) -> torch.Tensor:
+    """The fused kernel of the softmax family (``family``: ``gamma``, ``alpha``, ``epsilon``)."""
+    return cross_entropy_loss(
+        path,
+        input,
+        target,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        process_group=process_group,
+        **family,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Public functions
 # --------------------------------------------------------------------------------------------
@@ -371,14 +395,7 @@ def cross_entropy(
     path = select_backend(backend, input, target, weight)
     if path != "reference":
         return fused_cross_entropy(
-            path,
-            input,
-            target,
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=s,
-            reduction=reduction,
-            process_group=process_group,
+            path, input, target, weight, ignore_index, s, reduction, process_group
         )
     x, t, valid = prepare_softmax_targets(
         input, target, class_dim=class_dim, ignore_index=ignore_index
@@ -491,11 +508,11 @@ def softmax_focal_loss(
             path,
             input,
             target,
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=s,
-            reduction=reduction,
-            process_group=process_group,
+            weight,
+            ignore_index,
+            s,
+            reduction,
+            process_group,
             gamma=gamma,
             alpha=alpha,
         )
@@ -602,15 +619,7 @@ def poly1_cross_entropy(
     path = select_backend(backend, input, target, weight)
     if path != "reference":
         return fused_cross_entropy(
-            path,
-            input,
-            target,
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=s,
-            reduction=reduction,
-            process_group=process_group,
-            epsilon=epsilon,
+            path, input, target, weight, ignore_index, s, reduction, process_group, epsilon=epsilon
         )
     x, t, valid = prepare_softmax_targets(
         input, target, class_dim=class_dim, ignore_index=ignore_index

@@ -336,6 +336,52 @@ def asymmetric(
     return _finish(loss, grad, valid, weight, input, mean_denominator, reduce)
 
 
+def _softmax_parts(input: torch.Tensor):
+    """``x`` in the compute dtype, ``z = x - max``, ``exp(z)``, its row sum ``S`` and
+    ``log S`` (the log-sum-exp of ``z``: ``lse(x) - x_j = log S - z_j``, no overflow, no
+    cancellation when one class dominates), all over dimension 1 (keepdim)."""
+    x = input.to(compute_dtype(input.dtype))
+    z = x - x.amax(dim=1, keepdim=True)
+    ez = torch.exp(z)
+    sum_ez = ez.sum(dim=1, keepdim=True)
+    return x, z, ez, sum_ez, torch.log(sum_ez)
+
+
+def _index_targets(target, ignore_index, weight, dtype):
+    """Class indices as ``(N, 1, ...)`` int64 (ignored ones set to 0), the valid mask, and the
+    weight of each sample's class (0 where ignored; the valid mask as numbers without a
+    ``weight``): ``(t, valid or None, w_t or None)`` -- ``w_t`` summed is the denominator of
+    ``"mean"``, ``None`` when every sample counts once."""
+    t = target.to(torch.long).unsqueeze(1)
+    valid = w_t = None
+    if ignore_index is not None:
+        valid = t != ignore_index
+        t = torch.where(valid, t, 0)
+    if weight is not None:
+        w_t = weight.to(dtype).gather(0, t.view(-1)).view(t.shape)
+        if valid is not None:
+            w_t = torch.where(valid, w_t, 0.0)
+    elif valid is not None:
+        w_t = valid.to(dtype)
+    return t, valid, w_t
+
+
+def _probability_targets(target, dtype, ignore_index, smoothing, n_classes):
+    """Probability targets smoothed, a row whose every entry is ``ignore_index`` zeroed:
+    ``(y, valid rows or None, their count or None)``."""
+    y = target.to(dtype)
+    valid = denominator = None
+    if ignore_index is not None:
+        valid = (target != ignore_index).any(dim=1, keepdim=True)
+        y = torch.where(valid, y, 0.0)
+        denominator = valid.sum(dtype=dtype)
+    if smoothing is not None:
+        y = y * (1.0 - smoothing) + smoothing / n_classes
+        if valid is not None:
+            y = torch.where(valid, y, 0.0)
+    return y, valid, denominator
+
+
 def cross_entropy(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -371,49 +417,24 @@ def cross_entropy(
     Returns ``(sum or per-sample loss, denominator or None, gradient)``; a ``None``
     denominator means every sample counts once.
     """
-    dtype = compute_dtype(input.dtype)
-    x = input.to(dtype)
-    n_classes = x.shape[1]
-    shift = x.amax(dim=1, keepdim=True)  # log-sum-exp from x - max: no overflow
-    z = x - shift
-    ez = torch.exp(z)
-    sum_ez = ez.sum(dim=1, keepdim=True)
-    lse = torch.log(sum_ez)  # log-sum-exp of z; lse(x) - x_j = lse - z_j
+    x, z, ez, sum_ez, lse = _softmax_parts(input)
+    dtype, n_classes = x.dtype, x.shape[1]
     w_shape = [1] * x.dim()
     w_shape[1] = n_classes
     w = None if weight is None else weight.to(dtype).view(w_shape)
     denominator = None
     grad = None
     if probs:
-        y = target.to(dtype)
-        if ignore_index is not None:
-            valid = (target != ignore_index).any(dim=1, keepdim=True)
-            y = torch.where(valid, y, 0.0)
-            denominator = valid.sum(dtype=dtype)
-        if smoothing is not None:
-            y = y * (1.0 - smoothing) + smoothing / n_classes
-            if ignore_index is not None:
-                y = torch.where(valid, y, 0.0)
+        y, _, denominator = _probability_targets(target, dtype, ignore_index, smoothing, n_classes)
         a = y if w is None else w * y
         loss = torch.where(a == 0, 0.0, a * (lse - z)).sum(dim=1)
         if need_grad:
             sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
             grad = ez * (a.sum(dim=1, keepdim=True) * sc / sum_ez) - a * sc
     else:
-        t = target.to(torch.long).unsqueeze(1)
-        valid = None
-        if ignore_index is not None:
-            valid = t != ignore_index
-            t = torch.where(valid, t, 0)
+        t, valid, w_t = _index_targets(target, ignore_index, weight, dtype)
         # gather at the target class: an index outside [0, C) raises, as in torch
         z_t = z.gather(1, t)  # x_t - max
-        w_t = None
-        if w is not None:
-            w_t = weight.to(dtype).gather(0, t.view(-1)).view_as(z_t)
-            if valid is not None:
-                w_t = torch.where(valid, w_t, 0.0)
-        elif valid is not None:
-            w_t = valid.to(dtype)
         if w_t is not None:
             denominator = w_t.sum()
         nll_coef = torch.ones_like(z_t) if w_t is None else w_t
@@ -503,16 +524,10 @@ def softmax_family(
 
     Returns ``(sum or per-sample loss, denominator or None, gradient)``.
     """
-    dtype = compute_dtype(input.dtype)
-    x = input.to(dtype)
-    n_classes = x.shape[1]
+    x, z, ez, sum_ez, lse = _softmax_parts(input)
+    dtype, n_classes = x.dtype, x.shape[1]
     shape = [1] * x.dim()
     shape[1] = n_classes
-    shift = x.amax(dim=1, keepdim=True)
-    z = x - shift
-    ez = torch.exp(z)
-    sum_ez = ez.sum(dim=1, keepdim=True)
-    lse = torch.log(sum_ez)
     w = _class_view(weight, dtype, shape)
     al = _class_view(alpha, dtype, shape)
     sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
@@ -520,29 +535,18 @@ def softmax_family(
     grad = None
     if probs or smoothing is not None:
         # every class may carry target mass: per-class coefficients and terms
-        valid = None
         if probs:
-            y = target.to(dtype)
-            if ignore_index is not None:
-                valid = (target != ignore_index).any(dim=1, keepdim=True)
-                y = torch.where(valid, y, 0.0)
-                denominator = valid.sum(dtype=dtype)
-            if smoothing is not None:
-                y = y * (1.0 - smoothing) + smoothing / n_classes
+            y, valid, denominator = _probability_targets(
+                target, dtype, ignore_index, smoothing, n_classes
+            )
         else:
-            t = target.to(torch.long).unsqueeze(1)
-            if ignore_index is not None:
-                valid = t != ignore_index
-                t = torch.where(valid, t, 0)
+            t, valid, w_t = _index_targets(target, ignore_index, weight, dtype)
             onehot = torch.arange(n_classes, device=x.device).view(shape) == t
             y = onehot.to(dtype) * (1.0 - smoothing) + smoothing / n_classes
-            w_t = None if w is None else weight.to(dtype).gather(0, t.view(-1)).view_as(lse)
-            if valid is not None:
-                w_t = valid.to(dtype) if w_t is None else torch.where(valid, w_t, 0.0)
             if w_t is not None:
                 denominator = w_t.sum()
-        if valid is not None:
-            y = torch.where(valid, y, 0.0)
+            if valid is not None:
+                y = torch.where(valid, y, 0.0)
         a = y if w is None else y * w
         if al is not None:
             a = a * al
@@ -550,7 +554,7 @@ def softmax_family(
         p = ez / sum_ez
         keep = a != 0
         terms = -log_p
-        m = None
+        m = u = big = None
         if gamma is not None or epsilon is not None:
             big = p > 0.5  # only the unique maximum, where z = 0
             s_below = torch.where(z == 0, 0.0, ez).sum(dim=1, keepdim=True)
@@ -565,27 +569,12 @@ def softmax_family(
                 terms = terms + epsilon * u
         loss = torch.where(keep, a * terms, 0.0).sum(dim=1)
         if need_grad:
-            h = _p_dfdp(
-                p,
-                log_p,
-                u if m is not None else None,
-                big if m is not None else None,
-                m,
-                gamma,
-                epsilon,
-            )
+            h = _p_dfdp(p, log_p, u, big, m, gamma, epsilon)
             g = torch.where(keep, a * (h * sc), 0.0)
             grad = g - p * g.sum(dim=1, keepdim=True)
     else:
         # class indices without smoothing: only the target class has a coefficient
-        t = target.to(torch.long).unsqueeze(1)
-        valid = None
-        if ignore_index is not None:
-            valid = t != ignore_index
-            t = torch.where(valid, t, 0)
-        coef = None if w is None else weight.to(dtype).gather(0, t.view(-1)).view_as(lse)
-        if valid is not None:
-            coef = valid.to(dtype) if coef is None else torch.where(valid, coef, 0.0)
+        t, _, coef = _index_targets(target, ignore_index, weight, dtype)
         if coef is not None:
             denominator = coef.sum()
         if al is not None:
