@@ -1,4 +1,5 @@
-"""Cross entropy: crossent fused and reference, torch eager and compiled. Sizes from
+"""Cross entropy (crossent fused and reference, torch eager and compiled) and the softmax focal
+loss (crossent fused and reference, the common eager formula and its compile). Sizes from
 config.json (8192 x 1000 and 4096 x 32000 by default).
 
     python benchmarks/bench_cross_entropy.py

@@ -92,16 +92,17 @@ def test_quick_bench_command_writes_csv_and_markdown(tmp_path):
     assert "crossent bench" in result.output and "sigmoid_focal" in result.output
     with out_csv.open() as f:
         rows = list(csv.DictReader(f))
-    # bce: 3 providers, focal: 3, cross entropy: 3
-    assert len(rows) == 9
+    # bce: 3 providers, sigmoid focal: 3, cross entropy: 3, softmax focal: 2
+    assert len(rows) == 11
     assert {r["backend"] for r in rows if r["provider"] == "crossent"} == {"fused"}
     assert all(float(r["total_ms"]) > 0 and r["repeats"] == "2" for r in rows)
     text = out_md.read_text()
     assert "| sigmoid_focal | 4K | crossent | fused |" in text
+    assert "| softmax_focal | 64x10 | crossent | fused |" in text
     # a second run appends, and the report shows both
     assert RUNNER.invoke(app, args).exit_code == 0
     with out_csv.open() as f:
-        assert len(list(csv.DictReader(f))) == 18
+        assert len(list(csv.DictReader(f))) == 22
 
 
 def test_bench_rejects_bad_options_clearly():

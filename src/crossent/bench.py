@@ -9,8 +9,10 @@ reported as the median and the interquartile range over the rounds.
 Providers: ``crossent`` (the automatic backend: compiled on CPU, Triton on CUDA),
 ``crossent-reference`` (crossent's torch-operations path), ``torch`` (``F.binary_cross_entropy
 _with_logits`` / ``F.cross_entropy``), ``torch+compile`` (``torch.compile`` of the torch
-function), and for the focal loss ``torchvision-style`` (torchvision's
-``sigmoid_focal_loss`` formula, written out below) and ``torchvision-style+compile``.
+function), for the sigmoid focal loss ``torchvision-style`` (torchvision's
+``sigmoid_focal_loss`` formula, written out below) and ``torchvision-style+compile``, and for
+the softmax focal loss ``eager-focal`` (the formula most code bases write: ``log_softmax``,
+gather, ``-(1 - p_t)^gamma log p_t``) and ``eager-focal+compile``.
 
 Memory, per provider, one forward+backward after the timing:
 
@@ -62,14 +64,17 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "losses": ["bce_with_logits", "sigmoid_focal"],
         "sizes": [1 << 20, 1 << 22, 1 << 24],
     },
-    "cross_entropy": {"losses": ["cross_entropy"], "sizes": [[8192, 1000], [4096, 32000]]},
+    "cross_entropy": {
+        "losses": ["cross_entropy", "softmax_focal"],
+        "sizes": [[8192, 1000], [4096, 32000]],
+    },
     "dtype": "float32",
     "warmup": 3,
     "repeats": 15,
 }
 QUICK_CONFIG: dict[str, Any] = {
     "elementwise": {"losses": ["bce_with_logits", "sigmoid_focal"], "sizes": [1 << 12]},
-    "cross_entropy": {"losses": ["cross_entropy"], "sizes": [[64, 10]]},
+    "cross_entropy": {"losses": ["cross_entropy", "softmax_focal"], "sizes": [[64, 10]]},
     "dtype": "float32",
     "warmup": 1,
     "repeats": 3,
@@ -128,6 +133,14 @@ def torchvision_style_focal(
         alpha_t = alpha * y + (1 - alpha) * (1 - y)
         loss = alpha_t * loss
     return loss.mean()
+
+
+def eager_softmax_focal(x: torch.Tensor, t: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """The softmax focal loss as most code bases write it (reduction="mean"): ``1 - p_t``
+    from the rounded ``p_t``, every step a separate kernel kept alive for backward."""
+    log_p_t = F.log_softmax(x, dim=1).gather(1, t.unsqueeze(1)).squeeze(1)
+    p_t = log_p_t.exp()
+    return (-((1 - p_t) ** gamma) * log_p_t).mean()
 
 
 _COMPILED: dict[str, Callable] = {}
@@ -197,12 +210,23 @@ LOSSES: dict[str, Loss] = {
             "torch+compile": lambda backend: _compiled("ce", F.cross_entropy),
         },
     ),
+    "softmax_focal": Loss(
+        "softmax_focal",
+        "cross_entropy",
+        {
+            "crossent": _crossent("softmax_focal_loss", gamma=2.0),
+            "crossent-reference": _crossent_reference("softmax_focal_loss", gamma=2.0),
+            "eager-focal": _fixed(eager_softmax_focal),
+            "eager-focal+compile": lambda backend: _compiled("softmax_focal", eager_softmax_focal),
+        },
+    ),
 }
 # The provider each speed-up is measured against.
 BASELINE = {
     "bce_with_logits": "torch",
     "sigmoid_focal": "torchvision-style",
     "cross_entropy": "torch",
+    "softmax_focal": "eager-focal",
 }
 
 
@@ -598,7 +622,8 @@ def render_markdown(rows: Sequence[dict[str, Any]], *, command: str = "", runs: 
         "Forward, backward and forward+backward times: median over the timed rounds, with the",
         "interquartile range in parentheses, in milliseconds; every provider runs once per round,",
         "side by side. *Speed-up*: the baseline's forward+backward median over this provider's",
-        "(baseline: torch's own function; the torchvision-style formula for the focal loss).",
+        "(baseline: torch's own function; for the focal losses the eager formula: torchvision's",
+        "for the sigmoid one, the common log_softmax form for the softmax one).",
         "*Peak extra*: the peak memory of one forward+backward beyond what was allocated",
         "before (``input.grad`` included), in gradient buffers (``numel x 4`` bytes in",
         "float32); on CPU the rise of the process's peak resident set (VmHWM), on CUDA",

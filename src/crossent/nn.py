@@ -298,6 +298,7 @@ class SoftmaxFocalLoss(_Loss):
         label_smoothing: float = 0.0,
         reduction: str = "mean",
         process_group: Any = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             gamma=gamma,
@@ -307,6 +308,7 @@ class SoftmaxFocalLoss(_Loss):
             label_smoothing=label_smoothing,
             reduction=reduction,
             process_group=process_group,
+            backend=backend,
         )
 
 
@@ -331,6 +333,7 @@ class PolyLoss(_Loss):
         label_smoothing: float = 0.0,
         reduction: str = "mean",
         process_group: Any = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             epsilon=epsilon,
@@ -339,4 +342,5 @@ class PolyLoss(_Loss):
             label_smoothing=label_smoothing,
             reduction=reduction,
             process_group=process_group,
+            backend=backend,
         )

@@ -32,8 +32,7 @@ from crossent import _validation as V
 from crossent._docs import fill_doc
 from crossent._reduction import output_dtype, reduce_loss
 from crossent.functional._binary import SATURATION, compute_dtype
-from crossent.kernels import cross_entropy_loss as fused_cross_entropy
-from crossent.kernels import select_backend
+from crossent.kernels import cross_entropy_loss, select_backend
 
 __all__ = ["cross_entropy", "poly1_cross_entropy", "softmax_focal_loss"]
 
@@ -288,6 +287,31 @@ def _reduce(
     )
 
 
+def fused_cross_entropy(
+    path: str,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int | None,
+    label_smoothing: float,
+    reduction: str,
+    process_group: Any,
+    **family: Any,
+) -> torch.Tensor:
+    """The fused kernel of the softmax family (``family``: ``gamma``, ``alpha``, ``epsilon``)."""
+    return cross_entropy_loss(
+        path,
+        input,
+        target,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        process_group=process_group,
+        **family,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Public functions
 # --------------------------------------------------------------------------------------------
@@ -371,14 +395,7 @@ def cross_entropy(
     path = select_backend(backend, input, target, weight)
     if path != "reference":
         return fused_cross_entropy(
-            path,
-            input,
-            target,
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=s,
-            reduction=reduction,
-            process_group=process_group,
+            path, input, target, weight, ignore_index, s, reduction, process_group
         )
     x, t, valid = prepare_softmax_targets(
         input, target, class_dim=class_dim, ignore_index=ignore_index
@@ -407,6 +424,7 @@ def softmax_focal_loss(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Multi-class focal loss from logits (Lin et al. 2017): cross entropy for hard examples.
 
@@ -448,6 +466,7 @@ def softmax_focal_loss(
         {softmax_label_smoothing}
         {softmax_reduction}
         {process_group}
+        {backend}
 
     {softmax_shape}
 
@@ -482,20 +501,21 @@ def softmax_focal_loss(
     )
     gamma = V.check_number("gamma", gamma, low=0.0)
     alpha = check_alpha(alpha, input.shape[class_dim])
-    if gamma == 0.0 and alpha is None:
-        # exactly cross entropy: take its fused kernel where cross_entropy would
-        path = select_backend(None, input, target, weight)
-        if path != "reference":
-            return fused_cross_entropy(
-                path,
-                input,
-                target,
-                weight=weight,
-                ignore_index=ignore_index,
-                label_smoothing=s,
-                reduction=reduction,
-                process_group=process_group,
-            )
+    # gamma=0 without alpha is cross entropy: the fused path then runs its kernel
+    path = select_backend(backend, input, target, weight, alpha)
+    if path != "reference":
+        return fused_cross_entropy(
+            path,
+            input,
+            target,
+            weight,
+            ignore_index,
+            s,
+            reduction,
+            process_group,
+            gamma=gamma,
+            alpha=alpha,
+        )
     x, t, valid = prepare_softmax_targets(
         input, target, class_dim=class_dim, ignore_index=ignore_index
     )
@@ -529,6 +549,7 @@ def poly1_cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     process_group: Any = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     r"""Poly-1 cross entropy (Leng et al. 2022): cross entropy plus ``epsilon (1 - P_t)``.
 
@@ -560,6 +581,7 @@ def poly1_cross_entropy(
         {softmax_label_smoothing}
         {softmax_reduction}
         {process_group}
+        {backend}
 
     {softmax_shape}
 
@@ -593,20 +615,12 @@ def poly1_cross_entropy(
         reduction=reduction,
     )
     epsilon = V.check_number("epsilon", epsilon, low=-1.0)
-    if epsilon == 0.0:
-        # exactly cross entropy: take its fused kernel where cross_entropy would
-        path = select_backend(None, input, target, weight)
-        if path != "reference":
-            return fused_cross_entropy(
-                path,
-                input,
-                target,
-                weight=weight,
-                ignore_index=ignore_index,
-                label_smoothing=s,
-                reduction=reduction,
-                process_group=process_group,
-            )
+    # epsilon=0 is cross entropy: the fused path then runs its kernel
+    path = select_backend(backend, input, target, weight)
+    if path != "reference":
+        return fused_cross_entropy(
+            path, input, target, weight, ignore_index, s, reduction, process_group, epsilon=epsilon
+        )
     x, t, valid = prepare_softmax_targets(
         input, target, class_dim=class_dim, ignore_index=ignore_index
     )

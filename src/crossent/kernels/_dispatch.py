@@ -480,30 +480,46 @@ def cross_entropy_loss(
     label_smoothing: float,
     reduction: str,
     process_group: Any = None,
+    gamma: float | None = None,
+    alpha: float | torch.Tensor | None = None,
+    epsilon: float | None = None,
 ) -> torch.Tensor:
     """Softmax cross entropy over the class dimension (1, or 0 for an input of size ``(C)``)
     with crossent's (torch's) semantics: class-index targets (integer, the input's size without
     the class dimension) or class-probability targets (floating point, the input's size; a
     position whose every target entry equals ``ignore_index`` is ignored). ``"mean"`` divides
     by the summed weight of the non-ignored targets (index targets), or by the number of
-    non-ignored positions (probability targets)."""
+    non-ignored positions (probability targets).
+
+    With a focal factor (``gamma``, 0 or ``None``: none), class factors ``alpha`` or a Poly-1
+    term (``epsilon``, 0 or ``None``: none) this is the softmax focal / Poly-1 loss
+    (:func:`crossent.kernels._math.softmax_family`); without them, plain cross entropy
+    (:func:`crossent.kernels._math.cross_entropy`)."""
     probs = target.is_floating_point()
     smoothing = label_smoothing or None
+    gamma, epsilon = gamma or None, epsilon or None
+    family = gamma is not None or alpha is not None or epsilon is not None
     if path == "triton":
         from crossent.kernels import _triton
 
-        fn = _triton.cross_entropy
-        args = (target, weight, ignore_index, smoothing, probs)
+        if family:
+            fn = _triton.softmax_family
+            args = (target, weight, alpha, ignore_index, smoothing, gamma, epsilon, probs)
+        else:
+            fn = _triton.cross_entropy
+            args = (target, weight, ignore_index, smoothing, probs)
     else:
-        fn = _math.cross_entropy
-        options = [ignore_index, smoothing]
-        if path == "compiled":
-            cdt = _math.compute_dtype(input.dtype)
-            options = [
-                _scalar(ignore_index, target.dtype, input.device),
-                _scalar(smoothing, cdt, input.device),
-            ]
-        args = (target, weight, *options, probs)
+        ignore = ignore_index
+        if path == "compiled" and ignore_index is not None:
+            ignore = _scalar(ignore_index, target.dtype, input.device)
+        smooth = _option(smoothing, path, input)
+        if family:
+            fn = _math.softmax_family
+            alpha, gamma, epsilon = (_option(v, path, input) for v in (alpha, gamma, epsilon))
+            args = (target, weight, alpha, ignore, smooth, gamma, epsilon, probs)
+        else:
+            fn = _math.cross_entropy
+            args = (target, weight, ignore, smooth, probs)
     rows = input.numel() // max(input.shape[1], 1) if input.dim() > 1 else 1
     mean_denominator = None
     if not probs and weight is None:

@@ -28,7 +28,7 @@ import torch
 
 from crossent._reduction import output_dtype
 
-__all__ = ["asymmetric", "cross_entropy", "sigmoid_family"]
+__all__ = ["asymmetric", "cross_entropy", "sigmoid_family", "softmax_family"]
 
 # torch's BCELoss clamps the log terms at -100 (see crossent.functional._binary.LOG_CLAMP).
 LOG_CLAMP = -100.0
@@ -79,29 +79,30 @@ def _finish(loss, grad, valid, weight, x, mean_denominator, reduce):
     return out, count, None if grad is None else grad.to(x.dtype)
 
 
-# 2 atanh(s) = log((1 + s) / (1 - s)) = log1p(e) for s = e / (2 + e); s <= 1/3 for e <= 1.
-_ATANH_COEFFICIENTS = (1 / 13, 1 / 11, 1 / 9, 1 / 7, 1 / 5, 1 / 3)
-
-
 def log1p_unit(e: torch.Tensor) -> torch.Tensor:
     """``log1p(e)`` for ``e`` in [0, 1] (here ``e = exp(-|x|)``).
 
-    float64: ``torch.log1p``. float32: ``2 atanh(s)``, ``s = e / (2 + e) <= 1/3``, as the
-    series ``2s (1 + s^2/3 + ... + s^12/13)``, written as ``2s + 2s (s^2 P(s^2))`` so the
-    rounding of the small correction hardly matters. Truncation error below
-    ``(1/3)^14 / 15 < 1.5e-8`` relative (a quarter of float32's rounding unit); measured within
-    1.5 units in the last place of the exact value over (0, 1], subnormal ``e`` included
-    (``2s = e / (1 + e/2)`` does not underflow). It is a division and eight
-    multiply-adds where a vectorised ``log1p`` costs several times that: on CPU the loss's
-    largest cost, so this halves the BCE / focal kernels' time.
+    float64: ``torch.log1p``. float32: ``2 atanh(s)``, ``s = e / (2 + e) <= 1/3``, as
+    ``2s + 2s (s^2 P(s^2))`` with ``P`` a degree-4 polynomial fitted to
+    ``(atanh(s) / s - 1) / s^2`` on ``s^2`` in [0, 1/9] (weighted least squares; fit error
+    below ``1.2e-10`` of the result, against ``1.5e-8`` for the six-term Taylor series), so
+    the rounding of the small correction hardly matters. Measured within 1.5 units in the last
+    place of the exact value over (0, 1], subnormal ``e`` included (``2s = e / (1 + e/2)``
+    does not underflow). A division and seven multiply-adds where a vectorised ``log1p``
+    costs several times that: on CPU the loss's largest cost.
+
+    The coefficients are literals, not module constants: ``torch.compile`` turns a float it
+    reads from a global into a graph input, which the generated loop reloads and converts on
+    every iteration (about 10% of the BCE kernel's time).
     """
     if e.dtype == torch.float64:
         return torch.log1p(e)
     two_s = e / (1.0 + 0.5 * e)  # 2s: no underflow for subnormal e
     s2 = 0.25 * (two_s * two_s)
-    poly = _ATANH_COEFFICIENTS[0]
-    for c in _ATANH_COEFFICIENTS[1:]:
-        poly = poly * s2 + c
+    poly = 0.1214377603293038 * s2 + 0.10715612163800092
+    poly = poly * s2 + 0.14308278783121478
+    poly = poly * s2 + 0.19999444777185155
+    poly = poly * s2 + 0.33333337744927793
     return two_s + two_s * (s2 * poly)
 
 
@@ -194,13 +195,21 @@ def sigmoid_family(
         q_live = q_ok & (lq_raw >= LOG_CLAMP)
     else:
         e, l, inv, pos = _logit_terms(z)
-        lp = torch.clamp_max(z, 0.0) - l  # log sigmoid(x)
-        lq = torch.clamp_max(-z, 0.0) - l  # log sigmoid(-x)
-    pos_term = y * lp
+        if pos_weight is not None:
+            lp = torch.clamp_max(z, 0.0) - l  # log sigmoid(x)
+            lq = torch.clamp_max(-z, 0.0) - l  # log sigmoid(-x)
     if pos_weight is not None:
         pw = pos_weight.to(dtype)
-        pos_term = pos_term * pw
-    loss = -(pos_term + y1 * lq)  # the reference's expression order
+    if probs or pos_weight is not None:
+        pos_term = y * lp
+        if pos_weight is not None:
+            pos_term = pos_term * pw
+        loss = -(pos_term + y1 * lq)  # the reference's expression order
+    else:
+        # the same sum regrouped: l + (target mass on the side x points away from) * |x|;
+        # two non-negative terms (no cancellation) and fewer operations per element
+        a = torch.where(pos, y1, y)
+        loss = l + a * z.abs()
     grad = None
     if need_grad:
         if probs:
@@ -226,7 +235,8 @@ def sigmoid_family(
             # s dL/dp = -y [q live] + (1 - y) [p live]
             s_dL = y1 * p_live.to(dtype) - y * q_live.to(dtype)
         else:
-            a = torch.where(pos, y1, y)
+            if pos_weight is not None:
+                a = torch.where(pos, y1, y)
             b = torch.where(pos, y, y1)
             d = a + b * e  # 1 - p_t = d / (1 + e)
             s = d * inv  # 1 - p_t; exact to rounding unless it underflows (then s^gamma does)
@@ -326,6 +336,52 @@ def asymmetric(
     return _finish(loss, grad, valid, weight, input, mean_denominator, reduce)
 
 
+def _softmax_parts(input: torch.Tensor):
+    """``x`` in the compute dtype, ``z = x - max``, ``exp(z)``, its row sum ``S`` and
+    ``log S`` (the log-sum-exp of ``z``: ``lse(x) - x_j = log S - z_j``, no overflow, no
+    cancellation when one class dominates), all over dimension 1 (keepdim)."""
+    x = input.to(compute_dtype(input.dtype))
+    z = x - x.amax(dim=1, keepdim=True)
+    ez = torch.exp(z)
+    sum_ez = ez.sum(dim=1, keepdim=True)
+    return x, z, ez, sum_ez, torch.log(sum_ez)
+
+
+def _index_targets(target, ignore_index, weight, dtype):
+    """Class indices as ``(N, 1, ...)`` int64 (ignored ones set to 0), the valid mask, and the
+    weight of each sample's class (0 where ignored; the valid mask as numbers without a
+    ``weight``): ``(t, valid or None, w_t or None)`` -- ``w_t`` summed is the denominator of
+    ``"mean"``, ``None`` when every sample counts once."""
+    t = target.to(torch.long).unsqueeze(1)
+    valid = w_t = None
+    if ignore_index is not None:
+        valid = t != ignore_index
+        t = torch.where(valid, t, 0)
+    if weight is not None:
+        w_t = weight.to(dtype).gather(0, t.view(-1)).view(t.shape)
+        if valid is not None:
+            w_t = torch.where(valid, w_t, 0.0)
+    elif valid is not None:
+        w_t = valid.to(dtype)
+    return t, valid, w_t
+
+
+def _probability_targets(target, dtype, ignore_index, smoothing, n_classes):
+    """Probability targets smoothed, a row whose every entry is ``ignore_index`` zeroed:
+    ``(y, valid rows or None, their count or None)``."""
+    y = target.to(dtype)
+    valid = denominator = None
+    if ignore_index is not None:
+        valid = (target != ignore_index).any(dim=1, keepdim=True)
+        y = torch.where(valid, y, 0.0)
+        denominator = valid.sum(dtype=dtype)
+    if smoothing is not None:
+        y = y * (1.0 - smoothing) + smoothing / n_classes
+        if valid is not None:
+            y = torch.where(valid, y, 0.0)
+    return y, valid, denominator
+
+
 def cross_entropy(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -361,49 +417,24 @@ def cross_entropy(
     Returns ``(sum or per-sample loss, denominator or None, gradient)``; a ``None``
     denominator means every sample counts once.
     """
-    dtype = compute_dtype(input.dtype)
-    x = input.to(dtype)
-    n_classes = x.shape[1]
-    shift = x.amax(dim=1, keepdim=True)  # log-sum-exp from x - max: no overflow
-    z = x - shift
-    ez = torch.exp(z)
-    sum_ez = ez.sum(dim=1, keepdim=True)
-    lse = torch.log(sum_ez)  # log-sum-exp of z; lse(x) - x_j = lse - z_j
+    x, z, ez, sum_ez, lse = _softmax_parts(input)
+    dtype, n_classes = x.dtype, x.shape[1]
     w_shape = [1] * x.dim()
     w_shape[1] = n_classes
     w = None if weight is None else weight.to(dtype).view(w_shape)
     denominator = None
     grad = None
     if probs:
-        y = target.to(dtype)
-        if ignore_index is not None:
-            valid = (target != ignore_index).any(dim=1, keepdim=True)
-            y = torch.where(valid, y, 0.0)
-            denominator = valid.sum(dtype=dtype)
-        if smoothing is not None:
-            y = y * (1.0 - smoothing) + smoothing / n_classes
-            if ignore_index is not None:
-                y = torch.where(valid, y, 0.0)
+        y, _, denominator = _probability_targets(target, dtype, ignore_index, smoothing, n_classes)
         a = y if w is None else w * y
         loss = torch.where(a == 0, 0.0, a * (lse - z)).sum(dim=1)
         if need_grad:
             sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
             grad = ez * (a.sum(dim=1, keepdim=True) * sc / sum_ez) - a * sc
     else:
-        t = target.to(torch.long).unsqueeze(1)
-        valid = None
-        if ignore_index is not None:
-            valid = t != ignore_index
-            t = torch.where(valid, t, 0)
-        # gather / scatter at the target class: an index outside [0, C) raises, as in torch
+        t, valid, w_t = _index_targets(target, ignore_index, weight, dtype)
+        # gather at the target class: an index outside [0, C) raises, as in torch
         z_t = z.gather(1, t)  # x_t - max
-        w_t = None
-        if w is not None:
-            w_t = weight.to(dtype).gather(0, t.view(-1)).view_as(z_t)
-            if valid is not None:
-                w_t = torch.where(valid, w_t, 0.0)
-        elif valid is not None:
-            w_t = valid.to(dtype)
         if w_t is not None:
             denominator = w_t.sum()
         nll_coef = torch.ones_like(z_t) if w_t is None else w_t
@@ -428,8 +459,8 @@ def cross_entropy(
                 smooth = torch.where(valid, smooth, 0.0)
             loss = loss + smooth
         if need_grad:
-            # the mean's 1 / denominator goes into the per-row coefficients: the scatter
-            # stays the last write of the gradient (no further pass over it)
+            # the mean's 1 / denominator goes into the per-row coefficients (no further pass
+            # over the gradient)
             sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
             coef = nll_coef
             if smoothing is not None:
@@ -437,9 +468,167 @@ def cross_entropy(
             grad = ez * (coef * sc / sum_ez)
             if smoothing is not None:
                 grad = grad - (eps * sc if w is None else (eps * sc) * w)
-            grad = grad.scatter_add(1, t, -(nll_coef * sc))
+            # a compare with the target column, not a scatter: it fuses into the pass that
+            # writes the gradient (a scatter is a second kernel over the written buffer)
+            onehot = torch.arange(n_classes, device=x.device).view(w_shape) == t
+            grad = grad - torch.where(onehot, nll_coef * sc, 0.0)
         loss = loss.squeeze(1)
     out = loss.sum() if reduce else loss.to(output_dtype(input))
     if mean_denominator is not None:
         out = out / mean_denominator  # the gradient has it already
     return out, denominator, None if grad is None else grad.to(input.dtype)
+
+
+def _class_view(v: Scalar | None, dtype: torch.dtype, shape: list[int]) -> Scalar | None:
+    """A per-class ``(C,)`` tensor viewed along dimension 1; a number or 0-dim tensor as is."""
+    if isinstance(v, torch.Tensor):
+        v = v.to(dtype)
+        return v.view(shape) if v.dim() else v
+    return v
+
+
+def softmax_family(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    alpha: Scalar | None,
+    ignore_index: Scalar | None,
+    smoothing: Scalar | None,
+    gamma: Scalar | None,
+    epsilon: Scalar | None,
+    probs: bool,
+    mean_denominator: Scalar | None,
+    reduce: bool,
+    need_grad: bool,
+):
+    r"""Softmax focal loss and Poly-1 cross entropy over dimension 1, loss and gradient.
+
+    With ``a_c = y'_c w_c alpha_c`` (``y'`` the smoothed target distribution, 0 for an ignored
+    sample) and the per-class term ``f(p) = -(1 - p)^gamma log p + epsilon (1 - p)``
+    (``gamma=None``: no focal factor; ``epsilon=None``: no polynomial term):
+
+    .. math::
+
+        \ell = \sum_c a_c f(p_c), \qquad
+        \frac{d\ell}{dx_k} = g_k - p_k \sum_c g_c, \qquad g_c = a_c\, p_c f'(p_c)
+
+    since :math:`dp_c / dx_k = p_c ([c = k] - p_k)`; and
+    ``p f'(p) = M (gamma p r - 1) - epsilon p`` with ``M = (1 - p)^gamma = exp(gamma L)``,
+    ``L = log(1 - p)``, ``r = log p / (1 - p)`` (-> -1 as ``p`` -> 1). ``1 - p`` and
+    ``L`` are never formed from a rounded ``p``: for a class index without smoothing (only
+    the target class has ``a_c != 0``) ``1 - p_t = S_{c != t} / S``, the exponentials of the
+    other classes summed; otherwise ``1 - p_c`` where ``p_c <= 1/2`` and, for the one class
+    that can exceed it (the unique maximum, ``x_c - max = 0``), the sum over the classes
+    below the maximum. A term with ``a_c = 0`` contributes 0, also at a ``-inf`` logit.
+    ``"mean"`` divides as :func:`cross_entropy` does (``alpha`` never enters it).
+
+    Returns ``(sum or per-sample loss, denominator or None, gradient)``.
+    """
+    x, z, ez, sum_ez, lse = _softmax_parts(input)
+    dtype, n_classes = x.dtype, x.shape[1]
+    shape = [1] * x.dim()
+    shape[1] = n_classes
+    w = _class_view(weight, dtype, shape)
+    al = _class_view(alpha, dtype, shape)
+    sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
+    denominator = None
+    grad = None
+    if probs or smoothing is not None:
+        # every class may carry target mass: per-class coefficients and terms
+        if probs:
+            y, valid, denominator = _probability_targets(
+                target, dtype, ignore_index, smoothing, n_classes
+            )
+        else:
+            t, valid, w_t = _index_targets(target, ignore_index, weight, dtype)
+            onehot = torch.arange(n_classes, device=x.device).view(shape) == t
+            y = onehot.to(dtype) * (1.0 - smoothing) + smoothing / n_classes
+            if w_t is not None:
+                denominator = w_t.sum()
+            if valid is not None:
+                y = torch.where(valid, y, 0.0)
+        a = y if w is None else y * w
+        if al is not None:
+            a = a * al
+        log_p = z - lse
+        p = ez / sum_ez
+        keep = a != 0
+        terms = -log_p
+        m = u = big = None
+        if gamma is not None or epsilon is not None:
+            big = p > 0.5  # only the unique maximum, where z = 0
+            s_below = torch.where(z == 0, 0.0, ez).sum(dim=1, keepdim=True)
+            u = torch.where(big, s_below / sum_ez, 1.0 - p)  # 1 - p, exact
+            if gamma is not None:
+                L = torch.where(
+                    big, torch.log(s_below) - lse, torch.log1p(-torch.where(big, 0.0, p))
+                )
+                m = _focal_factor(gamma, L)
+                terms = terms * m
+            if epsilon is not None:
+                terms = terms + epsilon * u
+        loss = torch.where(keep, a * terms, 0.0).sum(dim=1)
+        if need_grad:
+            h = _p_dfdp(p, log_p, u, big, m, gamma, epsilon)
+            g = torch.where(keep, a * (h * sc), 0.0)
+            grad = g - p * g.sum(dim=1, keepdim=True)
+    else:
+        # class indices without smoothing: only the target class has a coefficient
+        t, _, coef = _index_targets(target, ignore_index, weight, dtype)
+        if coef is not None:
+            denominator = coef.sum()
+        if al is not None:
+            a_t = al
+            if isinstance(al, torch.Tensor) and al.dim():
+                a_t = al.view(-1).gather(0, t.view(-1)).view_as(lse)
+            coef = a_t if coef is None else coef * a_t
+        onehot = torch.arange(n_classes, device=x.device).view(shape) == t
+        z_t = z.gather(1, t)
+        log_pt = z_t - lse
+        p_t = torch.exp(log_pt)
+        s_other = torch.where(onehot, 0.0, ez).sum(dim=1, keepdim=True)
+        u = s_other / sum_ez  # 1 - p_t, exact
+        f = -log_pt
+        m = None
+        if gamma is not None:
+            m = _focal_factor(gamma, torch.log(s_other) - lse)
+            f = f * m
+        if epsilon is not None:
+            f = f + epsilon * u
+        if coef is not None:
+            f = torch.where(coef == 0, 0.0, coef * f)
+        loss = f.squeeze(1)
+        if need_grad:
+            h = _p_dfdp(p_t, log_pt, u, p_t > 0.5, m, gamma, epsilon) * sc
+            if coef is not None:
+                h = torch.where(coef == 0, 0.0, coef * h)
+            # g_k - p_k sum g = h ([k = t] - p_k)
+            grad = torch.where(onehot, h, 0.0) - ez * (h / sum_ez)
+    out = loss.sum() if reduce else loss.to(output_dtype(input))
+    if mean_denominator is not None:
+        out = out / mean_denominator  # the gradient has it already
+    return out, denominator, None if grad is None else grad.to(input.dtype)
+
+
+def _focal_factor(gamma, log_1mp):
+    """``(1 - p)^gamma = exp(gamma log(1 - p))``; ``log(1 - p) = -inf`` (``p`` rounds to 1) is
+    clamped to the dtype's minimum, as in the reference: a ``gamma`` that rounds to 0 in the
+    compute dtype gives 1, not ``0 * -inf = NaN``."""
+    return torch.exp(gamma * log_1mp.clamp_min(torch.finfo(log_1mp.dtype).min))
+
+
+def _p_dfdp(p, log_p, u, big, m, gamma, epsilon):
+    """``p f'(p)`` for ``f(p) = -(1 - p)^gamma log p + epsilon (1 - p)``: ``M (gamma p r - 1)
+    - epsilon p`` with ``M = (1 - p)^gamma`` (``m``; ``None`` without a focal factor) and
+    ``r = log p / (1 - p)``, from ``u = 1 - p`` (exact): where ``p > 1/2`` (``big``)
+    ``log p = log1p(-u)``, and ``r = -1`` where ``u`` underflows to 0."""
+    if m is None:
+        h = torch.full_like(p, -1.0)
+    else:
+        u_safe = torch.where(u == 0, 1.0, u)
+        r_big = torch.where(u == 0, -1.0, torch.log1p(-torch.where(big, u_safe, 0.0)) / u_safe)
+        r = torch.where(big, r_big, log_p / u_safe)
+        h = m * (gamma * (p * r) - 1.0)
+    if epsilon is not None:
+        h = h - epsilon * p
+    return h
