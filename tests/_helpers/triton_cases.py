@@ -355,6 +355,23 @@ def softmax_focal_cases():
         label = f"confident-{target.dtype}-g{gamma}-e{epsilon}-s{smoothing}"
         _softmax_case(failures, label, x, target, torch.float32, reduce=False, tol=2e-5, **opts)
         count += 1
+    # end to end through the public functions (dispatcher, "mean", autograd, a (C,) input)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64) * 3
+    t = torch.tensor([0, 3, -100, 1, 2])
+    alpha = torch.rand(4, generator=g, dtype=torch.float64)
+    calls = [
+        (CF.softmax_focal_loss, x, t, dict(gamma=2.0, alpha=alpha, label_smoothing=0.1)),
+        (CF.softmax_focal_loss, x[0], torch.softmax(x[1], 0), dict(gamma=0.5, alpha=0.25)),
+        (CF.poly1_cross_entropy, x, t, dict(epsilon=-0.5, weight=alpha + 0.5)),
+    ]
+    for fn, x, t, kwargs in calls:
+        for reduction in ("mean", "none"):
+            ours, our_grad = _grad(fn, x, t, reduction=reduction, backend="triton", **kwargs)
+            ref, ref_grad = _grad(fn, x, t, reduction=reduction, backend="reference", **kwargs)
+            label = f"public-{fn.__name__}-{tuple(x.shape)}-{reduction}"
+            _check(failures, label + " value", ours, ref, torch.float64)
+            _check(failures, label + " grad", our_grad, ref_grad, torch.float64)
+            count += 1
     # an index outside [0, C) (value checks off): NaN for that sample, no out-of-bounds read
     for smoothing in (0.0, 0.1):
         x = torch.randn(3, 4, generator=g)
