@@ -164,7 +164,23 @@ def cross_entropy_cases():
     crossent.set_value_checks(previous)
     if not (torch.isnan(bad[1]) and torch.isfinite(bad[[0, 2]]).all()):
         failures.append(f"out-of-range index: {bad}")
+    count += _leading_blocks_of_minus_inf(failures, CF.cross_entropy, {})
     return failures, count + 3
+
+
+def _leading_blocks_of_minus_inf(failures, fn, options):
+    """A row whose first blocks hold only -inf logits (masked classes): the online softmax
+    has no finite maximum yet there, and must not form exp(-inf - -inf) = NaN."""
+    x = torch.randn(2, 5000, dtype=torch.float64)
+    x[:, :4500] = float("-inf")  # float32 blocks hold 4096 classes, float64 ones 2048
+    t = torch.tensor([4700, 4999])
+    ref, ref_grad = _grad(fn, x, t, reduction="none", backend="reference", **options)
+    for dtype in (torch.float64, torch.float32):
+        ours, our_grad = _grad(fn, x.to(dtype), t, reduction="none", backend="triton", **options)
+        label = f"leading -inf blocks {fn.__name__} {options} {dtype}"
+        _check(failures, label + " value", ours, ref.to(dtype), dtype)
+        _check(failures, label + " grad", our_grad, ref_grad.to(dtype), dtype)
+    return 2
 
 
 # name -> (gamma, epsilon, alpha); "vec" is a per-class alpha tensor
@@ -382,6 +398,8 @@ def softmax_focal_cases():
         if not (torch.isnan(loss[1]) and torch.isnan(grad[1]).all() and finite):
             failures.append(f"out-of-range index, smoothing {smoothing}: {loss}, {grad}")
         count += 1
+    count += _leading_blocks_of_minus_inf(failures, CF.softmax_focal_loss, {"gamma": 2.0})
+    count += _leading_blocks_of_minus_inf(failures, CF.poly1_cross_entropy, {"epsilon": 1.0})
     return failures, count
 
 

@@ -429,14 +429,17 @@ def _cross_entropy_kernel(
         cmask = cols < n_classes
         x = tl.load(x_ptr + base + cols * inner, mask=cmask, other=float("-inf")).to(CDT)
         m_new = tl.maximum(m, tl.max(x, axis=0))
+        # the shift of the exponentials: 0 while every logit so far is -inf (exp(-inf - -inf)
+        # would be NaN; with a 0 shift those terms are exp(-inf) = 0)
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new).to(CDT)
         if TERMS:
             # when the max grows, the entries at the old max join the rest
             grew = m_new > m
             top = x == m_new
-            d_rest = (d_rest + tl.where(grew, n_top, 0.0)) * tl.exp(m - m_new)
-            d_rest += tl.sum(tl.where(top, 0.0, tl.exp(x - m_new)), axis=0)
+            d_rest = (d_rest + tl.where(grew, n_top, 0.0)) * tl.exp(m - shift)
+            d_rest += tl.sum(tl.where(top, 0.0, tl.exp(x - shift)), axis=0)
             n_top = tl.where(grew, 0.0, n_top) + tl.sum(top.to(CDT), axis=0)
-        d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+        d = d * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
         m = m_new
         if (PROBS or SMOOTH) and not TERMS:
             wj = _class_weights(
