@@ -433,7 +433,7 @@ def cross_entropy(
             grad = ez * (a.sum(dim=1, keepdim=True) * sc / sum_ez) - a * sc
     else:
         t, valid, w_t = _index_targets(target, ignore_index, weight, dtype)
-        # gather at the target class: an index outside [0, C) raises, as in torch
+        # gather / scatter at the target class: an index outside [0, C) raises, as in torch
         z_t = z.gather(1, t)  # x_t - max
         if w_t is not None:
             denominator = w_t.sum()
@@ -459,8 +459,8 @@ def cross_entropy(
                 smooth = torch.where(valid, smooth, 0.0)
             loss = loss + smooth
         if need_grad:
-            # the mean's 1 / denominator goes into the per-row coefficients (no further pass
-            # over the gradient)
+            # the mean's 1 / denominator goes into the per-row coefficients: the scatter
+            # stays the last write of the gradient (no further pass over it)
             sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
             coef = nll_coef
             if smoothing is not None:
@@ -468,10 +468,9 @@ def cross_entropy(
             grad = ez * (coef * sc / sum_ez)
             if smoothing is not None:
                 grad = grad - (eps * sc if w is None else (eps * sc) * w)
-            # a compare with the target column, not a scatter: it fuses into the pass that
-            # writes the gradient (a scatter is a second kernel over the written buffer)
-            onehot = torch.arange(n_classes, device=x.device).view(w_shape) == t
-            grad = grad - torch.where(onehot, nll_coef * sc, 0.0)
+            # a scatter at the target column (measured faster under torch.compile on CPU than
+            # a compare with every column fused into the pass that writes the gradient)
+            grad = grad.scatter_add(1, t, -(nll_coef * sc))
         loss = loss.squeeze(1)
     out = loss.sum() if reduce else loss.to(output_dtype(input))
     if mean_denominator is not None:
