@@ -514,11 +514,12 @@ def softmax_family(
     since :math:`dp_c / dx_k = p_c ([c = k] - p_k)`; and
     ``p f'(p) = M (gamma p r - 1) - epsilon p`` with ``M = (1 - p)^gamma = exp(gamma L)``,
     ``L = log(1 - p)``, ``r = log p / (1 - p)`` (-> -1 as ``p`` -> 1). ``1 - p`` and
-    ``L`` are never formed from a rounded ``p``: for a class index without smoothing (only
-    the target class has ``a_c != 0``) ``1 - p_t = S_{c != t} / S``, the exponentials of the
-    other classes summed; otherwise ``1 - p_c`` where ``p_c <= 1/2`` and, for the one class
-    that can exceed it (the unique maximum, ``x_c - max = 0``), the sum over the classes
-    below the maximum. A term with ``a_c = 0`` contributes 0, also at a ``-inf`` logit.
+    ``L`` are never formed from a rounded ``p`` near 1: where ``p <= 1/2``, ``1 - p`` (for a
+    class index without smoothing, where only the target class has ``a_c != 0``:
+    ``(S - e^{z_t}) / S``) is exact to rounding; the one class that can exceed 1/2 is the
+    unique maximum (``z = x - max = 0``), and its ``1 - p`` is the sum of ``e^z`` over the
+    classes below the maximum, over ``S``. A term with ``a_c = 0`` contributes 0, also at a
+    ``-inf`` logit.
     ``"mean"`` divides as :func:`cross_entropy` does (``alpha`` never enters it).
 
     Returns ``(sum or per-sample loss, denominator or None, gradient)``.
@@ -581,11 +582,14 @@ def softmax_family(
             if isinstance(al, torch.Tensor) and al.dim():
                 a_t = al.view(-1).gather(0, t.view(-1)).view_as(lse)
             coef = a_t if coef is None else coef * a_t
-        onehot = torch.arange(n_classes, device=x.device).view(shape) == t
         z_t = z.gather(1, t)
         log_pt = z_t - lse
         p_t = torch.exp(log_pt)
-        s_other = torch.where(onehot, 0.0, ez).sum(dim=1, keepdim=True)
+        # S - e^{z_t} sums the other classes exactly to rounding while p_t <= 1/2; above it
+        # the target is the unique maximum (z_t = 0) and the other classes are those below 0
+        s_below = torch.where(z == 0, 0.0, ez).sum(dim=1, keepdim=True)
+        big = p_t > 0.5
+        s_other = torch.where(big, s_below, sum_ez - torch.exp(z_t))
         u = s_other / sum_ez  # 1 - p_t, exact
         f = -log_pt
         m = None
@@ -598,11 +602,11 @@ def softmax_family(
             f = torch.where(coef == 0, 0.0, coef * f)
         loss = f.squeeze(1)
         if need_grad:
-            h = _p_dfdp(p_t, log_pt, u, p_t > 0.5, m, gamma, epsilon) * sc
+            h = _p_dfdp(p_t, log_pt, u, big, m, gamma, epsilon) * sc
             if coef is not None:
                 h = torch.where(coef == 0, 0.0, coef * h)
             # g_k - p_k sum g = h ([k = t] - p_k)
-            grad = torch.where(onehot, h, 0.0) - ez * (h / sum_ez)
+            grad = (ez * (-h / sum_ez)).scatter_add(1, t, h)
     out = loss.sum() if reduce else loss.to(output_dtype(input))
     if mean_denominator is not None:
         out = out / mean_denominator  # the gradient has it already
