@@ -366,16 +366,21 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     import crossent
 
     commit = ""
-    try:  # the source tree's revision, when it is a git checkout (with "-dirty" if edited)
+    try:  # the package's revision, when it is a git checkout ("-dirty" if its code is edited;
+        # the results files the benchmarks append to do not count)
         import subprocess
 
-        commit = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
+        here = Path(__file__).resolve().parent
+
+        def git(*args: str) -> str:
+            run = subprocess.run(
+                ["git", *args], cwd=here, capture_output=True, text=True, timeout=5
+            )
+            return run.stdout.strip() if run.returncode == 0 else ""
+
+        commit = git("rev-parse", "--short", "HEAD")
+        if commit and git("status", "--porcelain", "--untracked-files=no", "--", "."):
+            commit += "-dirty"
     except (OSError, subprocess.SubprocessError):
         pass
     name = platform.node()
