@@ -91,9 +91,9 @@ def log1p_unit(e: torch.Tensor) -> torch.Tensor:
     does not underflow). A division and seven multiply-adds where a vectorised ``log1p``
     costs several times that: on CPU the loss's largest cost.
 
-    The coefficients are literals, not module constants: ``torch.compile`` turns a float it
-    reads from a global into a graph input, which the generated loop reloads and converts on
-    every iteration (about 10% of the BCE kernel's time).
+    The coefficients are literals, not a module-level tuple: ``torch.compile(dynamic=True)``
+    turned each float read out of the tuple into a graph input, which the generated loop
+    reloaded and converted on every iteration (about 10% of the BCE kernel's time).
     """
     if e.dtype == torch.float64:
         return torch.log1p(e)
