@@ -274,41 +274,55 @@ def softmax_family_loss(
     return loss, denominator
 
 
-def _reduce(
-    loss: torch.Tensor,
-    denominator: torch.Tensor | None,
-    *,
-    reduction: str,
-    out_dtype: torch.dtype,
-    process_group: Any,
-) -> torch.Tensor:
-    return reduce_loss(loss, reduction, denominator=denominator, process_group=process_group).to(
-        out_dtype
-    )
-
-
-def fused_cross_entropy(
-    path: str,
+def _softmax_loss(
     input: torch.Tensor,
     target: torch.Tensor,
-    weight: torch.Tensor | None,
+    *,
+    class_dim: int,
     ignore_index: int | None,
     label_smoothing: float,
+    weight: torch.Tensor | None,
     reduction: str,
     process_group: Any,
-    **family: Any,
+    backend: str | None,
+    alpha: float | torch.Tensor | None = None,
+    gamma: float = 0.0,
+    epsilon: float = 0.0,
 ) -> torch.Tensor:
-    """The fused kernel of the softmax family (``family``: ``gamma``, ``alpha``, ``epsilon``)."""
-    return cross_entropy_loss(
-        path,
-        input,
-        target,
+    """The three public softmax losses after validation: the fused kernel where
+    :func:`crossent.kernels.select_backend` picks one (with ``gamma=0``, no ``alpha`` and
+    ``epsilon=0`` it runs the cross-entropy kernel), else the reference path, reduced."""
+    path = select_backend(backend, input, target, weight, alpha)
+    if path != "reference":
+        return cross_entropy_loss(
+            path,
+            input,
+            target,
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            process_group=process_group,
+            gamma=gamma,
+            alpha=alpha,
+            epsilon=epsilon,
+        )
+    x, t, valid = prepare_softmax_targets(
+        input, target, class_dim=class_dim, ignore_index=ignore_index
+    )
+    loss, denominator = softmax_family_loss(
+        x,
+        t,
+        class_dim=class_dim,
+        valid=valid,
         weight=weight,
-        ignore_index=ignore_index,
+        alpha=alpha,
+        gamma=gamma,
+        epsilon=epsilon,
         label_smoothing=label_smoothing,
-        reduction=reduction,
-        process_group=process_group,
-        **family,
+    )
+    return reduce_loss(loss, reduction, denominator=denominator, process_group=process_group).to(
+        output_dtype(input)
     )
 
 
@@ -392,23 +406,16 @@ def cross_entropy(
         label_smoothing=label_smoothing,
         reduction=reduction,
     )
-    path = select_backend(backend, input, target, weight)
-    if path != "reference":
-        return fused_cross_entropy(
-            path, input, target, weight, ignore_index, s, reduction, process_group
-        )
-    x, t, valid = prepare_softmax_targets(
-        input, target, class_dim=class_dim, ignore_index=ignore_index
-    )
-    loss, denominator = softmax_family_loss(
-        x, t, class_dim=class_dim, valid=valid, weight=weight, label_smoothing=s
-    )
-    return _reduce(
-        loss,
-        denominator,
+    return _softmax_loss(
+        input,
+        target,
+        class_dim=class_dim,
+        ignore_index=ignore_index,
+        label_smoothing=s,
+        weight=weight,
         reduction=reduction,
-        out_dtype=output_dtype(input),
         process_group=process_group,
+        backend=backend,
     )
 
 
@@ -501,40 +508,18 @@ def softmax_focal_loss(
     )
     gamma = V.check_number("gamma", gamma, low=0.0)
     alpha = check_alpha(alpha, input.shape[class_dim])
-    # gamma=0 without alpha is cross entropy: the fused path then runs its kernel
-    path = select_backend(backend, input, target, weight, alpha)
-    if path != "reference":
-        return fused_cross_entropy(
-            path,
-            input,
-            target,
-            weight,
-            ignore_index,
-            s,
-            reduction,
-            process_group,
-            gamma=gamma,
-            alpha=alpha,
-        )
-    x, t, valid = prepare_softmax_targets(
-        input, target, class_dim=class_dim, ignore_index=ignore_index
-    )
-    loss, denominator = softmax_family_loss(
-        x,
-        t,
+    return _softmax_loss(
+        input,
+        target,
         class_dim=class_dim,
-        valid=valid,
+        ignore_index=ignore_index,
+        label_smoothing=s,
         weight=weight,
+        reduction=reduction,
+        process_group=process_group,
+        backend=backend,
         alpha=alpha,
         gamma=gamma,
-        label_smoothing=s,
-    )
-    return _reduce(
-        loss,
-        denominator,
-        reduction=reduction,
-        out_dtype=output_dtype(input),
-        process_group=process_group,
     )
 
 
@@ -615,22 +600,15 @@ def poly1_cross_entropy(
         reduction=reduction,
     )
     epsilon = V.check_number("epsilon", epsilon, low=-1.0)
-    # epsilon=0 is cross entropy: the fused path then runs its kernel
-    path = select_backend(backend, input, target, weight)
-    if path != "reference":
-        return fused_cross_entropy(
-            path, input, target, weight, ignore_index, s, reduction, process_group, epsilon=epsilon
-        )
-    x, t, valid = prepare_softmax_targets(
-        input, target, class_dim=class_dim, ignore_index=ignore_index
-    )
-    loss, denominator = softmax_family_loss(
-        x, t, class_dim=class_dim, valid=valid, weight=weight, epsilon=epsilon, label_smoothing=s
-    )
-    return _reduce(
-        loss,
-        denominator,
+    return _softmax_loss(
+        input,
+        target,
+        class_dim=class_dim,
+        ignore_index=ignore_index,
+        label_smoothing=s,
+        weight=weight,
         reduction=reduction,
-        out_dtype=output_dtype(input),
         process_group=process_group,
+        backend=backend,
+        epsilon=epsilon,
     )
