@@ -16,9 +16,9 @@ which is cross entropy for :math:`\gamma = \epsilon = 0`, the focal loss for
 :math:`\epsilon = 0` and Poly-1 for :math:`\gamma = 0`. The public functions validate,
 prepare the targets (``ignore_index``), call that math and hand the per-sample loss and the
 denominator of ``"mean"`` to :func:`crossent._reduction.reduce_loss`. That is the
-``"reference"`` backend; :func:`cross_entropy` (and its special cases ``gamma=0`` focal,
-``epsilon=0`` Poly-1) asks :func:`crossent.kernels.select_backend` whether a fused kernel
-(loss and closed-form gradient in one pass, :mod:`crossent.kernels`) computes the call.
+``"reference"`` backend; each of the three first asks :func:`crossent.kernels.select_backend`
+whether a fused kernel (loss and closed-form gradient in one pass, :mod:`crossent.kernels`)
+computes the call (``_softmax_loss``).
 """
 
 from __future__ import annotations
