@@ -385,7 +385,7 @@ SOFTMAX_FAMILY = {
 }
 
 
-def _family_kwargs(loss, options, kind, dtype, w):
+def _family_kwargs(loss, options, dtype, w):
     fn, kwargs = SOFTMAX_FAMILY[loss]
     n_classes = w.numel()
     kwargs = {
@@ -405,7 +405,7 @@ def _family_kwargs(loss, options, kind, dtype, w):
 @pytest.mark.parametrize("loss", SOFTMAX_FAMILY)
 def test_fused_softmax_focal_and_poly1_equal_reference(loss, kind, options, reduction, dtype):
     x, t, w = _public_ce_case(kind)
-    fn, kwargs = _family_kwargs(loss, options, kind, dtype, w)
+    fn, kwargs = _family_kwargs(loss, options, dtype, w)
     kwargs["reduction"] = reduction
     x, t = x.to(dtype), (t.to(dtype) if t.is_floating_point() else t)
     ours, our_grad = _ce_value_and_grad(fn, x, t, backend="fused", **kwargs)
@@ -434,7 +434,7 @@ def test_fused_softmax_family_at_saturated_rows(loss, smoothing, dtype):
         dtype=dtype,
     )
     t = torch.tensor([0, 1, 2, 0, 1])
-    fn, kwargs = _family_kwargs(loss, "plain", "index", dtype, torch.ones(6))
+    fn, kwargs = _family_kwargs(loss, "plain", dtype, torch.ones(6))
     kwargs.update(label_smoothing=smoothing, reduction="none")
     if smoothing:  # smoothing gives the -inf class target mass: an infinite loss, as in torch
         x, t = x[:4], t[:4]
@@ -453,7 +453,7 @@ def test_fused_softmax_family_at_saturated_rows(loss, smoothing, dtype):
 @pytest.mark.parametrize("loss", ["focal_g2", "poly1_eps2"])
 def test_fused_softmax_family_half(loss, dtype):
     x, t, w = _ce_case((8, 6), "index", dtype)
-    fn, kwargs = _family_kwargs(loss, "both", "index", dtype, w)
+    fn, kwargs = _family_kwargs(loss, "both", dtype, w)
     ours, our_grad = _ce_value_and_grad(fn, x, t, backend="fused", **kwargs)
     up = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     ref, ref_grad = _ce_value_and_grad(fn, x.float(), t, backend="reference", **up)
