@@ -85,7 +85,8 @@ def _value_and_grad(fn, x, y, **kwargs):
     x = x.detach().clone().requires_grad_(True)
     out = fn(x, y, **kwargs)
     # a non-uniform incoming gradient, so backward's scaling is checked too
-    grad_out = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(out.shape)
+    grad_out = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype, device=out.device)
+    grad_out = grad_out.reshape(out.shape)
     (grad,) = torch.autograd.grad(out, x, grad_out)
     return out.detach(), grad
 
@@ -278,7 +279,8 @@ def _ce_case(shape, targets, dtype, seed=0):
 def _ce_value_and_grad(fn, x, t, **kwargs):
     x = x.detach().clone().requires_grad_(True)
     out = fn(x, t, **kwargs)
-    grad_out = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(out.shape)
+    grad_out = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype, device=out.device)
+    grad_out = grad_out.reshape(out.shape)
     (grad,) = torch.autograd.grad(out, x, grad_out)
     return out.detach(), grad
 
@@ -887,7 +889,7 @@ def _run_triton_cases(family: str) -> None:
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("family", ["binary", "cross_entropy", "softmax_focal"])
+@pytest.mark.parametrize("family", ["binary", "cross_entropy", "softmax_focal", "scale"])
 def test_triton_kernels_under_the_interpreter(family):
     pytest.importorskip("triton")
     _run_triton_cases(family)

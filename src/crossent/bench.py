@@ -12,7 +12,18 @@ _with_logits`` / ``F.cross_entropy``), ``torch+compile`` (``torch.compile`` of t
 function), for the sigmoid focal loss ``torchvision-style`` (torchvision's
 ``sigmoid_focal_loss`` formula, written out below) and ``torchvision-style+compile``, and for
 the softmax focal loss ``eager-focal`` (the formula most code bases write: ``log_softmax``,
-gather, ``-(1 - p_t)^gamma log p_t``) and ``eager-focal+compile``.
+gather, ``-(1 - p_t)^gamma log p_t``) and ``eager-focal+compile``; for cross entropy on CUDA
+also ``liger`` (Liger-Kernel's fused Triton cross entropy, the best-known published one), when
+``liger_kernel`` is installed. Liger writes the gradient into its input in forward, so it gets
+its own copy of the logits.
+
+On CUDA each provider's time is also taken from the device's side: ``device_ms`` is the time
+the GPU spent in kernels (and copies) per forward+backward, summed from a
+``torch.profiler`` trace of a few steps -- what the loss costs inside a model, where the host
+runs ahead and launch overhead is hidden. Divided into the fewest bytes the loss must move
+(``min_bytes``: input and target read once, gradient written once), it gives the achieved
+bandwidth, reported against a device-to-device copy measured in the same run (``copy_gbps``,
+bytes read plus bytes written).
 
 Memory, per provider, one forward+backward after the timing:
 
@@ -68,6 +79,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "losses": ["cross_entropy", "softmax_focal"],
         "sizes": [[8192, 1000], [4096, 32000]],
     },
+    # sizes on a GPU: a 4M-element loss takes microseconds there, so larger ones are added
+    "cuda": {
+        "elementwise": {"sizes": [1 << 22, 1 << 24, 1 << 26, 1 << 28]},
+        "cross_entropy": {"sizes": [[8192, 1000], [4096, 32000], [8192, 128256]]},
+    },
     "dtype": "float32",
     "warmup": 3,
     "repeats": 15,
@@ -75,6 +91,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 QUICK_CONFIG: dict[str, Any] = {
     "elementwise": {"losses": ["bce_with_logits", "sigmoid_focal"], "sizes": [1 << 12]},
     "cross_entropy": {"losses": ["cross_entropy", "softmax_focal"], "sizes": [[64, 10]]},
+    "cuda": {},
     "dtype": "float32",
     "warmup": 1,
     "repeats": 3,
@@ -113,6 +130,9 @@ FIELDS = [
     "peak_extra_bytes",
     "peak_method",
     "saved_extra_bytes",
+    "device_ms",
+    "min_bytes",
+    "copy_gbps",
 ]
 
 
@@ -143,6 +163,15 @@ def eager_softmax_focal(x: torch.Tensor, t: torch.Tensor, gamma: float = 2.0) ->
     return (-((1 - p_t) ** gamma) * log_p_t).mean()
 
 
+def _liger(backend: str | None) -> Callable | None:
+    """Liger-Kernel's cross entropy (CUDA only), or ``None`` where it is not installed."""
+    try:
+        from liger_kernel.transformers.functional import liger_cross_entropy
+    except ImportError:
+        return None
+    return lambda x, t: liger_cross_entropy(x, t)
+
+
 _COMPILED: dict[str, Callable] = {}
 
 
@@ -156,7 +185,10 @@ def _compiled(name: str, fn: Callable) -> Callable:
 class Loss:
     name: str
     family: str  # "elementwise" or "cross_entropy"
-    providers: dict[str, Callable[[str | None], Callable]] = field(repr=False)
+    # provider -> make(backend): the function to time, or None where it is not available
+    providers: dict[str, Callable[[str | None], Callable | None]] = field(repr=False)
+    cuda_only: frozenset[str] = frozenset()  # providers that run only on CUDA tensors
+    mutates_input: frozenset[str] = frozenset()  # providers that write into their input
 
 
 def _crossent(fn_name: str, **options: Any) -> Callable[[str | None], Callable]:
@@ -208,7 +240,10 @@ LOSSES: dict[str, Loss] = {
             "crossent-reference": _crossent_reference("cross_entropy"),
             "torch": _fixed(F.cross_entropy),
             "torch+compile": lambda backend: _compiled("ce", F.cross_entropy),
+            "liger": _liger,
         },
+        cuda_only=frozenset({"liger"}),
+        mutates_input=frozenset({"liger"}),
     ),
     "softmax_focal": Loss(
         "softmax_focal",
@@ -291,6 +326,52 @@ def _proc_status(key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     raise KeyError(key)
+
+
+def device_ms(
+    fn: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device, steps: int = 10
+) -> float | None:
+    """Milliseconds the GPU spends per forward+backward: the kernels and copies of ``steps``
+    steps in a ``torch.profiler`` trace, summed, over ``steps``. ``None`` off CUDA or where the
+    profiler records no device activity."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    _step(fn, x, y, device)  # nothing new to load or compile inside the trace
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            _step(fn, x, y, device)
+    cuda = torch.autograd.DeviceType.CUDA
+    total_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == cuda)
+    x.grad = None
+    return total_us / steps / 1e3 if total_us > 0 else None
+
+
+def copy_gbps(device: torch.device, nbytes: int = 1 << 30, repeats: int = 20) -> float | None:
+    """A device-to-device copy's bandwidth in GB/s, bytes read plus bytes written: the
+    practical ceiling a loss's achieved bandwidth is compared with. ``None`` off CUDA."""
+    if device.type != "cuda":
+        return None
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize(device)
+    seconds = start.elapsed_time(end) / 1e3 / repeats
+    del src, dst
+    return 2 * nbytes / seconds / 1e9
+
+
+def min_bytes(x: torch.Tensor, y: torch.Tensor) -> int:
+    """The fewest bytes a loss and its gradient must move: input and target read once, the
+    gradient (the input's size) written once."""
+    return 2 * x.numel() * x.element_size() + y.numel() * y.element_size()
 
 
 def peak_extra_bytes(
@@ -427,6 +508,10 @@ def run(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    if device.type == "cuda":  # the GPU's sizes, where the config gives them
+        for family, override in (config.get("cuda") or {}).items():
+            if config.get(family):
+                config[family] = {**config[family], **override}
     dtype = getattr(torch, str(config.get("dtype", "float32")))
     warmup, repeats = int(config["warmup"]), int(config["repeats"])
     wanted_losses = None if losses is None else set(losses)
@@ -435,6 +520,7 @@ def run(
         if name not in LOSSES:
             raise ValueError(f"Unknown loss {name!r}; known: {', '.join(LOSSES)}.")
     info = machine_info(device)
+    info["copy_gbps"] = copy_gbps(device)
     stamp = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
     run_id = f"{stamp.strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}"
     rows = []
@@ -446,23 +532,33 @@ def run(
             if wanted_losses is not None and loss_name not in wanted_losses:
                 continue
             loss = LOSSES[loss_name]
-            chosen = {
-                p: make(backend)
-                for p, make in loss.providers.items()
-                if wanted_providers is None or p in wanted_providers
-            }
+            chosen = {}
+            for p, make in loss.providers.items():
+                if wanted_providers is not None and p not in wanted_providers:
+                    continue
+                if p in loss.cuda_only and device.type != "cuda":
+                    continue
+                fn = make(backend)
+                if fn is not None:  # None: not installed
+                    chosen[p] = fn
             for size in spec["sizes"]:
                 x, y = _inputs(loss, size, dtype, device)
+                # a provider that writes into its input gets a copy of its own
+                inputs = {
+                    p: (x.detach().clone().requires_grad_(True) if p in loss.mutates_input else x)
+                    for p in chosen
+                }
                 label = _size_label(size)
                 if progress:
                     progress(f"{loss_name} {label}: {', '.join(chosen)}")
                 times: dict[str, list[tuple[float, float]]] = {p: [] for p in chosen}
                 for round_ in range(warmup + repeats):
                     for p, fn in chosen.items():
-                        step = _step(fn, x, y, device)
+                        step = _step(fn, inputs[p], y, device)
                         if round_ >= warmup:
                             times[p].append(step)
                 for p, fn in chosen.items():
+                    xp = inputs[p]
                     fwd = [a for a, _ in times[p]]
                     bwd = [b for _, b in times[p]]
                     total = [a + b for a, b in times[p]]
@@ -480,16 +576,18 @@ def run(
                     for key, values in (("fwd", fwd), ("bwd", bwd), ("total", total)):
                         med, lo, hi = _quantiles(values)
                         row[f"{key}_ms"], row[f"{key}_p25_ms"], row[f"{key}_p75_ms"] = med, lo, hi
+                    row["device_ms"] = device_ms(fn, xp, y, device)
+                    row["min_bytes"] = min_bytes(x, y)
                     if memory:
                         row["peak_extra_bytes"], row["peak_method"] = peak_extra_bytes(
-                            fn, x, y, device
+                            fn, xp, y, device
                         )
-                        row["saved_extra_bytes"] = saved_extra_bytes(fn, x, y)
+                        row["saved_extra_bytes"] = saved_extra_bytes(fn, xp, y)
                     else:
                         row["peak_extra_bytes"], row["peak_method"] = None, "skipped"
                         row["saved_extra_bytes"] = None
                     rows.append(row)
-                del x, y
+                del x, y, inputs
                 gc.collect()
     return rows
 
@@ -514,6 +612,16 @@ def append_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     path = Path(path)
     new = not path.exists() or path.stat().st_size == 0
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not new:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != FIELDS:  # written before a column was added: rewrite it with every column
+            old = read_csv(path)
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+                writer.writeheader()
+                for row in old:
+                    writer.writerow({k: _csv_value(row.get(k)) for k in FIELDS})
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         if new:
@@ -526,7 +634,7 @@ def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.4f}" if abs(value) >= 1 else f"{value:.4g}"
     return value
 
 
@@ -535,9 +643,16 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
         rows = list(csv.DictReader(f))
     for row in rows:
         for key in FIELDS:
-            if key.endswith("_ms") and row.get(key):
+            if (key.endswith("_ms") or key == "copy_gbps") and row.get(key):
                 row[key] = float(row[key])
-            elif key in ("numel", "grad_bytes", "peak_extra_bytes", "saved_extra_bytes", "repeats"):
+            elif key in (
+                "numel",
+                "grad_bytes",
+                "peak_extra_bytes",
+                "saved_extra_bytes",
+                "repeats",
+                "min_bytes",
+            ):
                 row[key] = int(float(row[key])) if row.get(key) else None
     return rows
 
@@ -549,16 +664,69 @@ def _find(rows, loss, size, provider):
     return None
 
 
+def bandwidth_gbps(row: dict[str, Any]) -> float | None:
+    """A row's achieved bandwidth: its fewest bytes over its device time (CUDA rows)."""
+    if not row.get("device_ms") or not row.get("min_bytes"):
+        return None
+    return row["min_bytes"] / (row["device_ms"] / 1e3) / 1e9
+
+
+# The elementwise losses' bandwidth target is checked from this size on: smaller inputs (48 MB
+# at 4M elements) stay in a GPU's L2 cache between steps, which measures the cache.
+BANDWIDTH_MIN_NUMEL = 1 << 24
+
+
+def _gpu_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        if row["provider"] != "crossent":
+            continue
+        gbps, copy = bandwidth_gbps(row), row.get("copy_gbps")
+        if LOSSES[row["loss"]].family == "elementwise":
+            if gbps is None or not copy or row["numel"] < BANDWIDTH_MIN_NUMEL:
+                continue
+            out.append(
+                {
+                    "target": f"{row['loss']} {row['size']}: crossent bandwidth, fwd+bwd",
+                    "wanted": ">= 80% of a copy's",
+                    "measured": f"{gbps:.0f} GB/s = {gbps / copy:.0%} of {copy:.0f} GB/s "
+                    f"({row['device_ms']:.3f} ms on the device)",
+                    "met": gbps >= 0.8 * copy,
+                }
+            )
+            continue
+        torch_row = _find(rows, row["loss"], row["size"], "torch")
+        liger = _find(rows, row["loss"], row["size"], "liger")
+        if torch_row is None or liger is None:
+            continue
+        for key, what in (("total_ms", "wall clock"), ("device_ms", "device time")):
+            if not (row.get(key) and liger.get(key) and torch_row.get(key)):
+                continue
+            ours, theirs = torch_row[key] / row[key], torch_row[key] / liger[key]
+            out.append(
+                {
+                    "target": f"{row['loss']} {row['size']}: speed-up over torch, {what}",
+                    "wanted": f">= liger's ({theirs:.2f}x)",
+                    "measured": f"{ours:.2f}x ({row[key]:.3f} vs liger {liger[key]:.3f} ms)",
+                    "met": ours >= theirs,
+                }
+            )
+    return out
+
+
 def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's CPU / GPU targets, checked on one run's rows (forward+backward medians)."""
+    """The issue's targets, checked on one run's rows (forward+backward medians): the CPU
+    speed-ups on a CPU run, bandwidth and the comparison with Liger-Kernel on a CUDA run, peak
+    memory on both."""
     checks = [
         ("sigmoid_focal", "4M", "torchvision-style", 6.0),
         ("sigmoid_focal", "4M", "torchvision-style+compile", 2.0),
         ("bce_with_logits", "4M", "torch", 2.5),
         ("cross_entropy", "8192x1000", "torch", 2.5),
     ]
-    out = []
-    for loss, size, baseline, wanted in checks:
+    on_cuda = bool(rows) and rows[0].get("device") == "cuda"
+    out = _gpu_targets(rows) if on_cuda else []
+    for loss, size, baseline, wanted in [] if on_cuda else checks:
         ours, base = _find(rows, loss, size, "crossent"), _find(rows, loss, size, baseline)
         if ours is None or base is None:
             continue
@@ -601,14 +769,17 @@ def _fmt_units(value: Any, grad_bytes: int) -> str:
 
 
 def _latest_runs(by_run: dict[str, list[dict[str, Any]]], runs: int) -> list[str]:
-    """The newest run of each set of losses (one per benchmark script), then the newest others,
-    at most ``runs`` in all, newest first."""
+    """The newest run of each set of losses (one per benchmark script) on each kind of device,
+    then the newest others, at most ``runs`` in all (but every such newest run), newest
+    first."""
     chosen, seen = [], set()
     for run_id in sorted(by_run, reverse=True):
-        losses = frozenset(row["loss"] for row in by_run[run_id])
+        first = by_run[run_id][0]
+        losses = (frozenset(row["loss"] for row in by_run[run_id]), first.get("device"))
         if losses not in seen:
             seen.add(losses)
             chosen.append(run_id)
+    runs = max(runs, len(chosen))
     for run_id in sorted(by_run, reverse=True):
         if run_id not in chosen:
             chosen.append(run_id)
@@ -654,17 +825,46 @@ def render_markdown(rows: Sequence[dict[str, Any]], *, command: str = "", runs: 
             f"({first.get('commit') or 'no git revision'}); {first['dtype']}; "
             f"{first['repeats']} timed rounds.",
             "",
+        ]
+        on_cuda = first.get("device") == "cuda"
+        device_cols = ""
+        if on_cuda:
+            copy = first.get("copy_gbps")
+            lines += [
+                "*Device ms*: the GPU's own time per forward+backward (kernels and copies, from "
+                "a profiler trace); *speed-up (device)* its ratio to the baseline's; *GB/s*: the "
+                "fewest bytes the loss must move over the device time, against a device-to-"
+                f"device copy at {copy:.0f} GB/s in this run."
+                if copy
+                else "",
+                "",
+            ]
+            device_cols = " device ms | speed-up (device) | GB/s |"
+        lines += [
             "| loss | size | provider | backend | forward ms | backward ms | fwd+bwd ms "
-            "| speed-up | peak extra | saved |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| speed-up |" + device_cols + " peak extra | saved |",
+            "|---|---|---|---|---|---|---|---|" + "---|" * (3 if on_cuda else 0) + "---|---|",
         ]
         for row in run_rows:
             base = _find(run_rows, row["loss"], row["size"], BASELINE[row["loss"]])
             speed = f"{base['total_ms'] / row['total_ms']:.2f}x" if base else "-"
+            device = ""
+            if on_cuda:
+                dev = row.get("device_ms")
+                dev_speed = (
+                    f"{base['device_ms'] / dev:.2f}x"
+                    if base and dev and base.get("device_ms")
+                    else "-"
+                )
+                gbps = bandwidth_gbps(row)
+                device = (
+                    f" {dev:.3f} |" if dev else " - |"
+                ) + f" {dev_speed} | {f'{gbps:.0f}' if gbps else '-'} |"
             lines.append(
                 f"| {row['loss']} | {row['size']} | {row['provider']} | {row['backend'] or '-'} "
                 f"| {_fmt_ms(row, 'fwd')} | {_fmt_ms(row, 'bwd')} | {_fmt_ms(row, 'total')} "
-                f"| {speed} | {_fmt_units(row.get('peak_extra_bytes'), row['grad_bytes'])} "
+                f"| {speed} |{device} "
+                f"{_fmt_units(row.get('peak_extra_bytes'), row['grad_bytes'])} "
                 f"| {_fmt_units(row.get('saved_extra_bytes'), row['grad_bytes'])} |"
             )
         checks = targets(run_rows)

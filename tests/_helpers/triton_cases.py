@@ -256,6 +256,7 @@ def _softmax_case(failures, label, x64, t, dtype, *, reduce=True, need_grad=True
         opts["gamma"],
         opts["epsilon"],
         probs,
+        None,
         reduce,
         need_grad,
     )
@@ -392,7 +393,18 @@ def softmax_focal_cases():
     for smoothing in (0.0, 0.1):
         x = torch.randn(3, 4, generator=g)
         loss, _, grad = _triton.softmax_family(
-            x, torch.tensor([0, 7, 1]), None, 0.5, None, smoothing, 2.0, 1.0, False, False, True
+            x,
+            torch.tensor([0, 7, 1]),
+            None,
+            0.5,
+            None,
+            smoothing,
+            2.0,
+            1.0,
+            False,
+            None,
+            False,
+            True,
         )
         finite = torch.isfinite(loss[[0, 2]]).all() and torch.isfinite(grad[[0, 2]]).all()
         if not (torch.isnan(loss[1]) and torch.isnan(grad[1]).all() and finite):
@@ -400,6 +412,78 @@ def softmax_focal_cases():
         count += 1
     count += _leading_blocks_of_minus_inf(failures, CF.softmax_focal_loss, {"gamma": 2.0})
     count += _leading_blocks_of_minus_inf(failures, CF.poly1_cross_entropy, {"epsilon": 1.0})
+    return failures, count
+
+
+def scale_cases():
+    """The backward scale kernel (in place, skipped where the incoming gradient is exactly 1)
+    and a mean's denominator folded into the forward kernels (a number, or a 0-dim tensor)."""
+    failures, count = [], 0
+    g = torch.Generator().manual_seed(11)
+    for n, dtype, factor in itertools.product(
+        (0, 1, 4095, 4097, 10_000),
+        (torch.float32, torch.float64, torch.float16),
+        (1.0, 0.5, -3.0),
+    ):
+        grad = torch.randn(n, generator=g).to(dtype)
+        before = grad.clone()
+        out = _triton.scale_(grad, torch.tensor(factor))
+        expected = (before.double() * factor).to(dtype)
+        label = f"scale_ n={n} {dtype} by {factor}"
+        if out is not grad:
+            failures.append(f"{label}: not in place")
+        elif factor == 1.0 and not torch.equal(grad, before):
+            failures.append(f"{label}: the buffer changed")
+        else:
+            _check(failures, label, grad, expected, dtype)
+        count += 1
+
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    y = (torch.rand(6, 5, generator=g) < 0.3).double()
+    t = torch.randint(0, 5, (6,), generator=g)
+    t[2] = -100
+    calls = {
+        "sigmoid": lambda den: _triton.sigmoid_family(
+            x, y, None, None, None, None, 2.0, 0.25, None, False, den, True, True
+        ),
+        "asymmetric": lambda den: _triton.asymmetric(
+            x, y, None, None, None, 1.0, 4.0, 0.05, den, True, True
+        ),
+        "cross_entropy": lambda den: _triton.cross_entropy(
+            x, t, None, -100, None, False, den, True, True
+        ),
+        "softmax_focal": lambda den: _triton.softmax_family(
+            x, t, None, 0.25, -100, 0.1, 2.0, 0.0, False, den, True, True
+        ),
+    }
+    for (name, call), den in itertools.product(
+        calls.items(), (7.0, torch.tensor(5.0, dtype=torch.float64))
+    ):
+        total, _, grad = call(None)
+        mean, _, scaled = call(den)
+        label = f"{name}, mean denominator {den!r}"
+        _check(failures, label + " loss", mean, total / den, torch.float64)
+        _check(failures, label + " grad", scaled, grad / den, torch.float64)
+        count += 1
+
+    # through the public functions: a folded mean and backward's scale kernel
+    y_ignored = y.clone()
+    y_ignored[0, :2] = -1.0
+    for name, fn, target, kwargs in (
+        ("bce", CF.binary_cross_entropy_with_logits, y, {}),
+        ("focal_ignore", CF.sigmoid_focal_loss, y_ignored, {"ignore_index": -1}),
+        ("ce", CF.cross_entropy, t, {}),
+        ("ce_no_ignore", CF.cross_entropy, t.clamp_min(0), {"ignore_index": None}),
+        ("softmax_focal", CF.softmax_focal_loss, t, {"gamma": 2.0}),
+    ):
+        for upstream in (1.0, 2.5):
+            grads = []
+            for backend in ("triton", "reference"):
+                xx = x.clone().requires_grad_(True)
+                (fn(xx, target, backend=backend, **kwargs) * upstream).backward()
+                grads.append(xx.grad)
+            _check(failures, f"{name} backward x {upstream}", grads[0], grads[1], torch.float64)
+            count += 1
     return failures, count
 
 
@@ -412,6 +496,7 @@ def main(argv: list[str]) -> int:
         "binary": binary_cases,
         "cross_entropy": cross_entropy_cases,
         "softmax_focal": softmax_focal_cases,
+        "scale": scale_cases,
     }
     failures, count = families[family]()
     for line in failures:

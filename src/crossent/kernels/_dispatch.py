@@ -202,14 +202,14 @@ def _run(
     ``(out, denominator, grad)`` on ``path`` and reduce.
 
     A ``mean_denominator`` known in advance (see :func:`_mean_denominator`) is folded into the
-    closed form, which then returns the mean itself; the Triton kernels take no such argument.
+    closed form (and the Triton kernels), which then returns the mean itself.
     """
     V.check_process_group(process_group, reduction)
     folded = mean_denominator is not None
     need_grad = input.requires_grad and torch.is_grad_enabled()
     if path != "triton":
-        args = (*args, _option(mean_denominator, path, input))
-    args = (*args, reduction != "none", need_grad)
+        mean_denominator = _option(mean_denominator, path, input)
+    args = (*args, mean_denominator, reduction != "none", need_grad)
     if path == "compiled":
         fn = functools.partial(_run_compiled, fn, flat)
     elif path == "fused" and not torch.compiler.is_compiling():
@@ -219,7 +219,7 @@ def _run(
     if unbatched:
         fn = functools.partial(_unbatched, fn)
     if need_grad:
-        out, denominator = FusedLoss.apply(input, fn, args, class_dim)
+        out, denominator = FusedLoss.apply(input, fn, args, class_dim, path == "triton")
     else:
         out, denominator, _ = fn(input, *args)
     if reduction == "none":
@@ -288,22 +288,20 @@ def _unbatched(fn: Callable, input: torch.Tensor, target: torch.Tensor, *args):
 
 
 def _mean_denominator(path: str, input: torch.Tensor, reduction: str, denominator: Any) -> Any:
-    """The mean's denominator when a CPU kernel can fold the mean into its pass, else ``None``.
+    """The mean's denominator when a kernel can fold the mean into its pass, else ``None``.
 
-    On CPU backward can see that its incoming gradient is exactly 1 (``loss.backward()``) and
+    Backward can then see that its incoming gradient is exactly 1 (``loss.backward()``) and
     hand the saved gradient on untouched -- if the forward already divided by the mean's
     denominator, known before the pass (``denominator``: a number, or a 0-dim tensor computed
-    from a few targets). On a GPU the incoming gradient is not read (that would synchronise),
-    so there backward scales anyway and nothing is folded.
+    from a few targets). On CPU backward reads that gradient; on a GPU the Triton scale kernel
+    reads it on the device (no synchronisation) and skips the pass.
     """
     if reduction == "global_mean" and not distributed_ready():
         reduction = "mean"  # outside a process group "global_mean" is "mean", to the last bit
-    if reduction != "mean" or denominator is None or path == "triton":
+    if reduction != "mean" or denominator is None:
         return None
     if recording_denominators():
         return None  # GradientAccumulator: reduce_sum must see the sum and its denominator
-    if input.device.type != "cpu":
-        return None
     if isinstance(denominator, torch.Tensor):
         return safe_denominator(denominator.to(_math.compute_dtype(input.dtype)))
     return denominator or None

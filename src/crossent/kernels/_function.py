@@ -7,10 +7,12 @@ place and hands it on; autograd has released its own reference by then, so the b
 forward plus backward is therefore one gradient buffer. With ``retain_graph=True`` (or
 under ``torch.compile``) backward returns a scaled copy and the saved buffer stays intact.
 
-Time: on CPU, when the incoming gradient is a scalar exactly 1 (``loss.backward()``: the
-kernels fold a mean's denominator into the forward where it is known in advance), backward
-does no pass at all. Reading that scalar is a memory load on CPU; for GPU tensors it is never
-read (that would synchronise), and backward always scales.
+Time: when the incoming gradient is a scalar exactly 1 (``loss.backward()``: the kernels fold
+a mean's denominator into the forward where it is known in advance), backward does no pass at
+all. On CPU reading that scalar is a memory load. A GPU value is never read on the host (that
+would synchronise): after a Triton forward, backward launches the Triton scale kernel, which
+reads it on the device and leaves the buffer untouched when it is 1 -- one launch instead of
+a pass of 8 bytes per element. Other GPU paths scale with ``mul_``.
 """
 
 from __future__ import annotations
@@ -43,13 +45,14 @@ def _is_exactly_one(grad_out: torch.Tensor) -> bool:
 
 
 class FusedLoss(torch.autograd.Function):
-    """``out, denominator = FusedLoss.apply(input, compute, args, class_dim)``.
+    """``out, denominator = FusedLoss.apply(input, compute, args, class_dim, on_device)``.
 
     ``compute(input, *args)`` returns ``(out, denominator, grad)``: the summed (or elementwise)
     loss, the ``"mean"`` denominator or ``None``, and d(out summed)/d(input) in the input's
     dtype. Only ``input`` receives a gradient; the dispatcher routes every call in which
     another tensor requires one to the reference path. ``class_dim``: for a per-sample loss
     (cross entropy, ``reduction="none"``) the input dimension the output lacks, else ``None``.
+    ``on_device``: the forward ran a Triton kernel, so backward scales with one too.
     """
 
     @staticmethod
@@ -59,9 +62,11 @@ class FusedLoss(torch.autograd.Function):
         compute: Callable[..., Any],
         args: tuple,
         class_dim: int | None = None,
+        on_device: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, denominator, grad = compute(input, *args)
         ctx.class_dim = class_dim if out.dim() else None
+        ctx.on_device = on_device
         ctx.save_for_backward(grad)
         if denominator is not None:
             ctx.mark_non_differentiable(denominator)
@@ -80,11 +85,16 @@ class FusedLoss(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if ctx.class_dim is not None:
             grad_out = grad_out.unsqueeze(ctx.class_dim)
+        none = (None,) * 4
         if _is_exactly_one(grad_out):
             # loss.backward() on the loss itself: the gradient is already final (a mean's
-            # denominator is folded into the forward on CPU), so no pass over it at all.
-            return grad, None, None, None
+            # denominator is folded into the forward), so no pass over it at all.
+            return grad, *none
         if torch.compiler.is_compiling() or _keep_graph():
-            return grad * grad_out, None, None, None
+            return grad * grad_out, *none
         # The graph is freed after this call: reuse the saved buffer (see the module docstring).
-        return grad.mul_(grad_out), None, None, None
+        if ctx.on_device and grad_out.dim() == 0 and grad.is_contiguous():
+            from crossent.kernels import _triton
+
+            return _triton.scale_(grad, grad_out), *none
+        return grad.mul_(grad_out), *none

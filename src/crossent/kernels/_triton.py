@@ -36,12 +36,20 @@ import triton.language as tl
 
 from crossent._reduction import output_dtype
 
-__all__ = ["asymmetric", "cross_entropy", "interpreting", "sigmoid_family", "softmax_family"]
+__all__ = [
+    "asymmetric",
+    "cross_entropy",
+    "interpreting",
+    "scale_",
+    "sigmoid_family",
+    "softmax_family",
+]
 
 LOG_CLAMP = -100.0
 EXP_CLAMP = math.exp(LOG_CLAMP)
 _ELEMENTWISE_BLOCK = 1024
 _SUM_BLOCK = 1024
+_SCALE_BLOCK = 4096
 
 
 def interpreting() -> bool:
@@ -74,6 +82,19 @@ def _scalar(hi, lo, CDT: tl.constexpr):
 
 
 @triton.jit
+def _grad_scale(scale_ptr, sc_hi, sc_lo, SCALE: tl.constexpr, CDT: tl.constexpr):
+    # The factor the gradient is stored with: 1 / the mean's denominator where it is folded
+    # into the pass (SCALE 1: passed as a number, 2: the denominator as a 0-dim tensor on the
+    # device, counted from the targets without a host synchronisation), else 1.
+    s = tl.full([], 1.0, CDT)
+    if SCALE == 1:
+        s = _scalar(sc_hi, sc_lo, CDT)
+    if SCALE == 2:
+        s = 1.0 / tl.load(scale_ptr).to(CDT)
+    return s
+
+
+@triton.jit
 def _binary_kernel(
     x_ptr,
     t_ptr,
@@ -102,6 +123,9 @@ def _binary_kernel(
     c_lo,
     eps_hi,
     eps_lo,
+    scale_ptr,
+    sc_hi,
+    sc_lo,
     KIND: tl.constexpr,  # 0: logits (BCE / focal), 1: probabilities (BCE / focal), 2: ASL
     FOCAL: tl.constexpr,
     POLY: tl.constexpr,
@@ -113,6 +137,7 @@ def _binary_kernel(
     SMOOTH: tl.constexpr,
     REDUCE: tl.constexpr,
     NEED_GRAD: tl.constexpr,
+    SCALE: tl.constexpr,
     F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -218,7 +243,7 @@ def _binary_kernel(
         grad = grad * w
     loss = tl.where(valid, loss, 0.0)
     if NEED_GRAD:
-        grad = tl.where(valid, grad, 0.0)
+        grad = tl.where(valid, grad, 0.0) * _grad_scale(scale_ptr, sc_hi, sc_lo, SCALE, CDT)
         tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
     if REDUCE:
         tl.store(part_ptr + pid, tl.sum(loss, axis=0))
@@ -245,6 +270,36 @@ def _sum_rows(parts: torch.Tensor) -> torch.Tensor:
     out = torch.empty(rows, dtype=parts.dtype, device=parts.device)
     _sum_rows_kernel[(rows,)](parts, out, n, BLOCK=_SUM_BLOCK)
     return out
+
+
+@triton.jit
+def _scale_kernel(grad_ptr, g_ptr, n, F64: tl.constexpr, BLOCK: tl.constexpr):
+    # grad *= g in place, for the 0-dim incoming gradient g of a reduced loss, read on the
+    # device. loss.backward() makes g exactly 1 (a mean's denominator is folded into the
+    # forward): then no program touches the buffer and backward costs one launch, no pass.
+    CDT: tl.constexpr = tl.float64 if F64 else tl.float32
+    g = tl.load(g_ptr).to(CDT)
+    if g != 1.0:
+        step = tl.num_programs(0).to(tl.int64) * BLOCK
+        for start in range(tl.program_id(0).to(tl.int64) * BLOCK, n, step):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < n
+            v = tl.load(grad_ptr + offs, mask=mask).to(CDT)
+            tl.store(grad_ptr + offs, (v * g).to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+def scale_(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """``grad *= grad_out`` in place for a 0-dim ``grad_out``, skipped on the device where it
+    is exactly 1 (nothing synchronises). ``grad`` must be contiguous."""
+    n = grad.numel()
+    if n:
+        programs = triton.cdiv(n, _SCALE_BLOCK)
+        if grad.device.type == "cuda":  # a grid-stride loop: a few waves of programs at most
+            sms = torch.cuda.get_device_properties(grad.device).multi_processor_count
+            programs = min(programs, 8 * sms)
+        f64 = torch.float64 in (grad.dtype, grad_out.dtype)
+        _scale_kernel[(programs,)](grad, grad_out, n, F64=f64, BLOCK=_SCALE_BLOCK)
+    return grad
 
 
 def _broadcast_index(tensor: torch.Tensor | None, shape: torch.Size):
@@ -280,7 +335,24 @@ def _ignore_value(target: torch.Tensor, ignore_index: float | None) -> float | N
     return float(torch.tensor(ignore_index, dtype=target.dtype))
 
 
-def _launch_binary(kind, input, target, weight, pos_weight, ignore_index, smoothing, opts, flags):
+def _scale_args(mean_denominator, like: torch.Tensor) -> tuple:
+    """Kernel arguments ``(scale_ptr, sc_hi, sc_lo)`` and ``SCALE`` for a mean's denominator
+    folded into the pass (see ``_grad_scale``): ``None``, a number or a 0-dim tensor."""
+    if mean_denominator is None:
+        return (like, 0.0, 0.0), 0
+    if isinstance(mean_denominator, torch.Tensor):
+        return (mean_denominator.reshape(()), 0.0, 0.0), 2
+    return (like, *_split(1.0 / mean_denominator)), 1
+
+
+def _folded(total: torch.Tensor, mean_denominator) -> torch.Tensor:
+    # the sum divided as the reference's mean divides it; the gradient has the factor already
+    return total if mean_denominator is None else total / mean_denominator
+
+
+def _launch_binary(
+    kind, input, target, weight, pos_weight, ignore_index, smoothing, opts, mean_den, flags
+):
     reduce, need_grad = flags["REDUCE"], flags["NEED_GRAD"]
     x = input.contiguous()
     t = _target_for_triton(target)
@@ -304,6 +376,7 @@ def _launch_binary(kind, input, target, weight, pos_weight, ignore_index, smooth
         *_split(opts[3]),
     ]
     dummy = x  # never read: the flags switch those loads off
+    scale_args, scale_kind = _scale_args(mean_den, dummy)
     _binary_kernel[(n_blocks,)](
         x,
         t,
@@ -319,11 +392,13 @@ def _launch_binary(kind, input, target, weight, pos_weight, ignore_index, smooth
         pw_inner,
         pw_mid,
         *scalars,
+        *scale_args,
         KIND=kind,
         HAS_W=weight is not None,
         HAS_PW=pos_weight is not None,
         HAS_IGNORE=has_ignore,
         SMOOTH=bool(smoothing),
+        SCALE=scale_kind,
         F64=cdt == torch.float64,
         BLOCK=_ELEMENTWISE_BLOCK,
         **flags,
@@ -333,7 +408,7 @@ def _launch_binary(kind, input, target, weight, pos_weight, ignore_index, smooth
     if not reduce:
         return loss.view(input.shape), None, grad
     sums = _sum_rows(parts)
-    return sums[0], (sums[1] if has_ignore else None), grad
+    return _folded(sums[0], mean_den), (sums[1] if has_ignore else None), grad
 
 
 def sigmoid_family(
@@ -347,6 +422,7 @@ def sigmoid_family(
     alpha,
     epsilon,
     probs,
+    mean_denominator,
     reduce,
     need_grad,
 ):
@@ -362,18 +438,39 @@ def sigmoid_family(
     opts = (gamma, alpha, None if alpha is None else 1.0 - alpha, epsilon)
     kind = 1 if probs else 0
     return _launch_binary(
-        kind, input, target, weight, pos_weight, ignore_index, smoothing, opts, flags
+        kind,
+        input,
+        target,
+        weight,
+        pos_weight,
+        ignore_index,
+        smoothing,
+        opts,
+        mean_denominator,
+        flags,
     )
 
 
 def asymmetric(
-    input, target, weight, ignore_index, smoothing, gamma_pos, gamma_neg, clip, reduce, need_grad
+    input,
+    target,
+    weight,
+    ignore_index,
+    smoothing,
+    gamma_pos,
+    gamma_neg,
+    clip,
+    mean_denominator,
+    reduce,
+    need_grad,
 ):
     """Triton form of :func:`crossent.kernels._math.asymmetric` (same returns)."""
     flags = dict(FOCAL=False, POLY=False, HAS_ALPHA=False, CLIP=clip is not None, REDUCE=reduce)
     flags["NEED_GRAD"] = need_grad
     opts = (gamma_pos, gamma_neg, clip, None)
-    return _launch_binary(2, input, target, weight, None, ignore_index, smoothing, opts, flags)
+    return _launch_binary(
+        2, input, target, weight, None, ignore_index, smoothing, opts, mean_denominator, flags
+    )
 
 
 @triton.jit
@@ -397,6 +494,9 @@ def _cross_entropy_kernel(
     eps_lo,
     alpha_hi,
     alpha_lo,
+    scale_ptr,
+    sc_hi,
+    sc_lo,
     PROBS: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
@@ -405,6 +505,7 @@ def _cross_entropy_kernel(
     POLY: tl.constexpr,
     ALPHA: tl.constexpr,  # 0: none, 1: one number for every class, 2: a (C,) tensor
     NEED_GRAD: tl.constexpr,
+    SCALE: tl.constexpr,
     F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -416,6 +517,7 @@ def _cross_entropy_kernel(
     # Row = (sample n, spatial position s); class j sits at n * C * inner + j * inner + s.
     base = (row // inner) * n_classes * inner + row % inner
     smoothing = _scalar(s_hi, s_lo, CDT)
+    grad_scale = _grad_scale(scale_ptr, sc_hi, sc_lo, SCALE, CDT)
     # Pass 1: online softmax -- running max m and sum d of exp(x - m), rescaled when m grows --
     # and the weight sums the gradient's coefficient needs.
     m = tl.full([], float("-inf"), CDT)
@@ -572,6 +674,7 @@ def _cross_entropy_kernel(
                     g = tl.where(top, g * om_top - p * g_rest, g - p * (g_rest + g_top))
                     if not PROBS:
                         g = tl.where(in_range, g, float("nan"))
+                    g = g * grad_scale
                     tl.store(grad_ptr + offs, g.to(grad_ptr.dtype.element_ty), mask=cmask)
             if phase == 0:
                 loss = tl.sum(acc, axis=0)
@@ -616,6 +719,7 @@ def _cross_entropy_kernel(
                     if SMOOTH:
                         g -= eps * wj
                     g = tl.where(in_range, g, float("nan"))
+                g = g * grad_scale
                 tl.store(grad_ptr + offs, g.to(grad_ptr.dtype.element_ty), mask=cmask)
         if PROBS:
             loss = tl.sum(acc, axis=0)
@@ -753,6 +857,7 @@ def softmax_family(
     gamma,
     epsilon,
     probs,
+    mean_denominator,
     reduce,
     need_grad,
 ):
@@ -775,6 +880,7 @@ def softmax_family(
     if cdt == torch.float64 and (probs or smoothing) and (gamma or epsilon or alpha_kind):
         cap = 1024  # ptxas (sm_90) spills registers on this path at 2048 classes, 8 warps
     block = min(triton.next_power_of_2(max(n_classes, 1)), cap)
+    scale_args, scale_kind = _scale_args(mean_denominator, x)
     if n_rows:
         _cross_entropy_kernel[(n_rows,)](
             x,
@@ -791,6 +897,7 @@ def softmax_family(
             *_split(gamma),
             *_split(epsilon),
             *_split(alpha if alpha_kind == 1 else None),
+            *scale_args,
             PROBS=probs,
             HAS_W=weight is not None,
             HAS_IGNORE=ignore_index is not None,
@@ -799,6 +906,7 @@ def softmax_family(
             POLY=bool(epsilon),
             ALPHA=alpha_kind,
             NEED_GRAD=need_grad,
+            SCALE=scale_kind,
             F64=cdt == torch.float64,
             BLOCK=block,
             num_warps=8 if block >= min(cap, 2048) else 4,  # wide rows: more threads per program
@@ -808,11 +916,24 @@ def softmax_family(
         loss = rows[0].view((x.shape[0], *x.shape[2:])).to(output_dtype(input))
         return loss, None, grad
     sums = _sum_rows(rows) if n_rows else torch.zeros(2, dtype=cdt, device=x.device)
-    return sums[0], (sums[1] if has_denominator else None), grad
+    return _folded(sums[0], mean_denominator), (sums[1] if has_denominator else None), grad
 
 
-def cross_entropy(input, target, weight, ignore_index, smoothing, probs, reduce, need_grad):
+def cross_entropy(
+    input, target, weight, ignore_index, smoothing, probs, mean_denominator, reduce, need_grad
+):
     """Triton form of :func:`crossent.kernels._math.cross_entropy` (same returns)."""
     return softmax_family(
-        input, target, weight, None, ignore_index, smoothing, 0.0, 0.0, probs, reduce, need_grad
+        input,
+        target,
+        weight,
+        None,
+        ignore_index,
+        smoothing,
+        0.0,
+        0.0,
+        probs,
+        mean_denominator,
+        reduce,
+        need_grad,
     )

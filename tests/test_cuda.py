@@ -1,0 +1,185 @@
+"""The Triton kernels on a real GPU: every loss and option against the reference evaluated in
+float64, the backward scale kernel, and offsets past 2**31 elements.
+
+Skipped without CUDA (CI has none: there the same kernels run under ``TRITON_INTERPRET=1``,
+see ``test_kernels.py``). On a CUDA machine: ``python -m pytest tests/test_cuda.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crossent import functional as CF
+from crossent.kernels import _triton
+from tests._helpers import assert_close
+from tests.test_kernels import (
+    OPTIONS,
+    SOFTMAX_FAMILY,
+    VARIANTS,
+    _case,
+    _ce_value_and_grad,
+    _check_against_reference,
+    _family_kwargs,
+    _public_ce_case,
+    _value_and_grad,
+)
+
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    pytest.mark.triton,
+]
+CUDA = "cuda"
+
+
+def _to_cuda(value):
+    return value.to(CUDA) if isinstance(value, torch.Tensor) else value
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_triton_binary_family_equals_reference(variant, option, reduction, soft, dtype):
+    fn, x, y, kwargs = _case(variant, option, dtype, soft, shape=(67, 129))
+    x, y = x.to(CUDA), y.to(CUDA)
+    kwargs = {k: _to_cuda(v) for k, v in kwargs.items()}
+    ours, our_grad = _value_and_grad(fn, x, y, reduction=reduction, backend="triton", **kwargs)
+    assert ours.dtype == dtype and our_grad.dtype == dtype and our_grad.is_cuda
+    _check_against_reference(fn, x, y, ours, our_grad, reduction=reduction, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_triton_binary_family_half_inputs(variant, reduction, dtype):
+    fn, x, y, kwargs = _case(variant, "all", dtype, soft=True, shape=(67, 129))
+    x, y = x.to(CUDA), y.to(CUDA)
+    kwargs = {k: _to_cuda(v) for k, v in kwargs.items()}
+    ours, our_grad = _value_and_grad(fn, x, y, reduction=reduction, backend="triton", **kwargs)
+    ref, ref_grad = _value_and_grad(fn, x, y, reduction=reduction, backend="reference", **kwargs)
+    assert ours.dtype == dtype and our_grad.dtype == dtype
+    assert_close(ours, ref)
+    assert_close(our_grad, ref_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("options", ["plain", "weight", "smoothing", "both"])
+@pytest.mark.parametrize("kind", ["index", "probs", "single_index"])
+@pytest.mark.parametrize("loss", ["cross_entropy", *SOFTMAX_FAMILY])
+def test_triton_softmax_family_equals_reference(loss, kind, options, reduction, dtype):
+    x, t, w = _public_ce_case(kind)
+    if loss == "cross_entropy":
+        fn = CF.cross_entropy
+        kwargs = {"weight": w.to(dtype)} if options in ("weight", "both") else {}
+        if options in ("smoothing", "both"):
+            kwargs["label_smoothing"] = 0.2
+    else:
+        fn, kwargs = _family_kwargs(loss, options, dtype, w)
+    kwargs = {k: _to_cuda(v) for k, v in kwargs.items()}
+    kwargs["reduction"] = reduction
+    x, t = x.to(dtype).to(CUDA), (t.to(dtype) if t.is_floating_point() else t).to(CUDA)
+    ours, our_grad = _ce_value_and_grad(fn, x, t, backend="triton", **kwargs)
+    assert ours.dtype == dtype and our_grad.dtype == dtype and our_grad.is_cuda
+    up = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    t64 = t.double() if t.is_floating_point() else t
+    exact, exact_grad = _ce_value_and_grad(fn, x.double(), t64, backend="reference", **up)
+    ref, ref_grad = _ce_value_and_grad(fn, x, t, backend="reference", **kwargs)
+    from tests._helpers import assert_as_exact_as
+
+    assert_as_exact_as(ours, exact.to(dtype), ref)
+    assert_as_exact_as(our_grad, exact_grad.to(dtype), ref_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n_classes", [1000, 32000, 128256])
+@pytest.mark.parametrize("loss", ["cross_entropy", "focal_g2", "poly1_eps2"])
+def test_triton_softmax_family_wide_rows(loss, n_classes, dtype):
+    # rows wider than one block (4096 classes): the online softmax over several blocks
+    g = torch.Generator(device=CUDA).manual_seed(n_classes)
+    x = (torch.randn(64, n_classes, generator=g, device=CUDA) * 4).to(dtype)
+    t = torch.randint(0, n_classes, (64,), generator=g, device=CUDA)
+    t[::7] = -100
+    if loss == "cross_entropy":
+        fn, kwargs = CF.cross_entropy, {}
+    else:
+        fn, kwargs = _family_kwargs(loss, "plain", dtype, torch.ones(n_classes))
+    ours, our_grad = _ce_value_and_grad(fn, x, t, backend="triton", **kwargs)
+    exact, exact_grad = _ce_value_and_grad(fn, x.double(), t, backend="reference", **kwargs)
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    torch.testing.assert_close(ours.double(), exact, rtol=tol, atol=tol * 1e-2)
+    torch.testing.assert_close(our_grad.double(), exact_grad, rtol=tol, atol=tol * 1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("factor", [1.0, 0.25, -3.0])
+def test_scale_kernel_in_place_and_skipped_at_one(factor, dtype):
+    n = 3 * 4096 * 132 * 8 + 5  # more blocks than the grid: the grid-stride loop
+    grad = torch.randn(n, device=CUDA).to(dtype)
+    before = grad.clone()
+    out = _triton.scale_(grad, torch.tensor(factor, device=CUDA))
+    assert out is grad
+    if factor == 1.0:
+        assert torch.equal(grad, before)
+    else:
+        assert_close(grad, (before.double() * factor).to(dtype))
+
+
+@pytest.mark.parametrize("upstream", [1.0, 3.0])
+@pytest.mark.parametrize("loss", ["bce", "focal_ignore", "ce", "ce_weight", "softmax_focal"])
+def test_backward_from_the_loss_equals_reference(loss, upstream):
+    # loss.backward() (a folded mean: the scale kernel skips) and (3 * loss).backward()
+    g = torch.Generator(device=CUDA).manual_seed(1)
+    x = torch.randn(300, 17, generator=g, device=CUDA, dtype=torch.float64)
+    y = (torch.rand(300, 17, generator=g, device=CUDA) < 0.3).double()
+    y_ign = torch.where(torch.rand(300, 17, generator=g, device=CUDA) < 0.2, -1.0, y)
+    t = torch.randint(0, 17, (300,), generator=g, device=CUDA)
+    t[::5] = -100
+    w = torch.rand(17, generator=g, device=CUDA, dtype=torch.float64) + 0.5
+    call = {
+        "bce": lambda x, b: CF.binary_cross_entropy_with_logits(x, y, backend=b),
+        "focal_ignore": lambda x, b: CF.sigmoid_focal_loss(x, y_ign, ignore_index=-1, backend=b),
+        "ce": lambda x, b: CF.cross_entropy(x, t, backend=b),
+        "ce_weight": lambda x, b: CF.cross_entropy(x, t, weight=w, backend=b),
+        "softmax_focal": lambda x, b: CF.softmax_focal_loss(x, t, gamma=2.0, backend=b),
+    }[loss]
+    grads = []
+    for backend in ("triton", "reference"):
+        xx = x.clone().requires_grad_(True)
+        (call(xx, backend) * upstream).backward()
+        grads.append(xx.grad)
+    assert_close(grads[0], grads[1])
+
+
+def _free_gib() -> float:
+    free, _ = torch.cuda.mem_get_info()
+    return free / 2**30
+
+
+@pytest.mark.slow
+def test_offsets_past_two_to_the_31_elements():
+    # int64 offsets: the last elements of inputs with more than 2**31 entries
+    n = 2**31 + 4099
+    if _free_gib() < 3 * n * 4 / 2**30 + 4:
+        pytest.skip("needs about 30 GiB of free GPU memory")
+    x = torch.randn(n, device=CUDA)
+    y = (torch.rand(n, device=CUDA) < 0.5).float()
+    x.requires_grad_(True)
+    CF.sigmoid_focal_loss(x, y, reduction="sum", backend="triton").backward()
+    tail = slice(n - 10_000, n)
+    xt = x.detach()[tail].double().requires_grad_(True)
+    CF.sigmoid_focal_loss(xt, y[tail].double(), reduction="sum", backend="reference").backward()
+    torch.testing.assert_close(x.grad[tail].double(), xt.grad, rtol=1e-5, atol=1e-7)
+    del x, y
+    torch.cuda.empty_cache()
+
+    rows, n_classes = 16_500, 131_072  # 2.16e9 logits
+    x = torch.randn(rows, n_classes, device=CUDA).requires_grad_(True)
+    t = torch.randint(0, n_classes, (rows,), device=CUDA)
+    CF.cross_entropy(x, t, reduction="sum", backend="triton").backward()
+    last = slice(rows - 4, rows)
+    xt = x.detach()[last].double().requires_grad_(True)
+    CF.cross_entropy(xt, t[last], reduction="sum", backend="reference").backward()
+    torch.testing.assert_close(x.grad[last].double(), xt.grad, rtol=1e-5, atol=1e-9)
