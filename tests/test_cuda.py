@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from crossent import functional as CF
-from crossent.kernels import _triton
+from crossent.kernels import _dispatch, _triton
 from tests._helpers import assert_close
 from tests.test_kernels import (
     OPTIONS,
@@ -30,6 +30,15 @@ pytestmark = [
     pytest.mark.triton,
 ]
 CUDA = "cuda"
+
+
+@pytest.fixture(autouse=True)
+def _no_fallback():
+    # a Triton kernel that fails to compile falls back to the eager closed form with a warning,
+    # and every later call would then test that instead: fail the test that hit it
+    yield
+    error, _dispatch._triton_error = _dispatch._triton_error, None
+    assert error is None, f"a Triton kernel failed and the eager path ran instead: {error}"
 
 
 def _to_cuda(value):

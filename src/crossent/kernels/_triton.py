@@ -45,9 +45,13 @@ __all__ = [
     "softmax_family",
 ]
 
-LOG_CLAMP = -100.0
-EXP_CLAMP = math.exp(LOG_CLAMP)
+# Globals a kernel reads must be tl.constexpr: compiled for a GPU, Triton refuses plain ones
+# (the interpreter does not; tests/test_cuda.py catches that on a GPU).
+LOG_CLAMP = tl.constexpr(-100.0)
+EXP_CLAMP = tl.constexpr(math.exp(-100.0))
+# Launch configuration of the elementwise kernel: elements per program and warps per program.
 _ELEMENTWISE_BLOCK = 1024
+_ELEMENTWISE_WARPS = 4
 _SUM_BLOCK = 1024
 _SCALE_BLOCK = 4096
 
@@ -401,6 +405,7 @@ def _launch_binary(
         SCALE=scale_kind,
         F64=cdt == torch.float64,
         BLOCK=_ELEMENTWISE_BLOCK,
+        num_warps=_ELEMENTWISE_WARPS,
         **flags,
     )
     if grad is not None:
@@ -847,6 +852,17 @@ def _terms(z, lse_z, p, top, d, d_rest, gamma, epsilon, FOCAL: tl.constexpr, POL
     return f, h
 
 
+def _row_launch(n_classes: int, cdt: torch.dtype, dense: bool, terms: bool) -> tuple[int, int]:
+    """``(BLOCK, num_warps)`` of the row kernel: classes per block and warps per program.
+    ``dense``: every class has a target coefficient (probabilities, smoothing); ``terms``:
+    the focal / Poly-1 / alpha terms."""
+    cap = 4096 if cdt == torch.float32 else 2048
+    if cdt == torch.float64 and dense and terms:
+        cap = 1024  # ptxas (sm_90) spills registers on this path at 2048 classes, 8 warps
+    block = min(triton.next_power_of_2(max(n_classes, 1)), cap)
+    return block, 8 if block >= min(cap, 2048) else 4  # wide rows: more threads per program
+
+
 def softmax_family(
     input,
     target,
@@ -876,10 +892,8 @@ def softmax_family(
         alpha = alpha.reshape(-1).expand(n_classes).contiguous()  # a 0-dim alpha: one per class
     grad = torch.empty_like(x) if need_grad else None
     rows = torch.empty((2, n_rows), dtype=cdt, device=x.device)
-    cap = 4096 if cdt == torch.float32 else 2048
-    if cdt == torch.float64 and (probs or smoothing) and (gamma or epsilon or alpha_kind):
-        cap = 1024  # ptxas (sm_90) spills registers on this path at 2048 classes, 8 warps
-    block = min(triton.next_power_of_2(max(n_classes, 1)), cap)
+    terms = bool(gamma or epsilon or alpha_kind)
+    block, num_warps = _row_launch(n_classes, cdt, bool(probs or smoothing), terms)
     scale_args, scale_kind = _scale_args(mean_denominator, x)
     if n_rows:
         _cross_entropy_kernel[(n_rows,)](
@@ -909,7 +923,7 @@ def softmax_family(
             SCALE=scale_kind,
             F64=cdt == torch.float64,
             BLOCK=block,
-            num_warps=8 if block >= min(cap, 2048) else 4,  # wide rows: more threads per program
+            num_warps=num_warps,
         )
     has_denominator = ignore_index is not None or (weight is not None and not probs)
     if not reduce:
