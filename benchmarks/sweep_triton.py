@@ -37,17 +37,17 @@ def elementwise(n: int = 1 << 26) -> None:
         "bce": lambda a, b: crossent.binary_cross_entropy_with_logits(a, b, backend="triton"),
         "focal": lambda a, b: crossent.sigmoid_focal_loss(a, b, backend="triton"),
     }
-    default = (_triton._ELEMENTWISE_BLOCK, _triton._ELEMENTWISE_WARPS)
+    default = (_triton._ELEMENTWISE_LIGHT, _triton._ELEMENTWISE_HEAVY)
     for name, fn in losses.items():
         reference = None
         for block, warps in [(1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8), (4096, 16)]:
-            _triton._ELEMENTWISE_BLOCK, _triton._ELEMENTWISE_WARPS = block, warps
+            _triton._ELEMENTWISE_LIGHT = _triton._ELEMENTWISE_HEAVY = (block, warps)
             ms, grad = _time(fn, x, y)
             reference = grad if reference is None else reference
             same = torch.equal(grad, reference)
             gbps = 12 * n / (ms / 1e3) / 1e9
             print(f"{name} n={n} BLOCK={block} warps={warps}: {ms:.4f} ms {gbps:.0f} GB/s {same}")
-    _triton._ELEMENTWISE_BLOCK, _triton._ELEMENTWISE_WARPS = default
+    _triton._ELEMENTWISE_LIGHT, _triton._ELEMENTWISE_HEAVY = default
 
 
 def rows() -> None:

@@ -104,19 +104,28 @@ def test_triton_softmax_family_equals_reference(loss, kind, options, reduction, 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("n_classes", [1000, 32000, 128256])
-@pytest.mark.parametrize("loss", ["cross_entropy", "focal_g2", "poly1_eps2"])
+@pytest.mark.parametrize(
+    "loss", ["cross_entropy", "ce_smoothing", "ce_probs", "focal_g2", "focal_probs", "poly1_eps2"]
+)
 def test_triton_softmax_family_wide_rows(loss, n_classes, dtype):
-    # rows wider than one block (4096 classes): the online softmax over several blocks
+    # wide rows: one block of up to 32768 classes, or the online softmax over several blocks
     g = torch.Generator(device=CUDA).manual_seed(n_classes)
     x = (torch.randn(64, n_classes, generator=g, device=CUDA) * 4).to(dtype)
     t = torch.randint(0, n_classes, (64,), generator=g, device=CUDA)
     t[::7] = -100
-    if loss == "cross_entropy":
+    if loss.endswith("probs"):
+        t = torch.softmax(torch.randn(64, n_classes, generator=g, device=CUDA), 1).to(dtype)
+    if loss in ("cross_entropy", "ce_probs"):
         fn, kwargs = CF.cross_entropy, {}
+    elif loss == "ce_smoothing":
+        fn, kwargs = CF.cross_entropy, {"label_smoothing": 0.1}
+    elif loss == "focal_probs":
+        fn, kwargs = CF.softmax_focal_loss, {"gamma": 2.0}
     else:
         fn, kwargs = _family_kwargs(loss, "plain", dtype, torch.ones(n_classes))
     ours, our_grad = _ce_value_and_grad(fn, x, t, backend="triton", **kwargs)
-    exact, exact_grad = _ce_value_and_grad(fn, x.double(), t, backend="reference", **kwargs)
+    t64 = t.double() if t.is_floating_point() else t
+    exact, exact_grad = _ce_value_and_grad(fn, x.double(), t64, backend="reference", **kwargs)
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
     torch.testing.assert_close(ours.double(), exact, rtol=tol, atol=tol * 1e-2)
     torch.testing.assert_close(our_grad.double(), exact_grad, rtol=tol, atol=tol * 1e-3)

@@ -105,7 +105,8 @@ def binary_cases():
 def cross_entropy_cases():
     failures, count = [], 0
     grid = itertools.product(
-        [(6, 5), (2, 3, 4, 2), (3, 5000)],  # one block, spatial rows, several blocks per row
+        # one block, spatial rows, several blocks per row (float64; float32 at 40000 classes)
+        [(6, 5), (2, 3, 4, 2), (3, 5000), (2, 40000)],
         ["index", "probs"],
         [False, True],
         [0.0, 0.15],
@@ -171,9 +172,9 @@ def cross_entropy_cases():
 def _leading_blocks_of_minus_inf(failures, fn, options):
     """A row whose first blocks hold only -inf logits (masked classes): the online softmax
     has no finite maximum yet there, and must not form exp(-inf - -inf) = NaN."""
-    x = torch.randn(2, 5000, dtype=torch.float64)
-    x[:, :4500] = float("-inf")  # float32 blocks hold 4096 classes, float64 ones 2048
-    t = torch.tensor([4700, 4999])
+    x = torch.randn(2, 40000, dtype=torch.float64)
+    x[:, :36000] = float("-inf")  # float32 blocks hold up to 32768 classes, float64 ones 2048
+    t = torch.tensor([36700, 39999])
     ref, ref_grad = _grad(fn, x, t, reduction="none", backend="reference", **options)
     for dtype in (torch.float64, torch.float32):
         ours, our_grad = _grad(fn, x.to(dtype), t, reduction="none", backend="triton", **options)

@@ -33,6 +33,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from crossent._reduction import output_dtype
 
@@ -49,15 +50,27 @@ __all__ = [
 # (the interpreter does not; tests/test_cuda.py catches that on a GPU).
 LOG_CLAMP = tl.constexpr(-100.0)
 EXP_CLAMP = tl.constexpr(math.exp(-100.0))
-# Launch configuration of the elementwise kernel: elements per program and warps per program.
-_ELEMENTWISE_BLOCK = 1024
-_ELEMENTWISE_WARPS = 4
+# Launch configuration of the elementwise kernel, (elements, warps) per program, chosen with
+# benchmarks/sweep_triton.py on an H100: BCE from logits, a few operations per element, moves
+# the most bytes with large blocks (93% -> 97% of a copy's bandwidth at 64M elements); the
+# focal, probability and ASL forms do more arithmetic per element and want more warps over
+# fewer elements each (59% -> 67% for the focal loss).
+_ELEMENTWISE_LIGHT = (4096, 16)
+_ELEMENTWISE_HEAVY = (1024, 8)
 _SUM_BLOCK = 1024
 _SCALE_BLOCK = 4096
 
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Compiled for a GPU, tl.exp and tl.log are the fast approximate instructions (ex2 / lg2.approx
+# after a scaling whose rounding grows with |x|): several ulps off in float32 where torch's
+# expf / logf are within one or two, so the kernels call libdevice's. Divisions are
+# tl.math.div_rn: a plain / is div.full.f32, 2 ulps. The interpreter (numpy, exact to
+# rounding) has no libdevice and takes tl.exp / tl.log.
+ACCURATE = tl.constexpr(not interpreting())
 
 
 def _split(value: float | None) -> tuple[float, float]:
@@ -72,12 +85,46 @@ def _split(value: float | None) -> tuple[float, float]:
 
 
 @triton.jit
+def _div(a, b):
+    # a / b rounded to nearest: div_rn in float32 (a plain / is div.full.f32, 2 ulps); float64
+    # division is exact to rounding already
+    if b.dtype == tl.float64:
+        q = a / b
+    else:
+        q = tl.math.div_rn(a, b)
+    return q
+
+
+@triton.jit
+def _exp(x):
+    if ACCURATE:
+        y = libdevice.exp(x)
+    else:
+        y = tl.exp(x)
+    return y
+
+
+@triton.jit
+def _log(x):
+    if ACCURATE:
+        y = libdevice.log(x)
+    else:
+        y = tl.log(x)
+    return y
+
+
+@triton.jit
 def _log1p_small(e):
-    # log1p for e in [-1/2, 1] from log alone (Goldberg's trick: u - 1 is exact, and the ratio
-    # e / (u - 1) corrects the rounding of u = 1 + e); libdevice.log1p has no interpreter.
-    u = 1.0 + e
-    d = u - 1.0
-    return tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
+    # log1p for e in [-1/2, 1]. The interpreter has no libdevice: there from log alone
+    # (Goldberg's trick: u - 1 is exact, and the ratio e / (u - 1) corrects the rounding of
+    # u = 1 + e).
+    if ACCURATE:
+        r = libdevice.log1p(e)
+    else:
+        u = 1.0 + e
+        d = u - 1.0
+        r = tl.where(d == 0.0, e, tl.log(u) * _div(e, tl.where(d == 0.0, 1.0, d)))
+    return r
 
 
 @triton.jit
@@ -94,7 +141,7 @@ def _grad_scale(scale_ptr, sc_hi, sc_lo, SCALE: tl.constexpr, CDT: tl.constexpr)
     if SCALE == 1:
         s = _scalar(sc_hi, sc_lo, CDT)
     if SCALE == 2:
-        s = 1.0 / tl.load(scale_ptr).to(CDT)
+        s = _div(1.0, tl.load(scale_ptr).to(CDT))
     return s
 
 
@@ -165,40 +212,41 @@ def _binary_kernel(
     if KIND == 1:
         # Probabilities: log p, log(1 - p) clamped at -100 (torch's BCELoss), zero slope there.
         p_ok = x > 0.0
-        lp_raw = tl.log(tl.where(p_ok, x, 1.0))
+        lp_raw = _log(tl.where(p_ok, x, 1.0))
         lp = tl.maximum(tl.where(p_ok, lp_raw, LOG_CLAMP), LOG_CLAMP)
         om = 1.0 - x
         q_ok = om > 0.0
-        lq_raw = tl.log(tl.where(q_ok, om, 1.0))
+        lq_raw = _log(tl.where(q_ok, om, 1.0))
         lq = tl.maximum(tl.where(q_ok, lq_raw, LOG_CLAMP), LOG_CLAMP)
         p_live = p_ok & (lp_raw >= LOG_CLAMP)
         q_live = q_ok & (lq_raw >= LOG_CLAMP)
     else:
         # Logits: e = exp(-|x|) never overflows; log sigmoid(+-x) = min(+-x, 0) - log1p(e).
         ax = tl.abs(x)
-        e = tl.exp(-ax)
+        e = _exp(-ax)
         l = _log1p_small(e)
-        inv = 1.0 / (1.0 + e)
+        inv = _div(1.0, 1.0 + e)
         pos = x >= 0.0
         lp = tl.minimum(x, 0.0) - l
         lq = tl.minimum(-x, 0.0) - l
         p = tl.where(pos, inv, e * inv)
         q = tl.where(pos, e * inv, inv)
     if KIND == 2:
-        e_pos = tl.exp(opt_a * lq)  # q^gamma_pos
+        e_pos = _exp(opt_a * lq)  # q^gamma_pos
         pos_loss = -lp * e_pos
         d_pos = e_pos * (opt_a * p * lp - q)
         if CLIP:
             p_m = tl.maximum(p - opt_c, 0.0)
             shifted = p_m > 0.0
             safe_pm = tl.where(shifted, p_m, 1.0)
-            log_1mpm = tl.log(q + opt_c)  # log(1 - p_m) where shifted: q + m, no cancellation
-            e_neg = tl.exp(opt_b * tl.log(safe_pm))
+            log_1mpm = _log(q + opt_c)  # log(1 - p_m) where shifted: q + m, no cancellation
+            e_neg = _exp(opt_b * _log(safe_pm))
             neg_loss = tl.where(shifted, -log_1mpm * e_neg, 0.0)
-            d_neg = (p * q) * e_neg * (1.0 / (q + opt_c) - opt_b * log_1mpm / safe_pm)
+            d_neg = _div(1.0, q + opt_c) - _div(opt_b * log_1mpm, safe_pm)
+            d_neg = (p * q) * e_neg * d_neg
             d_neg = tl.where(shifted, d_neg, 0.0)
         else:
-            e_neg = tl.exp(opt_b * lp)
+            e_neg = _exp(opt_b * lp)
             neg_loss = -lq * e_neg
             d_neg = e_neg * (p - opt_b * q * lq)
         loss = y * pos_loss + y1 * neg_loss
@@ -210,24 +258,25 @@ def _binary_kernel(
             wy = y * tl.load(pw_ptr + pw_off, mask=mask, other=0.0).to(CDT)
         loss = -(wy * lp + y1 * lq)
         if KIND == 1:
-            dlp = tl.where(p_live, 1.0 / tl.where(p_live, x, 1.0), 0.0)
-            dlq = tl.where(q_live, -1.0 / tl.where(q_live, om, 1.0), 0.0)
+            dlp = tl.where(p_live, _div(1.0, tl.where(p_live, x, 1.0)), 0.0)
+            dlq = tl.where(q_live, _div(-1.0, tl.where(q_live, om, 1.0)), 0.0)
             grad = -(wy * dlp + y1 * dlq)
         else:
             grad = y1 * p - wy * q
         if FOCAL:
             if KIND == 1:
                 s = y * tl.where(q_live, om, EXP_CLAMP) + y1 * tl.where(p_live, x, EXP_CLAMP)
-                big_l = tl.log(s)
-                d_l = (y1 * p_live.to(CDT) - y * q_live.to(CDT)) / s
+                big_l = _log(s)
+                d_l = _div(y1 * p_live.to(CDT) - y * q_live.to(CDT), s)
             else:
                 a = tl.where(pos, y1, y)
                 b = tl.where(pos, y, y1)
                 d = a + b * e
                 edge = a == 0.0  # 1 - p_t = e / (1 + e); e may have underflowed
-                big_l = tl.where(edge, -ax, tl.log(tl.where(edge, 1.0, d))) - l
-                d_l = tl.where(edge, 1.0, e / tl.where(edge, 1.0, d)) * inv * (y1 - y)
-            m = tl.exp(opt_a * big_l)  # (1 - p_t)^gamma from its log
+                big_l = tl.where(edge, -ax, _log(tl.where(edge, 1.0, d))) - l
+                d_l = tl.where(edge, 1.0, _div(e, tl.where(edge, 1.0, d)))
+                d_l = d_l * inv * (y1 - y)
+            m = _exp(opt_a * big_l)  # (1 - p_t)^gamma from its log
             grad = m * (grad + opt_a * (loss * d_l))  # loss * d_l first: no inf * 0
             loss = m * loss
         if HAS_ALPHA:
@@ -237,7 +286,7 @@ def _binary_kernel(
         if POLY:
             # Poly-1: + epsilon (1 - p_t)^(gamma + 1), after alpha_t (it weights the focal term)
             epsilon = _scalar(eps_hi, eps_lo, CDT)
-            poly = tl.exp((opt_a + 1.0) * big_l)
+            poly = _exp((opt_a + 1.0) * big_l)
             loss += epsilon * poly
             grad += epsilon * (opt_a + 1.0) * poly * d_l
     if HAS_W:
@@ -361,7 +410,9 @@ def _launch_binary(
     x = input.contiguous()
     t = _target_for_triton(target)
     n = x.numel()
-    n_blocks = max(triton.cdiv(n, _ELEMENTWISE_BLOCK), 1)
+    light = kind == 0 and not (flags["FOCAL"] or flags["POLY"])
+    block, warps = _ELEMENTWISE_LIGHT if light else _ELEMENTWISE_HEAVY
+    n_blocks = max(triton.cdiv(n, block), 1)
     cdt = torch.float64 if input.dtype == torch.float64 else torch.float32
     w, w_inner, w_mid = _broadcast_index(weight, input.shape)
     pw, pw_inner, pw_mid = _broadcast_index(pos_weight, input.shape)
@@ -404,8 +455,8 @@ def _launch_binary(
         SMOOTH=bool(smoothing),
         SCALE=scale_kind,
         F64=cdt == torch.float64,
-        BLOCK=_ELEMENTWISE_BLOCK,
-        num_warps=_ELEMENTWISE_WARPS,
+        BLOCK=block,
+        num_warps=warps,
         **flags,
     )
     if grad is not None:
@@ -543,10 +594,10 @@ def _cross_entropy_kernel(
             # when the max grows, the entries at the old max join the rest
             grew = m_new > m
             top = x == m_new
-            d_rest = (d_rest + tl.where(grew, n_top, 0.0)) * tl.exp(m - shift)
-            d_rest += tl.sum(tl.where(top, 0.0, tl.exp(x - shift)), axis=0)
+            d_rest = (d_rest + tl.where(grew, n_top, 0.0)) * _exp(m - shift)
+            d_rest += tl.sum(tl.where(top, 0.0, _exp(x - shift)), axis=0)
             n_top = tl.where(grew, 0.0, n_top) + tl.sum(top.to(CDT), axis=0)
-        d = d * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
+        d = d * _exp(m - shift) + tl.sum(_exp(x - shift), axis=0)
         m = m_new
         if (PROBS or SMOOTH) and not TERMS:
             wj = _class_weights(
@@ -567,7 +618,7 @@ def _cross_entropy_kernel(
         if PROBS and HAS_IGNORE:
             yj = tl.load(t_ptr + base + cols * inner, mask=cmask, other=0.0).to(CDT)
             kept += tl.where(cmask & (yj != _scalar(ign_hi, ign_lo, CDT)), 1.0, 0.0)
-    lse_z = tl.log(d)  # log-sum-exp of z = x - m: the loss is lse_z - z_t, no cancellation
+    lse_z = _log(d)  # log-sum-exp of z = x - m: the loss is lse_z - z_t, no cancellation
     row_valid = tl.full([], 1.0, CDT)
     if PROBS and HAS_IGNORE:
         # a row is ignored when every target entry equals ignore_index
@@ -597,7 +648,7 @@ def _cross_entropy_kernel(
         nll_coef = w_t
         if SMOOTH:
             nll_coef = w_t * (1.0 - smoothing)
-            eps = tl.where(valid, smoothing / n_classes, 0.0).to(CDT)
+            eps = tl.where(valid, _div(smoothing, tl.zeros([], CDT) + n_classes), 0.0).to(CDT)
         loss = tl.where(nll_coef != 0.0, nll_coef * (lse_z - z_t), 0.0)
         coef = nll_coef + eps * sum_w
     if TERMS:
@@ -630,7 +681,7 @@ def _cross_entropy_kernel(
         # dominant class g_k (1 - p_k) - p_k g_rest, with 1 - p_k = d_rest / d exact.
         FIRST: tl.constexpr = 0 if PROBS or SMOOTH else 1
         PHASES: tl.constexpr = 2 if NEED_GRAD else 1
-        om_top = d_rest / d
+        om_top = _div(d_rest, d)
         for phase in tl.static_range(FIRST, PHASES):
             acc = tl.zeros([BLOCK], CDT)
             acc_g = tl.zeros([BLOCK], CDT)
@@ -716,7 +767,7 @@ def _cross_entropy_kernel(
                 # a zero coefficient contributes 0, also at a -inf logit (no 0 * inf)
                 acc += tl.where(cmask & (wj != 0.0), wj * (lse_z - z), 0.0)
             if NEED_GRAD:
-                g = tl.exp(z - lse_z) * coef
+                g = _exp(z - lse_z) * coef
                 if PROBS:
                     g -= wj
                 else:
@@ -758,7 +809,7 @@ def _class_weights(
     if PROBS:
         yj = tl.load(t_ptr + base + cols * inner, mask=cmask, other=0.0).to(CDT)
         if SMOOTH:
-            yj = yj * (1.0 - smoothing) + smoothing / n_classes
+            yj = yj * (1.0 - smoothing) + _div(smoothing, tl.zeros([], CDT) + n_classes)
         wj = tl.where(cmask, wj * yj, 0.0)
     return wj
 
@@ -801,7 +852,10 @@ def _dense_terms(
     )
     if not PROBS:
         # a class index, smoothed: y'_j = (1 - s) [j = t] + s / C
-        a = a * (tl.where(cols == target, 1.0 - smoothing, 0.0) + smoothing / n_classes)
+        a = a * (
+            tl.where(cols == target, 1.0 - smoothing, 0.0)
+            + _div(smoothing, tl.zeros([], CDT) + n_classes)
+        )
     a = a * keep
     if ALPHA == 1:
         a = a * alpha
@@ -819,7 +873,7 @@ def _probability(z, lse_z, d):
     """p = softmax for z = x - max, and whether the class is the dominant one: the unique
     maximum with p > 1/2 (d = sum exp(z) < 2; a tie at the max makes d >= 2 exactly)."""
     # where, not &: the interpreter cannot broadcast a scalar boolean in &
-    return tl.exp(z - lse_z), tl.where(d < 2.0, z == 0.0, False)
+    return _exp(z - lse_z), tl.where(d < 2.0, z == 0.0, False)
 
 
 @triton.jit
@@ -831,19 +885,19 @@ def _terms(z, lse_z, p, top, d, d_rest, gamma, epsilon, FOCAL: tl.constexpr, POL
     (never 1 - a rounded p), and its log p from log1p(-(1 - p)); every other class has
     p <= 1/2, where 1 - p and log1p(-p) are exact.
     """
-    om = tl.where(top, d_rest / d, 1.0 - p)
+    om = tl.where(top, _div(d_rest, d), 1.0 - p)
     # (the wheres inside keep the branch not taken finite)
     lp = tl.where(top, _log1p_small(-tl.where(top, om, 0.0)), z - lse_z)
     f = -lp
     h = tl.zeros_like(p) - 1.0
     if FOCAL:
-        l_top = tl.log(tl.where(top, d_rest, 1.0)) - lse_z
+        l_top = _log(tl.where(top, d_rest, 1.0)) - lse_z
         l1m = tl.where(top, l_top, _log1p_small(-tl.where(top, 0.0, p)))
         # (1 - p)^gamma from its log; the clamp keeps gamma * log(0) from being 0 * -inf
-        mf = tl.exp(gamma * tl.maximum(l1m, -3.0e38))
+        mf = _exp(gamma * tl.maximum(l1m, -3.0e38))
         # p log p / (1 - p): -p where 1 - p is 0 (its limit), 0 where p is 0 (no 0 * inf)
         lp_live = tl.where(p > 0.0, lp, 0.0)
-        pr = tl.where(om > 0.0, p * (lp_live / tl.where(om > 0.0, om, 1.0)), -p)
+        pr = tl.where(om > 0.0, p * _div(lp_live, tl.where(om > 0.0, om, 1.0)), -p)
         f = f * mf
         h = mf * (gamma * pr - 1.0)
     if POLY:
@@ -856,11 +910,18 @@ def _row_launch(n_classes: int, cdt: torch.dtype, dense: bool, terms: bool) -> t
     """``(BLOCK, num_warps)`` of the row kernel: classes per block and warps per program.
     ``dense``: every class has a target coefficient (probabilities, smoothing); ``terms``:
     the focal / Poly-1 / alpha terms."""
-    cap = 4096 if cdt == torch.float32 else 2048
-    if cdt == torch.float64 and dense and terms:
-        cap = 1024  # ptxas (sm_90) spills registers on this path at 2048 classes, 8 warps
-    block = min(triton.next_power_of_2(max(n_classes, 1)), cap)
-    return block, 8 if block >= min(cap, 2048) else 4  # wide rows: more threads per program
+    block = triton.next_power_of_2(max(n_classes, 1))
+    if cdt == torch.float64:
+        cap = 1024 if dense and terms else 2048  # ptxas (sm_90) spills registers beyond these
+        block = min(block, cap)
+        return block, 8 if block >= min(cap, 2048) else 4
+    # float32, measured with benchmarks/sweep_triton.py on an H100: a row of up to 32768
+    # classes in one block (one read for the softmax, the gradient from registers and L1) where
+    # only the target's coefficient is needed; the dense paths carry more per class and do
+    # better with blocks of 16384. Warps grow with the block: 4 up to 1024 classes, 32 from
+    # 16384.
+    block = min(block, 16384 if dense else 32768)
+    return block, {1024: 4, 2048: 8, 4096: 8, 8192: 16}.get(block, 4 if block < 1024 else 32)
 
 
 def softmax_family(
