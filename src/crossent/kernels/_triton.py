@@ -261,8 +261,14 @@ def _binary_kernel(
             dlp = tl.where(p_live, _div(1.0, tl.where(p_live, x, 1.0)), 0.0)
             dlq = tl.where(q_live, _div(-1.0, tl.where(q_live, om, 1.0)), 0.0)
             grad = -(wy * dlp + y1 * dlq)
+            if not HAS_PW:
+                # = (p - y) / (p (1 - p)) where both logs are live: no cancellation at p ~ y
+                both = p_live & q_live
+                grad = tl.where(both, _div(x - y, tl.where(both, x * om, 1.0)), grad)
         else:
-            grad = y1 * p - wy * q
+            # (1 - y) p - w_pos y q over the common denominator 1 + e: one rounding before
+            # the difference (p, q = 1 / (1 + e), e / (1 + e) by the sign of x)
+            grad = tl.where(pos, y1 - wy * e, y1 * e - wy) * inv
         if FOCAL:
             if KIND == 1:
                 s = y * tl.where(q_live, om, EXP_CLAMP) + y1 * tl.where(p_live, x, EXP_CLAMP)
