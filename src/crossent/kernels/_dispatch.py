@@ -307,6 +307,21 @@ def _mean_denominator(path: str, input: torch.Tensor, reduction: str, denominato
     return denominator or None
 
 
+def _binary_count(
+    input: torch.Tensor, target: torch.Tensor, ignore_index: float | None, reduction: str
+) -> Any:
+    """The binary family's ``"mean"`` denominator where it is known before the pass: the
+    element count, or -- for float16 with ``ignore_index`` -- the valid targets, counted first
+    (one more read of the targets). float16 cannot hold every unscaled gradient (``-w y / p``
+    passes 65504 at ``p ~ 3e-5``) that the mean brings back into range; folded in, the mean
+    scales the gradient before it is rounded. Else ``None``: counted in the pass itself."""
+    if ignore_index is None:
+        return input.numel()
+    if input.dtype == torch.float16 and reduction in ("mean", "global_mean"):
+        return (target != ignore_index).sum()
+    return None
+
+
 def _flat_ok(input: torch.Tensor, *weights: torch.Tensor | None) -> bool:
     return input.is_contiguous() and all(w is None for w in weights)
 
@@ -413,7 +428,7 @@ def sigmoid_family_loss(
         flat=_flat_ok(input, weight, pos_weight),
         sliceable=(0, 1),
         mean_denominator=_mean_denominator(
-            path, input, reduction, None if ignore_index is not None else input.numel()
+            path, input, reduction, _binary_count(input, target, ignore_index, reduction)
         ),
     )
 
@@ -462,7 +477,7 @@ def asymmetric_loss(
         flat=_flat_ok(input, weight),
         sliceable=(0,),
         mean_denominator=_mean_denominator(
-            path, input, reduction, None if ignore_index is not None else input.numel()
+            path, input, reduction, _binary_count(input, target, ignore_index, reduction)
         ),
     )
 
