@@ -56,22 +56,7 @@ def test_triton_binary_family_equals_reference(variant, option, reduction, soft,
     kwargs = {k: _to_cuda(v) for k, v in kwargs.items()}
     ours, our_grad = _value_and_grad(fn, x, y, reduction=reduction, backend="triton", **kwargs)
     assert ours.dtype == dtype and our_grad.dtype == dtype and our_grad.is_cuda
-    if VARIANTS[variant][1] and dtype == torch.float32 and option in ILL_CONDITIONED:
-        # Probability inputs with smoothing or pos_weight: -(w y / p - (1 - y) / (1 - p))
-        # cancels, and every float32 evaluation (torch's on this GPU included) is hundreds of
-        # ulps from the exact value on some elements; which one is closer on a given element
-        # is chance (FMA contraction differs). Measured on an H100 (67 x 129, soft targets):
-        # largest error 1404 ulps here, 880 for torch with smoothing; 1244 and 192 with
-        # pos_weight. Here: the kernel equals the closed form run by torch on the same GPU,
-        # whose accuracy test_kernels.py checks on CPU.
-        ref, ref_grad = _value_and_grad(fn, x, y, reduction=reduction, backend="fused", **kwargs)
-        assert_close(ours, ref)
-        assert_close(our_grad, ref_grad)
-        return
     _check_against_reference(fn, x, y, ours, our_grad, reduction=reduction, **kwargs)
-
-
-ILL_CONDITIONED = ("smoothing", "pos_weight", "all")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -85,16 +70,6 @@ def test_triton_binary_family_half_inputs(variant, reduction, dtype):
     ref, ref_grad = _value_and_grad(fn, x, y, reduction=reduction, backend="reference", **kwargs)
     assert ours.dtype == dtype and our_grad.dtype == dtype
     assert_close(ours, ref)
-    if reduction == "none" and dtype == torch.float16:
-        # the fused kernels keep d loss / d input in the input's dtype until backward scales
-        # it: a per-element gradient beyond float16's 65504 (-w y / p at p = 2.4e-5 here) is
-        # -inf before the incoming gradient (< 1 in this test) would bring it back into range.
-        # The reference scales first. Documented in docs/numerics.md; "mean" folds the scale.
-        fits = ref_grad.double().abs() / torch.linspace(0.5, 1.5, ref_grad.numel(), device=CUDA)
-        fits = fits.reshape(ref_grad.shape) <= torch.finfo(dtype).max
-        beyond = our_grad[~fits].abs()
-        assert ((beyond == float("inf")) | (beyond == torch.finfo(dtype).max)).all()
-        our_grad, ref_grad = our_grad[fits], ref_grad[fits]
     assert_close(our_grad, ref_grad)
 
 

@@ -19,6 +19,10 @@ Two kernels and a reduction stage:
   the flags off, cross entropy compiles to the same code as before they existed.
 * ``_sum_rows_kernel``: the deterministic second stage: one program per partial-sum row adds
   its values in a fixed order, so a result does not depend on scheduling.
+* ``_scale_kernel``: backward's ``grad *= grad_out`` in place, for a reduced loss; it reads
+  ``grad_out`` on the device and touches nothing when it is exactly 1 (``loss.backward()``
+  with the mean's denominator folded into the forward, ``SCALE``), so backward costs a launch,
+  not a pass, and never synchronises with the host.
 
 The math is the closed form of :mod:`crossent.kernels._math`; see its docstrings. Scalars
 (gamma, alpha, ...) are passed as two float32 numbers ``hi + lo``, so float64 inputs keep
