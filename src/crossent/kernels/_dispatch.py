@@ -287,14 +287,15 @@ def _unbatched(fn: Callable, input: torch.Tensor, target: torch.Tensor, *args):
     return out, denominator, None if grad is None else grad.squeeze(0)
 
 
-def _mean_denominator(path: str, input: torch.Tensor, reduction: str, denominator: Any) -> Any:
+def _mean_denominator(input: torch.Tensor, reduction: str, denominator: Any) -> Any:
     """The mean's denominator when a kernel can fold the mean into its pass, else ``None``.
 
     Backward can then see that its incoming gradient is exactly 1 (``loss.backward()``) and
     hand the saved gradient on untouched -- if the forward already divided by the mean's
-    denominator, known before the pass (``denominator``: a number, or a 0-dim tensor computed
-    from a few targets). On CPU backward reads that gradient; on a GPU the Triton scale kernel
-    reads it on the device (no synchronisation) and skips the pass.
+    denominator, known before the pass (``denominator``: a number, or a function that counts
+    it from the targets as a 0-dim tensor, called only when the mean is folded). On CPU
+    backward reads that gradient; on a GPU the Triton scale kernel reads it on the device (no
+    synchronisation) and skips the pass.
     """
     if reduction == "global_mean" and not distributed_ready():
         reduction = "mean"  # outside a process group "global_mean" is "mean", to the last bit
@@ -302,23 +303,24 @@ def _mean_denominator(path: str, input: torch.Tensor, reduction: str, denominato
         return None
     if recording_denominators():
         return None  # GradientAccumulator: reduce_sum must see the sum and its denominator
+    if callable(denominator):
+        denominator = denominator()
     if isinstance(denominator, torch.Tensor):
         return safe_denominator(denominator.to(_math.compute_dtype(input.dtype)))
     return denominator or None
 
 
-def _binary_count(
-    input: torch.Tensor, target: torch.Tensor, ignore_index: float | None, reduction: str
-) -> Any:
-    """The binary family's ``"mean"`` denominator where it is known before the pass: the
-    element count, or -- for float16 with ``ignore_index`` -- the valid targets, counted first
-    (one more read of the targets). float16 cannot hold every unscaled gradient (``-w y / p``
-    passes 65504 at ``p ~ 3e-5``) that the mean brings back into range; folded in, the mean
-    scales the gradient before it is rounded. Else ``None``: counted in the pass itself."""
+def _binary_count(input: torch.Tensor, target: torch.Tensor, ignore_index: float | None) -> Any:
+    """The binary family's ``"mean"`` denominator where it is known before the pass (see
+    :func:`_mean_denominator`): the element count, or -- for float16 with ``ignore_index`` --
+    the valid targets, counted first (one more read of the targets). float16 cannot hold every
+    unscaled gradient (``-w y / p`` passes 65504 at ``p ~ 3e-5``) that the mean brings back
+    into range; folded in, the mean scales the gradient before it is rounded. Else ``None``:
+    counted in the pass itself."""
     if ignore_index is None:
         return input.numel()
-    if input.dtype == torch.float16 and reduction in ("mean", "global_mean"):
-        return (target != ignore_index).sum()
+    if input.dtype == torch.float16:
+        return lambda: (target != ignore_index).sum()
     return None
 
 
@@ -428,7 +430,7 @@ def sigmoid_family_loss(
         flat=_flat_ok(input, weight, pos_weight),
         sliceable=(0, 1),
         mean_denominator=_mean_denominator(
-            path, input, reduction, _binary_count(input, target, ignore_index, reduction)
+            input, reduction, _binary_count(input, target, ignore_index)
         ),
     )
 
@@ -477,7 +479,7 @@ def asymmetric_loss(
         flat=_flat_ok(input, weight),
         sliceable=(0,),
         mean_denominator=_mean_denominator(
-            path, input, reduction, _binary_count(input, target, ignore_index, reduction)
+            input, reduction, _binary_count(input, target, ignore_index)
         ),
     )
 
@@ -537,8 +539,8 @@ def cross_entropy_loss(
     mean_denominator = None
     if not probs and weight is None:
         # the mean's denominator from the targets alone: a pass over N indices, not N x C
-        count = rows if ignore_index is None else (target != ignore_index).sum()
-        mean_denominator = _mean_denominator(path, input, reduction, count)
+        count = rows if ignore_index is None else lambda: (target != ignore_index).sum()
+        mean_denominator = _mean_denominator(input, reduction, count)
     return _run(
         path,
         fn,
