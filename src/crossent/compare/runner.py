@@ -8,7 +8,7 @@ import platform
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -43,28 +43,22 @@ class CompareConfig:
     seeds: int = 3
     first_seed: int = 0
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    hidden: tuple[int, ...] = (64,)
-    dropout: float = 0.0
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    batch_size: int = 64
-    max_epochs: int = 100
-    patience: int = 10
+    # the training settings, defaults from TrainSettings (the one place they are set)
+    hidden: tuple[int, ...] = TrainSettings.hidden
+    dropout: float = TrainSettings.dropout
+    lr: float = TrainSettings.lr
+    weight_decay: float = TrainSettings.weight_decay
+    batch_size: int = TrainSettings.batch_size
+    max_epochs: int = TrainSettings.max_epochs
+    patience: int = TrainSettings.patience
     metric: str | None = None
     device: str = "auto"
     threads: int = 1
     tensorboard: str | None = None
 
     def settings(self) -> TrainSettings:
-        return TrainSettings(
-            hidden=tuple(self.hidden),
-            dropout=self.dropout,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            max_epochs=self.max_epochs,
-            patience=self.patience,
-        )
+        values = {f.name: getattr(self, f.name) for f in fields(TrainSettings)}
+        return TrainSettings(**{**values, "hidden": tuple(self.hidden)})
 
     def validate(self) -> None:
         def positive_int(name: str, value: object) -> None:
