@@ -12,7 +12,7 @@ import torch
 
 from crossent import functional as CF
 from crossent.kernels import _dispatch, _triton
-from tests._helpers import assert_close
+from tests._helpers import assert_as_exact_as, assert_close
 from tests.test_kernels import (
     OPTIONS,
     SOFTMAX_FAMILY,
@@ -96,8 +96,6 @@ def test_triton_softmax_family_equals_reference(loss, kind, options, reduction, 
     t64 = t.double() if t.is_floating_point() else t
     exact, exact_grad = _ce_value_and_grad(fn, x.double(), t64, backend="reference", **up)
     ref, ref_grad = _ce_value_and_grad(fn, x, t, backend="reference", **kwargs)
-    from tests._helpers import assert_as_exact_as
-
     assert_as_exact_as(ours, exact.to(dtype), ref)
     assert_as_exact_as(our_grad, exact_grad.to(dtype), ref_grad)
 

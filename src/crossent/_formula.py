@@ -84,8 +84,8 @@ class Expr:
         return self.text()
 
 
-class Const(Expr):
-    """An option of the loss (gamma, alpha, a weight): printed as given (``2``, ``0.25``)."""
+class _Number(Expr):
+    """A number leaf; its subclass decides how it prints."""
 
     def __init__(self, value: float) -> None:
         self.v = float(value)
@@ -93,20 +93,17 @@ class Const(Expr):
 
     def value(self) -> float:
         return self.v
+
+
+class Const(_Number):
+    """An option of the loss (gamma, alpha, a weight): printed as given (``2``, ``0.25``)."""
 
     def text(self) -> str:
         return f"{self.v:g}"
 
 
-class Data(Expr):
+class Data(_Number):
     """A number from the data (a target, a computed weight): printed with 4 decimals."""
-
-    def __init__(self, value: float) -> None:
-        self.v = float(value)
-        self.precedence = _ATOM if self.v >= 0 else _NEG
-
-    def value(self) -> float:
-        return self.v
 
     def text(self) -> str:
         return fmt(self.v)
@@ -256,9 +253,9 @@ def _negated(term: Expr) -> str | None:
     """The text of ``-term`` where that is ``term`` without its leading minus, else None."""
     if isinstance(term, Neg):
         return term.arg.wrapped(_MUL)
-    if isinstance(term, (Const, Data)) and term.v < 0:
+    if isinstance(term, _Number) and term.v < 0:
         return type(term)(-term.v).text()
-    if isinstance(term, Mul) and isinstance(term.factors[0], (Const, Data)):
+    if isinstance(term, Mul) and isinstance(term.factors[0], _Number):
         first = term.factors[0]
         if first.v < 0:
             return Mul([type(first)(-first.v), *term.factors[1:]]).text()
