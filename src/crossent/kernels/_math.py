@@ -468,9 +468,7 @@ def cross_entropy(
             grad = ez * (coef * sc / sum_ez)
             if smoothing is not None:
                 grad = grad - (eps * sc if w is None else (eps * sc) * w)
-            # a scatter at the target column (measured faster under torch.compile on CPU than
-            # a compare with every column fused into the pass that writes the gradient)
-            grad = grad.scatter_add(1, t, -(nll_coef * sc))
+            grad = _add_at_target(grad, t, -(nll_coef * sc))
         loss = loss.squeeze(1)
     out = loss.sum() if reduce else loss.to(output_dtype(input))
     if mean_denominator is not None:
@@ -606,11 +604,31 @@ def softmax_family(
             if coef is not None:
                 h = torch.where(coef == 0, 0.0, coef * h)
             # g_k - p_k sum g = h ([k = t] - p_k)
-            grad = (ez * (-h / sum_ez)).scatter_add(1, t, h)
+            grad = _add_at_target(ez * (-h / sum_ez), t, h)
     out = loss.sum() if reduce else loss.to(output_dtype(input))
     if mean_denominator is not None:
         out = out / mean_denominator  # the gradient has it already
     return out, denominator, None if grad is None else grad.to(input.dtype)
+
+
+def _add_at_target(grad: torch.Tensor, t: torch.Tensor, values) -> torch.Tensor:
+    """``grad[n, t[n, 0, ...], ...] += values[n, 0, ...]`` in place (``grad``: a fresh
+    ``(N, C, ...)`` tensor of this closed form; ``t``, ``values``: ``(N, 1, ...)``), and
+    ``grad``. An indexed accumulate, not ``scatter_add``: torch.compile fuses it into the
+    generated code (it runs ``scatter_add`` as a separate ATen call that took about 7% of a
+    cross entropy on CPU), and eagerly it writes in place instead of copying the gradient.
+    Each row has one target, so no two updates meet (deterministic)."""
+    rest = t.shape[2:]  # the extra dimensions d1, ..., dk of an (N, C, d1, ..., dk) input
+    rank = 1 + len(rest)
+    index = [torch.arange(t.shape[0], device=t.device).view([-1] + [1] * len(rest))]
+    index.append(t.squeeze(1))
+    for j, size in enumerate(rest, start=1):
+        shape = [1] * rank
+        shape[j] = size
+        index.append(torch.arange(size, device=t.device).view(shape))
+    if not isinstance(values, torch.Tensor) or values.shape != t.shape:
+        values = torch.as_tensor(values, dtype=grad.dtype, device=grad.device).expand(t.shape)
+    return grad.index_put_(tuple(index), values.squeeze(1), accumulate=True)
 
 
 def _focal_factor(gamma, log_1mp):
