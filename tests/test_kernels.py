@@ -126,6 +126,61 @@ def test_fused_equals_reference(variant, option, reduction, soft, dtype):
     _check_against_reference(fn, x, y, ours, our_grad, reduction=reduction, **kwargs)
 
 
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize("option", ["pos_weight", "smoothing", "weight_full", "all"])
+@pytest.mark.parametrize("variant", ["bce_probs", "binary_focal_g2", "binary_focal_g15"])
+def test_probability_gradients_near_their_zero_are_exact(variant, option, reduction):
+    # d loss / dp crosses 0 at p = w y / (1 - y + w y); soft targets put some of 8643 elements
+    # close to it, where a float32 evaluation (torch's too) is hundreds of ulps off. The
+    # closed form computes probability inputs in float64: the table's float32 tolerance
+    # against the exact value, on every element.
+    fn, x, y, kwargs = _case(variant, option, torch.float32, soft=True, shape=(67, 129))
+    ours, our_grad = _value_and_grad(fn, x, y, reduction=reduction, backend="fused", **kwargs)
+    exact, exact_grad = _exact(fn, x, y, reduction=reduction, **kwargs)
+    assert ours.dtype == our_grad.dtype == torch.float32
+    assert_close(ours, exact)
+    assert_close(our_grad, exact_grad)
+
+
+def test_float16_mean_gradient_survives_loss_scaling():
+    # A mean over 2048 rows puts most of d loss / dx below float16's normal range. Stored
+    # that way (as it was) and multiplied by a loss scale afterwards, a third of the entries
+    # were 0 and the gradient 1.4% off; the fused path keeps float32 until the scale is in.
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2048, 1000, generator=g) * 2).half()
+    t = torch.randint(0, 1000, (2048,), generator=g)
+
+    def scaled_grad(backend, dtype=torch.float16, scale=8192.0):
+        xx = x.to(dtype).clone().requires_grad_(True)
+        (CF.cross_entropy(xx, t, backend=backend).float() * scale).backward()
+        assert xx.grad.dtype == dtype
+        return xx.grad.double() / scale
+
+    exact = scaled_grad("reference", torch.float64, 1.0)
+    errors, zeros = {}, {}
+    for backend in ("fused", "reference"):
+        grad = scaled_grad(backend)
+        zeros[backend] = int((grad == 0).sum())  # entries below float16's range even scaled
+        errors[backend] = float((grad - exact).abs().sum() / exact.abs().sum())
+    assert zeros["fused"] <= zeros["reference"] <= 4
+    assert errors["fused"] <= 1.01 * errors["reference"] < 1e-3
+
+
+def test_float16_elementwise_gradient_beyond_65504_is_scaled_first():
+    # reduction="none": d loss / dp = -w / p = -83000 overflows float16 on its own, but the
+    # incoming gradient 0.5 brings it to -41500; the stored gradient is float32.
+    p = torch.tensor([2.4e-5, 0.5], dtype=torch.float16, requires_grad=True)
+    y = torch.tensor([1.0, 0.0], dtype=torch.float16)
+    pw = torch.tensor(2.0, dtype=torch.float16)
+    for backend in ("fused", "reference"):
+        p.grad = None
+        loss = CF.binary_cross_entropy(p, y, pos_weight=pw, reduction="none", backend=backend)
+        loss.backward(torch.full_like(loss, 0.5))
+        assert p.grad.dtype == torch.float16 and torch.isfinite(p.grad).all()
+        expected = torch.tensor([-0.5 * 2 / 2.4e-5, 1.0])
+        torch.testing.assert_close(p.grad.float(), expected, rtol=2e-3, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -723,7 +778,7 @@ def test_soft_target_gradients_fall_back_to_the_reference():
 
 
 def test_compile_failure_falls_back_to_the_eager_closed_form(monkeypatch):
-    def broken(fn):
+    def broken(fn, args):
         def raise_(*args):
             raise RuntimeError("no C++ compiler")
 
@@ -775,6 +830,30 @@ def test_compiled_bce_auto_large_input_and_no_recompile_for_new_shapes():
         assert_close(ours, ref)
         assert_close(grad, ref_grad)
     assert _graphs() == graphs
+
+
+@pytest.mark.slow
+def test_compiled_many_loss_configurations_stay_compiled():
+    # dynamo keeps at most `recompile_limit` graphs per code object (8 by default): with one
+    # compiled closed form for every configuration, the fifth configuration with and without
+    # a gradient disabled compilation for the process. Each configuration now compiles a copy
+    # of its own -- shown here with the limit at 1.
+    configs = [
+        (CF.binary_cross_entropy_with_logits, {}),
+        (CF.sigmoid_focal_loss, {"gamma": 2.0, "alpha": 0.25}),
+        (CF.sigmoid_focal_loss, {"gamma": 1.5, "alpha": None}),
+    ]
+    with warnings.catch_warnings(), torch._dynamo.config.patch(recompile_limit=1):
+        warnings.filterwarnings("error", message="crossent: torch.compile failed")
+        for n in (300, 41):  # a new batch size reuses each configuration's graph
+            for fn, kwargs in configs:
+                x = torch.randn(n, 5)
+                y = (torch.rand(n, 5) < 0.3).float()
+                ours, grad = _value_and_grad(fn, x, y, backend="compiled", **kwargs)
+                ref, ref_grad = _exact(fn, x, y, **kwargs)
+                assert_close(ours, ref)
+                assert_close(grad, ref_grad)
+    assert K.compile_available()
 
 
 @pytest.mark.slow

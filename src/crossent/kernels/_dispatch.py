@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +41,7 @@ COMPILE_MIN_NUMEL = 1 << 16
 
 _compile_error: BaseException | None = None
 _triton_error: BaseException | None = None
-_compiled: dict[Callable, Callable] = {}
+_compiled: dict[tuple, Callable] = {}
 
 
 @functools.cache
@@ -118,13 +119,35 @@ def select_backend(backend: str | None, input: torch.Tensor, *others: Any) -> st
 # --------------------------------------------------------------------------------------------
 
 
-def _get_compiled(fn: Callable) -> Callable:
-    compiled = _compiled.get(fn)
+def _structure(args: tuple) -> tuple:
+    """What of a call ``(input, target, *options)`` torch.compile specialises a graph on, as
+    far as it varies between loss configurations: the input's dtype and rank, the target's
+    dtype, which options are ``None``, and the flags (about 2 us: this runs on every call)."""
+    x = args[0]
+    options = [a if a is None or a.__class__ is bool else 0 for a in args[2:]]
+    return (x.dtype, x.dim(), args[1].dtype, *options)
+
+
+def _get_compiled(fn: Callable, args: tuple) -> Callable:
+    """The compiled ``fn`` for calls shaped like ``args``: one per structure of the call.
+
+    torch.compile keeps a graph per combination of what is structural in a call (which
+    options are given, the reduction, whether a gradient is needed, the dtype) and caches them
+    on the function's code object, with dynamo's limit of 8 per code object, process-wide:
+    five loss configurations with and without a gradient reached it, and every later call
+    then ran eagerly. So each structure compiles a copy of ``fn`` with a code object of its
+    own; its cache holds that structure's graphs alone (a new batch size reuses them:
+    ``dynamic=True``; a new gamma or alpha too: numeric options are 0-dim tensor inputs)."""
+    key = (fn, *_structure(args))
+    compiled = _compiled.get(key)
     if compiled is None:
-        # dynamic=True: a new batch size reuses the kernel; numeric options arrive as 0-dim
-        # tensors (inputs of the graph), so a new gamma or alpha reuses it too.
-        compiled = torch.compile(fn, dynamic=True, fullgraph=True)
-        _compiled[fn] = compiled
+        clone = types.FunctionType(
+            fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+        )
+        clone.__kwdefaults__ = fn.__kwdefaults__
+        clone.__qualname__ = fn.__qualname__
+        compiled = torch.compile(clone, dynamic=True, fullgraph=True)
+        _compiled[key] = compiled
     return compiled
 
 
@@ -142,7 +165,8 @@ def _run_compiled(fn: Callable, flat: bool, input: torch.Tensor, target: torch.T
     args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
     if _compile_error is None:
         try:
-            out, denominator, grad = _get_compiled(fn)(input, target, *args)
+            call = (input, target, *args)
+            out, denominator, grad = _get_compiled(fn, call)(*call)
         except Exception as exc:
             out, denominator, grad = fn(input, target, *args)  # raises if the inputs are at fault
             _compile_error = exc
@@ -258,7 +282,7 @@ def _chunked(
     reduce, need_grad = args[-2], args[-1]
     rows = input.shape[0]
     step = max(1, chunk // max(1, input[:1].numel()))
-    grad = torch.empty_like(input) if need_grad else None
+    grad = torch.empty_like(input, dtype=_math.grad_dtype(input.dtype)) if need_grad else None
     outs, denominators = [], []
     for start in range(0, rows, step):
         rows_slice = slice(start, start + step)
@@ -399,12 +423,13 @@ def sigmoid_family_loss(
         )
         one_minus_alpha = None if alpha is None else 1.0 - alpha
         bits = None
-        if gamma is not None and float(gamma).is_integer() and 0 <= gamma <= 8:
-            # an integer gamma (2 in the paper): the focal factor by squaring, no log / exp
-            k = max(int(gamma) - 1, 0)
-            bits = (gamma >= 1, tuple(bool(k >> i & 1) for i in range(3)))
+        g_int = _math.integer_gamma(gamma)
+        if g_int is not None:
+            # the focal factor by squaring, no log / exp
+            k = max(g_int - 1, 0)
+            bits = (g_int >= 1, tuple(bool(k >> i & 1) for i in range(3)))
         if path == "compiled":
-            cdt = _math.compute_dtype(input.dtype)
+            cdt = _math.compute_dtype(input.dtype, probs)
             device = input.device
             options = [_scalar(ignore_index, _ignore_dtype(target), device)]
             options += [_scalar(v, cdt, device) for v in (keep, add, gamma)]

@@ -1,6 +1,7 @@
 """The autograd node of every fused path: forward computes loss and gradient, backward scales.
 
-Memory: the forward's gradient buffer (the input's size and dtype) is the only tensor saved.
+Memory: the forward's gradient buffer (the input's size and dtype; float32 for a float16
+input, see :func:`crossent.kernels._math.grad_dtype`) is the only tensor saved.
 When autograd will not run this node again (no ``retain_graph``), backward scales that buffer in
 place and hands it on; autograd has released its own reference by then, so the buffer becomes
 ``input.grad`` itself (or flows into the next node) without a copy. Peak extra memory of a
@@ -67,6 +68,7 @@ class FusedLoss(torch.autograd.Function):
         out, denominator, grad = compute(input, *args)
         ctx.class_dim = class_dim if out.dim() else None
         ctx.on_device = on_device
+        ctx.input_dtype = input.dtype  # float16: the gradient is stored in float32
         ctx.save_for_backward(grad)
         if denominator is not None:
             ctx.mark_non_differentiable(denominator)
@@ -86,15 +88,16 @@ class FusedLoss(torch.autograd.Function):
         if ctx.class_dim is not None:
             grad_out = grad_out.unsqueeze(ctx.class_dim)
         none = (None,) * 4
+        dtype = ctx.input_dtype
         if _is_exactly_one(grad_out):
             # loss.backward() on the loss itself: the gradient is already final (a mean's
             # denominator is folded into the forward), so no pass over it at all.
-            return grad, *none
+            return grad.to(dtype), *none
         if torch.compiler.is_compiling() or _keep_graph():
-            return grad * grad_out, *none
+            return (grad * grad_out).to(dtype), *none
         # The graph is freed after this call: reuse the saved buffer (see the module docstring).
         if ctx.on_device and grad_out.dim() == 0 and grad.is_contiguous():
             from crossent.kernels import _triton
 
-            return _triton.scale_(grad, grad_out), *none
-        return grad.mul_(grad_out), *none
+            return _triton.scale_(grad, grad_out).to(dtype), *none
+        return grad.mul_(grad_out).to(dtype), *none

@@ -37,8 +37,27 @@ EXP_CLAMP = math.exp(LOG_CLAMP)
 Scalar = float | torch.Tensor
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the gradient a fused forward stores: the input's, but float32 for
+    float16. Backward multiplies it by the incoming gradient and only then rounds to float16,
+    as autograd does. Stored in float16, a mean's gradient ``(p - y) / N`` falls below
+    float16's normal range (6.1e-5) wherever ``|p - y| < 6.1e-5 N`` (a 1000-way softmax's
+    classes from 16 rows on), and loss scaling (GradScaler) then multiplied its subnormal
+    remains -- a third of a 2048 x 1000 cross entropy's gradient entries were 0 -- while a
+    per-element gradient beyond 65504 (``reduction="none"``) overflowed before the incoming
+    gradient could bring it back. bfloat16 has float32's range and keeps its own dtype."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+def compute_dtype(dtype: torch.dtype, probs: bool = False) -> torch.dtype:
+    """The dtype a closed form computes in: float32, float64 for float64 inputs -- and for
+    probability inputs of the binary family (``probs``). Their gradient
+    ``((1 - y) p - w y (1 - p)) / (p (1 - p))`` (BCE; the focal loss adds a term) is
+    ill-conditioned where it crosses 0, at ``p = w y / (1 - y + w y)`` -- soft or smoothed
+    targets put elements there -- and every float32 evaluation, torch's included, is hundreds
+    of ulps off on some of them (about 900 for torch's CUDA ops, 1400 for a float32 kernel, on
+    a 67 x 129 case). In float64 the one rounding left is the final cast."""
+    return torch.float64 if dtype == torch.float64 or probs else torch.float32
 
 
 def _targets(target, dtype, ignore_index, keep, add):
@@ -76,7 +95,7 @@ def _finish(loss, grad, valid, weight, x, mean_denominator, reduce):
     if mean_denominator is not None:
         out = out / mean_denominator
         grad = None if grad is None else grad * (1.0 / mean_denominator)
-    return out, count, None if grad is None else grad.to(x.dtype)
+    return out, count, None if grad is None else grad.to(grad_dtype(x.dtype))
 
 
 def log1p_unit(e: torch.Tensor) -> torch.Tensor:
@@ -112,6 +131,15 @@ def _logit_terms(x):
     l = log1p_unit(e)  # softplus(-|x|), exact for tiny e
     inv = 1.0 / (1.0 + e)
     return e, l, inv, x >= 0
+
+
+def integer_gamma(gamma: Scalar | None) -> int | None:
+    """A focal ``gamma`` that is an integer in [0, 8] (2 in the paper), as an ``int``; else
+    ``None``. The kernels take ``(1 - p_t)^gamma`` for these by multiplication (no log, no
+    exp per element), one compiled variant per value."""
+    if isinstance(gamma, (int, float)) and float(gamma).is_integer() and 0 <= gamma <= 8:
+        return int(gamma)
+    return None
 
 
 def _int_power(s, bits):
@@ -178,7 +206,7 @@ def sigmoid_family(
     the result is the same to the last digits. ``None``: any ``gamma >= 0`` through
     ``exp(gamma L)``.
     """
-    dtype = compute_dtype(input.dtype)
+    dtype = compute_dtype(input.dtype, probs)
     z = input.to(dtype)
     y, valid = _targets(target, dtype, ignore_index, keep, add)
     y1 = 1.0 - y
@@ -473,7 +501,7 @@ def cross_entropy(
     out = loss.sum() if reduce else loss.to(output_dtype(input))
     if mean_denominator is not None:
         out = out / mean_denominator  # the gradient has it already
-    return out, denominator, None if grad is None else grad.to(input.dtype)
+    return out, denominator, None if grad is None else grad.to(grad_dtype(input.dtype))
 
 
 def _class_view(v: Scalar | None, dtype: torch.dtype, shape: list[int]) -> Scalar | None:
@@ -608,7 +636,7 @@ def softmax_family(
     out = loss.sum() if reduce else loss.to(output_dtype(input))
     if mean_denominator is not None:
         out = out / mean_denominator  # the gradient has it already
-    return out, denominator, None if grad is None else grad.to(input.dtype)
+    return out, denominator, None if grad is None else grad.to(grad_dtype(input.dtype))
 
 
 def _add_at_target(grad: torch.Tensor, t: torch.Tensor, values) -> torch.Tensor:

@@ -26,7 +26,11 @@ Two kernels and a reduction stage:
 
 The math is the closed form of :mod:`crossent.kernels._math`; see its docstrings. Scalars
 (gamma, alpha, ...) are passed as two float32 numbers ``hi + lo``, so float64 inputs keep
-float64 options (Triton passes Python floats as float32), and a new value is not a recompile.
+float64 options (Triton passes Python floats as float32), and a new value is not a recompile
+-- except a focal ``gamma`` that is an integer in [0, 8]: it is the constexpr ``GAMMA_INT``,
+and ``(1 - p_t)^gamma`` is then ``gamma - 1`` multiplications instead of a log and an exp
+(with the log's division, three of the five transcendental-or-division steps per element of
+the focal loss from logits; the CPU closed form does the same by squaring).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from crossent._reduction import output_dtype
+from crossent.kernels import _math
 
 __all__ = [
     "asymmetric",
@@ -195,6 +200,7 @@ def _binary_kernel(
     SCALE: tl.constexpr,
     F64: tl.constexpr,
     BLOCK: tl.constexpr,
+    GAMMA_INT: tl.constexpr = -1,  # the focal gamma when it is an integer in [0, 8], else -1
 ):
     # Options a, b, c: focal -> gamma, alpha, 1 - alpha; ASL -> gamma_pos, gamma_neg, clip.
     CDT: tl.constexpr = tl.float64 if F64 else tl.float32
@@ -274,20 +280,40 @@ def _binary_kernel(
             # the difference (p, q = 1 / (1 + e), e / (1 + e) by the sign of x)
             grad = tl.where(pos, y1 - wy * e, y1 * e - wy) * inv
         if FOCAL:
+            # s = 1 - p_t, L = log s, and s dL/dx (probabilities: s dL/dp)
             if KIND == 1:
                 s = y * tl.where(q_live, om, EXP_CLAMP) + y1 * tl.where(p_live, x, EXP_CLAMP)
-                big_l = _log(s)
-                d_l = _div(y1 * p_live.to(CDT) - y * q_live.to(CDT), s)
+                s_dl = y1 * p_live.to(CDT) - y * q_live.to(CDT)
             else:
                 a = tl.where(pos, y1, y)
                 b = tl.where(pos, y, y1)
-                d = a + b * e
-                edge = a == 0.0  # 1 - p_t = e / (1 + e); e may have underflowed
-                big_l = tl.where(edge, -ax, _log(tl.where(edge, 1.0, d))) - l
-                d_l = tl.where(edge, 1.0, _div(e, tl.where(edge, 1.0, d)))
-                d_l = d_l * inv * (y1 - y)
-            m = _exp(opt_a * big_l)  # (1 - p_t)^gamma from its log
-            grad = m * (grad + opt_a * (loss * d_l))  # loss * d_l first: no inf * 0
+                d = a + b * e  # s = d / (1 + e)
+                s = d * inv  # exact to rounding unless it underflows (then s^gamma does)
+                s_dl = (e * inv * inv) * (y1 - y)  # p q (1 - 2y)
+            if GAMMA_INT >= 0:
+                # an integer gamma: s^gamma = s * s^(gamma - 1) by multiplication, and
+                # s^gamma dL = s^(gamma - 1) (s dL): no log, exp or division per element
+                m_1 = tl.full(s.shape, 1.0, CDT)
+                for _ in tl.static_range(1, GAMMA_INT):
+                    m_1 = m_1 * s
+                if GAMMA_INT >= 1:
+                    m = m_1 * s
+                else:
+                    m = m_1
+                m_dl = m_1 * s_dl
+            else:
+                # any gamma >= 0: s^gamma = exp(gamma L)
+                if KIND == 1:
+                    big_l = _log(s)
+                    d_l = _div(s_dl, s)
+                else:
+                    edge = a == 0.0  # s = e / (1 + e); e may have underflowed: L = -|x| - l
+                    big_l = tl.where(edge, -ax, _log(tl.where(edge, 1.0, d))) - l
+                    d_l = tl.where(edge, 1.0, _div(e, tl.where(edge, 1.0, d)))
+                    d_l = d_l * inv * (y1 - y)
+                m = _exp(opt_a * big_l)
+                m_dl = m * d_l
+            grad = m * grad + opt_a * (loss * m_dl)  # loss * m_dl first: no inf * 0
             loss = m * loss
         if HAS_ALPHA:
             alpha_t = opt_b * y + opt_c * y1
@@ -296,9 +322,8 @@ def _binary_kernel(
         if POLY:
             # Poly-1: + epsilon (1 - p_t)^(gamma + 1), after alpha_t (it weights the focal term)
             epsilon = _scalar(eps_hi, eps_lo, CDT)
-            poly = _exp((opt_a + 1.0) * big_l)
-            loss += epsilon * poly
-            grad += epsilon * (opt_a + 1.0) * poly * d_l
+            loss += epsilon * (m * s)  # s^(gamma + 1)
+            grad += epsilon * (opt_a + 1.0) * m_dl * s
     if HAS_W:
         w_off = (offs // w_inner) % w_mid
         w = tl.load(w_ptr + w_off, mask=mask, other=0.0).to(CDT)
@@ -423,10 +448,11 @@ def _launch_binary(
     light = kind == 0 and not (flags["FOCAL"] or flags["POLY"])
     block, warps = _ELEMENTWISE_LIGHT if light else _ELEMENTWISE_HEAVY
     n_blocks = max(triton.cdiv(n, block), 1)
-    cdt = torch.float64 if input.dtype == torch.float64 else torch.float32
+    # float64 for float64 inputs and for probabilities (kind 1): see _math.compute_dtype
+    cdt = _math.compute_dtype(input.dtype, kind == 1)
     w, w_inner, w_mid = _broadcast_index(weight, input.shape)
     pw, pw_inner, pw_mid = _broadcast_index(pos_weight, input.shape)
-    grad = torch.empty_like(x) if need_grad else None
+    grad = torch.empty_like(x, dtype=_math.grad_dtype(x.dtype)) if need_grad else None
     loss = None if reduce else torch.empty_like(x, dtype=output_dtype(input))
     has_ignore = ignore_index is not None
     parts = torch.empty((2 if has_ignore else 1, n_blocks), dtype=cdt, device=x.device)
@@ -493,6 +519,7 @@ def sigmoid_family(
     need_grad,
 ):
     """Triton form of :func:`crossent.kernels._math.sigmoid_family` (same returns)."""
+    g_int = _math.integer_gamma(gamma)
     flags = dict(
         FOCAL=gamma is not None,
         POLY=epsilon is not None,
@@ -500,6 +527,7 @@ def sigmoid_family(
         CLIP=False,
         REDUCE=reduce,
         NEED_GRAD=need_grad,
+        GAMMA_INT=-1 if g_int is None else g_int,
     )
     opts = (gamma, alpha, None if alpha is None else 1.0 - alpha, epsilon)
     kind = 1 if probs else 0
@@ -961,7 +989,7 @@ def softmax_family(
     alpha_kind = 0 if alpha is None else 2 if isinstance(alpha, torch.Tensor) else 1
     if alpha_kind == 2:
         alpha = alpha.reshape(-1).expand(n_classes).contiguous()  # a 0-dim alpha: one per class
-    grad = torch.empty_like(x) if need_grad else None
+    grad = torch.empty_like(x, dtype=_math.grad_dtype(x.dtype)) if need_grad else None
     rows = torch.empty((2, n_rows), dtype=cdt, device=x.device)
     terms = bool(gamma or epsilon or alpha_kind)
     block, num_warps = _row_launch(n_classes, cdt, bool(probs or smoothing), terms)
