@@ -20,16 +20,8 @@ import functools
 import pytest
 import torch
 
-triton = pytest.importorskip("triton")
-try:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.runtime.jit import JITFunction
-except ImportError:  # pragma: no cover - another Triton layout
-    pytest.skip("this Triton has no ASTSource / GPUTarget", allow_module_level=True)
-
 from crossent import functional as CF
-from crossent.kernels import _dispatch, _triton
+from crossent.kernels import _dispatch
 from tests.test_kernels import (
     OPTIONS,
     SOFTMAX_FAMILY,
@@ -39,6 +31,15 @@ from tests.test_kernels import (
     _public_ce_case,
 )
 
+triton = pytest.importorskip("triton")
+try:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction, mangle_type
+except ImportError:  # pragma: no cover - another Triton layout
+    pytest.skip("this Triton has no ASTSource / GPUTarget", allow_module_level=True)
+_triton = pytest.importorskip("crossent.kernels._triton")  # imports triton: after the skip
+
 pytestmark = [
     pytest.mark.triton,
     pytest.mark.skipif(
@@ -47,29 +48,6 @@ pytestmark = [
 ]
 
 TARGETS = {"sm90": GPUTarget("cuda", 90, 32), "sm80": GPUTarget("cuda", 80, 32)}
-
-_POINTER_TYPES = {
-    torch.float64: "*fp64",
-    torch.float32: "*fp32",
-    torch.float16: "*fp16",
-    torch.bfloat16: "*bf16",
-    torch.int64: "*i64",
-    torch.int32: "*i32",
-    torch.uint8: "*u8",
-    torch.int8: "*i8",
-}
-
-
-def _arg_type(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return _POINTER_TYPES[value.dtype]
-    if isinstance(value, bool):
-        return "i1"
-    if isinstance(value, int):
-        return "i32" if -(2**31) <= value < 2**31 else "i64"
-    if isinstance(value, float):
-        return "fp32"
-    raise TypeError(f"no Triton type for a launch argument {value!r}")
 
 
 def _launches(calls) -> dict[tuple, tuple]:
@@ -89,7 +67,7 @@ def _launches(calls) -> dict[tuple, tuple]:
                 signature[name] = "constexpr"
                 constexprs[name] = value
             else:
-                signature[name] = _arg_type(value)
+                signature[name] = mangle_type(value)  # Triton's own: "*fp32", "i32", ...
         variants = [signature]
         if "*fp16" in signature.values():
             # bfloat16 launches the same code with other pointer types (the interpreter, which
@@ -122,7 +100,9 @@ def _binary_calls():
         for option in OPTIONS:
             for reduction in ("none", "mean"):
                 fn, x, y, kwargs = _case(variant, option, torch.float32, soft=True)
-                calls.append(functools.partial(_through_backward, fn, x, y, reduction=reduction, **kwargs))
+                calls.append(
+                    functools.partial(_through_backward, fn, x, y, reduction=reduction, **kwargs)
+                )
         for dtype in (torch.float64, torch.float16):  # float16 stands for bfloat16 too
             fn, x, y, kwargs = _case(variant, "all", dtype, soft=True)
             calls.append(functools.partial(_through_backward, fn, x, y, reduction="mean", **kwargs))
@@ -149,9 +129,7 @@ def _softmax_calls():
                     else:
                         fn, kwargs = _family_kwargs(loss, options, dtype, w)
                     t = t.to(dtype) if t.is_floating_point() else t
-                    calls.append(
-                        functools.partial(_through_backward, fn, x.to(dtype), t, **kwargs)
-                    )
+                    calls.append(functools.partial(_through_backward, fn, x.to(dtype), t, **kwargs))
     # wide rows (every block size and warp count of the launch table) and half inputs
     for n_classes in (100, 1000, 2048, 4096, 8192, 16384, 32000, 40000):
         x = torch.randn(2, n_classes)
@@ -169,9 +147,13 @@ def _softmax_calls():
     return calls
 
 
+@functools.cache
+def _family_launches(family: str) -> dict[tuple, tuple]:
+    return _launches(_binary_calls() if family == "binary" else _softmax_calls())
+
+
 def _params(family: str):
-    calls = _binary_calls() if family == "binary" else _softmax_calls()
-    launches = _launches(calls)
+    launches = _family_launches(family)
     return [
         pytest.param(launch, target, id=f"{target}-{i}-{launch[0].__name__}")
         for i, launch in enumerate(launches.values())
@@ -199,7 +181,7 @@ def test_softmax_kernels_compile_for_gpus(launch, target):
 
 def test_every_kernel_is_covered():
     # a new @triton.jit kernel that no recorded launch reaches would go untested here
-    names = {k[0] for k in _launches(_binary_calls())} | {k[0] for k in _launches(_softmax_calls())}
+    names = {key[0] for family in ("binary", "softmax") for key in _family_launches(family)}
     kernels = {
         name
         for name, value in vars(_triton).items()

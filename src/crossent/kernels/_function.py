@@ -87,17 +87,19 @@ class FusedLoss(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if ctx.class_dim is not None:
             grad_out = grad_out.unsqueeze(ctx.class_dim)
-        none = (None,) * 4
-        dtype = ctx.input_dtype
         if _is_exactly_one(grad_out):
             # loss.backward() on the loss itself: the gradient is already final (a mean's
             # denominator is folded into the forward), so no pass over it at all.
-            return grad.to(dtype), *none
-        if torch.compiler.is_compiling() or _keep_graph():
-            return (grad * grad_out).to(dtype), *none
-        # The graph is freed after this call: reuse the saved buffer (see the module docstring).
-        if ctx.on_device and grad_out.dim() == 0 and grad.is_contiguous():
+            pass
+        elif torch.compiler.is_compiling() or _keep_graph():
+            grad = grad * grad_out
+        elif ctx.on_device and grad_out.dim() == 0 and grad.is_contiguous():
+            # The graph is freed after this call: reuse the saved buffer (see the module
+            # docstring), on the device.
             from crossent.kernels import _triton
 
-            return _triton.scale_(grad, grad_out).to(dtype), *none
-        return grad.mul_(grad_out).to(dtype), *none
+            grad = _triton.scale_(grad, grad_out)
+        else:
+            grad = grad.mul_(grad_out)  # the saved buffer, reused
+        # float16: rounded from the float32 buffer only now, after the incoming gradient
+        return grad.to(ctx.input_dtype), *(None,) * 4

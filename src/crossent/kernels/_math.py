@@ -639,7 +639,7 @@ def softmax_family(
     return out, denominator, None if grad is None else grad.to(grad_dtype(input.dtype))
 
 
-def _add_at_target(grad: torch.Tensor, t: torch.Tensor, values) -> torch.Tensor:
+def _add_at_target(grad: torch.Tensor, t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``grad[n, t[n, 0, ...], ...] += values[n, 0, ...]`` in place (``grad``: a fresh
     ``(N, C, ...)`` tensor of this closed form; ``t``, ``values``: ``(N, 1, ...)``), and
     ``grad``. An indexed accumulate, not ``scatter_add``: torch.compile fuses it into the
@@ -654,8 +654,6 @@ def _add_at_target(grad: torch.Tensor, t: torch.Tensor, values) -> torch.Tensor:
         shape = [1] * rank
         shape[j] = size
         index.append(torch.arange(size, device=t.device).view(shape))
-    if not isinstance(values, torch.Tensor) or values.shape != t.shape:
-        values = torch.as_tensor(values, dtype=grad.dtype, device=grad.device).expand(t.shape)
     return grad.index_put_(tuple(index), values.squeeze(1), accumulate=True)
 
 
