@@ -113,3 +113,15 @@ def test_bench_rejects_bad_options_clearly():
     assert result.exit_code == 2 and "Expected `family` to be one of" in result.output
     result = RUNNER.invoke(app, ["bench", "--quick", "--losses", "hinge"])
     assert result.exit_code == 2 and "Unknown loss 'hinge'" in result.output
+
+
+def test_bench_names_losses_as_the_registry_does():
+    from crossent.bench import LOSSES, resolve_loss
+    from crossent.registry import get_loss
+
+    assert resolve_loss("focal") == resolve_loss("sigmoid_focal_loss") == "sigmoid_focal"
+    assert resolve_loss("ce") == "cross_entropy"
+    for key in LOSSES:  # every case measures a registered loss under one of its names
+        assert resolve_loss(get_loss(key).name) == key
+    with pytest.raises(ValueError, match="no case for the loss 'asl'"):
+        resolve_loss("asl")

@@ -15,6 +15,9 @@ from crossent import functional as CF
 from tests._helpers import assert_close
 from tests._helpers.reference import official_asl, torchvision_focal
 
+# Every test runs on every backend: calls that name none use the one of family_backend.
+pytestmark = pytest.mark.usefixtures("family_backend")
+
 LOGIT_LOSSES = {
     "bce_with_logits": CF.binary_cross_entropy_with_logits,
     "sigmoid_focal": CF.sigmoid_focal_loss,
@@ -83,6 +86,14 @@ def _pos_weight(shape, kind):
 @pytest.mark.parametrize("weight_id", WEIGHTS)
 @pytest.mark.parametrize("pos_weight_id", ["none", "per_channel"])
 @pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+@pytest.mark.compiled_subset(
+    dtype=[torch.float32],
+    shape_id=["NCHW"],
+    weight_id=["per_class"],
+    pos_weight_id=["per_channel"],
+    soft=[True],
+)
+@pytest.mark.triton_subset(dtype=[torch.float32], weight_id=["none", "full"])
 def test_bce_with_logits_matches_torch(dtype, reduction, shape_id, weight_id, pos_weight_id, soft):
     shape = SHAPES[shape_id]
     x, y = _inputs(shape, dtype, soft=soft)
@@ -102,6 +113,7 @@ def test_bce_with_logits_matches_torch(dtype, reduction, shape_id, weight_id, po
 @pytest.mark.parametrize("shape_id", SHAPES)
 @pytest.mark.parametrize("weight_id", WEIGHTS)
 @pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+@pytest.mark.triton_subset(dtype=[torch.float32])
 def test_bce_matches_torch(dtype, reduction, shape_id, weight_id, soft):
     shape = SHAPES[shape_id]
     p, y = _inputs(shape, dtype, probs=True, soft=soft)
@@ -144,6 +156,8 @@ def test_bce_module_matches_torch_module():
 @pytest.mark.parametrize("alpha", [None, 0.25, 0.9])
 @pytest.mark.parametrize("pos_weight", [False, True], ids=["no_pw", "pw"])
 @pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+@pytest.mark.compiled_subset(gamma=[2.0], alpha=[0.25], pos_weight=[False], soft=[True])
+@pytest.mark.triton_subset(alpha=[None, 0.25])
 def test_sigmoid_focal_matches_torchvision_formula(gamma, alpha, pos_weight, soft):
     x, y = _inputs((7, 5), torch.float64, soft=soft)
     pw = torch.rand(5, dtype=torch.float64) * 3 if pos_weight else None
@@ -157,6 +171,7 @@ def test_sigmoid_focal_matches_torchvision_formula(gamma, alpha, pos_weight, sof
 @pytest.mark.parametrize("gamma_pos", [0.0, 1.0])
 @pytest.mark.parametrize("gamma_neg", [0.0, 2.0, 4.0])
 @pytest.mark.parametrize("clip", [None, 0.0, 0.05, 0.2])
+@pytest.mark.compiled_subset(gamma_pos=[1.0], gamma_neg=[4.0], clip=[0.05])
 def test_asymmetric_matches_official_formula(gamma_pos, gamma_neg, clip):
     x, y = _inputs((9, 6), torch.float64)
     kwargs = dict(gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)
@@ -437,6 +452,7 @@ def test_gradcheck(case):
     assert torch.autograd.gradcheck(lambda x: GRADCHECK_CASES[case](x, y), (x,))
 
 
+@pytest.mark.backends("reference")  # a gradient for the targets: the reference path's
 def test_soft_target_gradient_flows_for_bce():
     x = torch.randn(5, dtype=torch.float64)
     y = torch.rand(5, dtype=torch.float64, requires_grad=True)
@@ -445,6 +461,7 @@ def test_soft_target_gradient_flows_for_bce():
 
 
 @pytest.mark.parametrize("name", ALL_LOSSES)
+@pytest.mark.no_triton_interpreter  # bfloat16
 def test_autocast_cpu_bfloat16(name):
     fn = ALL_LOSSES[name]
     x, y = _inputs((8, 4), torch.float32, probs=name in PROB_LOSSES)
@@ -483,6 +500,7 @@ _logit = st.one_of(st.floats(-50, 50), st.sampled_from([-1e4, 1e4, -1e30, 1e30, 
     alpha=st.one_of(st.none(), st.floats(0, 1)),
     dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]),
 )
+@pytest.mark.no_triton_interpreter  # bfloat16
 def test_property_focal_finite_nonnegative_and_below_bce(shape, data, gamma, alpha, dtype):
     n = int(torch.Size(shape).numel())
     values = data.draw(st.lists(_logit, min_size=n, max_size=n))

@@ -46,11 +46,11 @@ def test_gradients_come_from_autograd_and_match_the_derivative():
 def test_asymmetric_losses_get_both_sides_symmetric_ones_one():
     curves = compute_curves(["asl", "bce", "focal:gamma=2,alpha=none"], points=21)
     labels = [c.label for c in curves.curves]
-    assert labels[:2] == ["ASL γ+=0, γ-=4, m=0.05, y=1", "ASL γ+=0, γ-=4, m=0.05, y=0"]
+    assert labels[:2] == ["ASL γ₊=0, γ₋=4, m=0.05, y=1", "ASL γ₊=0, γ₋=4, m=0.05, y=0"]
     assert labels[2] == "BCE" and labels[3] == "FL γ=2"
     neg = curves.curves[1]
     assert neg.summary["loss@0.99"] == 0.0  # p = 0.01 <= clip: the negative is discarded
-    assert curves.curves[2].same_as == "ASL γ+=0, γ-=4, m=0.05, y=1"  # BCE = ASL's positive side
+    assert curves.curves[2].same_as == "ASL γ₊=0, γ₋=4, m=0.05, y=1"  # BCE = ASL's positive side
 
 
 @pytest.mark.skipif(not HAS_SOFTMAX, reason="the softmax family is not merged")

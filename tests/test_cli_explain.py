@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -182,7 +183,12 @@ def test_a_formula_that_does_not_match_is_reported():
     def doubled(input, target, **kw):
         return 2 * CF.binary_cross_entropy_with_logits(input, target, **kw)
 
-    fake = LossSpec(name="bce", family="binary", title="BCE", logits=doubled)
+    class Doubled(LossSpec):  # the definition of bce, but its function returns twice the loss
+        @property
+        def logits(self):
+            return doubled
+
+    fake = Doubled(**{f.name: getattr(real, f.name) for f in dataclasses.fields(real)})
     x, y = _binary_data()
     result = explain(x, y.clamp_min(0), fake)
     assert any("does not describe this loss" in n for n in result.notes)

@@ -27,6 +27,7 @@ import crossent
 from crossent import functional as CF
 from crossent import kernels as K
 from crossent.kernels import _dispatch
+from crossent.losses import FOCAL
 from tests._helpers import assert_as_exact_as, assert_close
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -342,15 +343,16 @@ def _ce_value_and_grad(fn, x, t, **kwargs):
 
 def _ce_fused(path):
     def fn(x, t, weight=None, label_smoothing=0.0, reduction="mean"):
-        return K.cross_entropy_loss(
-            path,
-            x,
-            t,
-            weight=weight,
-            ignore_index=-100,
-            label_smoothing=label_smoothing,
-            reduction=reduction,
-        )
+        with K.no_fallback():
+            return CF.cross_entropy(
+                x,
+                t,
+                weight=weight,
+                ignore_index=-100,
+                label_smoothing=label_smoothing,
+                reduction=reduction,
+                backend=path,
+            )
 
     return fn
 
@@ -778,8 +780,8 @@ def test_soft_target_gradients_fall_back_to_the_reference():
 
 
 def test_compile_failure_falls_back_to_the_eager_closed_form(monkeypatch):
-    def broken(fn, args):
-        def raise_(*args):
+    def broken(fn, key):
+        def raise_(*args, **kwargs):
             raise RuntimeError("no C++ compiler")
 
         return raise_
@@ -1043,18 +1045,9 @@ def test_a_failing_triton_kernel_falls_back_to_the_eager_closed_form(monkeypatch
     monkeypatch.setattr(_dispatch, "_triton_error", None)
     x = torch.randn(6, 3, requires_grad=True)
     y = torch.rand(6, 3)
-    kwargs = dict(
-        probs=False,
-        gamma=2.0,
-        alpha=0.25,
-        weight=None,
-        pos_weight=None,
-        label_smoothing=0.0,
-        ignore_index=None,
-        reduction="mean",
-    )
+    options = FOCAL.options_from(gamma=2.0, alpha=0.25)
     with pytest.warns(RuntimeWarning, match="a Triton kernel failed"):
-        out = K.sigmoid_family_loss("triton", x, y, **kwargs)
+        out = K.run_fused("triton", FOCAL.kernel, x, y, options, "mean", None)
     assert _dispatch._triton_error is not None
     out.backward()
     ref = CF.sigmoid_focal_loss(x.detach(), y, backend="reference")

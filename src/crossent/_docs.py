@@ -14,7 +14,8 @@ F = TypeVar("F", bound=Callable)
 FRAGMENTS = {
     "weight": """weight: optional rescaling weight, broadcast to the input's shape exactly as in
             torch (a size that cannot broadcast raises ValueError). It multiplies the
-            elementwise loss; it does **not** change the denominator of ``"mean"``.""",
+            elementwise loss; it does **not** change the denominator of ``"mean"``. Any real
+            values, negative ones included, as in torch.""",
     "pos_weight": """pos_weight: optional weight of the positive term, broadcast against the
             input's trailing dimensions (size ``(C,)`` for an ``(N, C)`` input, ``(C, 1, 1)``
             for ``(N, C, H, W)``). ``negatives / positives`` per label balances a label's
@@ -49,7 +50,8 @@ FRAGMENTS = {
           raises). Float (soft targets in [0, 1] allowed), integer or bool.
         - output: a scalar, or ``(*)`` for ``reduction="none"``.""",
     # ---- the softmax (multi-class) family ----
-    "softmax_weight": """weight: optional per-class weight of size ``(C,)``, ``>= 0`` (as in torch).
+    "softmax_weight": """weight: optional per-class weight of size ``(C,)``; any real values,
+            negative ones included, as in torch.
             It multiplies every loss term of class ``c`` by ``weight[c]``; for class-index
             targets ``"mean"`` divides by the summed weights of the valid targets' classes
             (torch's convention, see ``reduction``).""",

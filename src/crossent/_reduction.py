@@ -30,19 +30,23 @@ the denominator each loss call would have divided by.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from crossent._precision import compute_dtype, output_dtype
 from crossent._validation import check_process_group, check_reduction
 
 __all__ = [
+    "Reduction",
     "all_reduce_sum",
     "distributed_ready",
     "global_denominator",
     "output_dtype",
+    "plan_reduction",
     "record_denominators",
     "recording_denominators",
     "reduce_loss",
@@ -52,31 +56,6 @@ __all__ = [
 
 # Active recorders of :func:`record_denominators` (innermost last); empty outside them.
 _RECORDERS: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
-
-
-def output_dtype(input: torch.Tensor) -> torch.dtype:
-    """The dtype a loss returns for ``input``: the input's own, except under ``torch.autocast``.
-
-    Outside autocast a float16 / bfloat16 input gives a loss in that dtype (computed in
-    float32 inside). Under autocast the loss is float32, as torch's own losses are (autocast
-    runs them in float32): a ``"sum"`` over many elements or a large loss stays finite where
-    float16 would overflow at 65504, and ``loss.dtype`` is what code written for torch expects.
-
-    >>> import torch
-    >>> x = torch.zeros(2, dtype=torch.bfloat16)
-    >>> output_dtype(x)
-    torch.bfloat16
-    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
-    ...     output_dtype(x)
-    torch.float32
-    """
-    if (
-        input.dtype in (torch.float16, torch.bfloat16)
-        and input.device.type in ("cpu", "cuda", "xpu", "mps")
-        and torch.is_autocast_enabled(input.device.type)
-    ):
-        return torch.float32
-    return input.dtype
 
 
 def safe_denominator(denominator: torch.Tensor) -> torch.Tensor:
@@ -229,3 +208,77 @@ def reduce_sum(
         )
     global_den, world_size = global_denominator(denominator, process_group)
     return total * world_size / safe_denominator(global_den.to(total.dtype))
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """A ``reduction`` resolved for one call: everything a backend needs to know about it.
+
+    Attributes:
+        kind: ``"none"``, ``"sum"``, ``"mean"`` or ``"global_mean"``.
+        process_group: the group of ``"global_mean"``.
+        fold: the mean's denominator where it is known before the pass and a fused kernel
+            divides by it inside the pass (the loss it returns is then the mean itself, and
+            the gradient it stores is final); ``None`` otherwise.
+    """
+
+    kind: str
+    process_group: Any = None
+    fold: Any = None
+
+    @property
+    def reduce(self) -> bool:
+        """Whether the backend sums (``False``: it returns the elementwise loss)."""
+        return self.kind != "none"
+
+    def finish(
+        self, out: torch.Tensor, denominator: torch.Tensor | None, default: float | int
+    ) -> torch.Tensor:
+        """The reduced loss from what a backend returned: its sum (or elementwise loss) and
+        the denominator it counted in the pass (``None``: ``default``, every element or
+        sample counts once). The one place where a sum is divided outside a kernel."""
+        if not self.reduce or self.fold is not None:
+            return out  # elementwise, or the kernel divided already
+        return reduce_sum(
+            out,
+            self.kind,
+            denominator=default if denominator is None else denominator,
+            process_group=self.process_group,
+        )
+
+
+def plan_reduction(
+    reduction: str,
+    process_group: Any,
+    input: torch.Tensor,
+    known_denominator: int | float | Callable[[], torch.Tensor] | None = None,
+) -> Reduction:
+    """Resolve ``reduction`` for one call (validated here, once).
+
+    ``known_denominator`` is the mean's denominator where a backend can know it before the
+    pass: a number, or a function that counts it from the targets as a 0-dim tensor, called
+    only when the mean is folded. It is folded (see :class:`Reduction`) for ``"mean"`` --
+    and ``"global_mean"`` outside a process group, which is ``"mean"`` to the last bit --
+    except while :func:`record_denominators` records (it must see the sum and its
+    denominator). Backward can then see that its incoming gradient is exactly 1
+    (``loss.backward()``) and hand the saved gradient on untouched.
+
+    >>> import torch
+    >>> plan_reduction("mean", None, torch.zeros(4), 4)
+    Reduction(kind='mean', process_group=None, fold=4)
+    >>> plan_reduction("sum", None, torch.zeros(4), 4).fold is None
+    True
+    """
+    check_reduction(reduction)
+    check_process_group(process_group, reduction)
+    kind = reduction
+    if kind == "global_mean" and not distributed_ready():
+        kind = "mean"
+    fold = None
+    if kind == "mean" and known_denominator is not None and not _RECORDERS:
+        fold = known_denominator() if callable(known_denominator) else known_denominator
+        if isinstance(fold, torch.Tensor):
+            fold = safe_denominator(fold.to(compute_dtype(input.dtype)))
+        else:
+            fold = fold or None  # an empty input: nothing to fold
+    return Reduction(reduction, process_group, fold)

@@ -37,7 +37,9 @@ __all__ = [
     "check_process_group",
     "check_reduction",
     "check_same_shape",
+    "check_unit_targets",
     "class_dim_of",
+    "ignore_index_for",
     "set_value_checks",
     "value_checks_enabled",
 ]
@@ -256,6 +258,11 @@ def check_class_target(input: torch.Tensor, target: object) -> bool:
             f"(a floating-point dtype), but got {target.dtype}. For one-hot targets "
             f"pass `target.float()`; for indices, `target.long()`."
         )
+    if input.shape[class_dim] == 0:
+        raise ValueError(
+            f"Expected `input` to have at least one class along dimension {class_dim}, but got "
+            f"size {input.shape}."
+        )
     index_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
     if target.is_floating_point():
         if target.shape != input.shape:
@@ -303,12 +310,14 @@ def check_class_vector(
     *,
     allow_scalar: bool = False,
     floating: bool = False,
+    nonnegative: bool = False,
 ) -> None:
-    """A per-class option (``weight``, ``alpha``): a real 1-D tensor of length C, >= 0.
+    """A per-class option (``weight``, ``alpha``): a real 1-D tensor of length C.
 
     With ``allow_scalar`` a 0-dimensional tensor is accepted too (one value for every class);
-    with ``floating`` the dtype must be floating-point (torch's rule for ``weight``). The sign
-    is a value check (eager only).
+    with ``floating`` the dtype must be floating-point (torch's rule for ``weight``). With
+    ``nonnegative`` every value must be >= 0 (a value check, eager only): ``alpha``, whose
+    paper meaning is a share. ``weight`` may be negative, as in torch, in both families.
     """
     if tensor is None:
         return
@@ -328,7 +337,43 @@ def check_class_vector(
             f"Expected `{name}` to be {what} of size ({num_classes},), one value per class "
             f"(C = {num_classes}), but got size {tensor.shape}."
         )
-    check_nonnegative_tensor(name, tensor)
+    if nonnegative:
+        check_nonnegative_tensor(name, tensor)
+
+
+def ignore_index_for(target: torch.Tensor, ignore_index: float | None) -> float | None:
+    """``ignore_index`` as the target can match it: ``None`` (nothing is ignored) where an
+    integer or bool target cannot hold the value. Compared in the target's dtype it would
+    wrap instead (300 is 44 in int8, -100 is 156 in uint8) and ignore the wrong targets."""
+    if ignore_index is None or target.is_floating_point():
+        return ignore_index
+    if target.dtype == torch.bool:
+        low, high = 0, 1
+    else:
+        info = torch.iinfo(target.dtype)
+        low, high = info.min, info.max
+    if low <= ignore_index <= high and float(ignore_index).is_integer():
+        return ignore_index
+    return None
+
+
+def check_unit_targets(name: str, target: torch.Tensor, ignore_index: float | None) -> None:
+    """Targets in [0, 1] (or equal to ``ignore_index``) for losses whose math is undefined
+    outside, such as a focal factor ``(1 - p_t)^gamma`` (a value check, eager only)."""
+    if not value_checks_enabled() or target.numel() == 0 or target.dtype == torch.bool:
+        return
+    bad = (target < 0) | (target > 1)
+    if target.is_floating_point():
+        bad = bad | torch.isnan(target)
+    if ignore_index is not None:
+        bad = bad & (target != ignore_index)
+    if bool(bad.any()):
+        value = target[bad].flatten()[0].item()
+        raise ValueError(
+            f"Expected `target` to hold values in [0, 1] for {name}, whose factor "
+            f"(1 - p_t)^gamma is undefined outside, but it holds {value!r}. Rescale the "
+            f"targets, or mark positions to skip with `ignore_index`."
+        )
 
 
 def check_class_indices(target: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:

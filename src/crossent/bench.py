@@ -58,6 +58,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from crossent.registry import get_loss
+
 __all__ = [
     "DEFAULT_CONFIG",
     "LOSSES",
@@ -66,6 +68,7 @@ __all__ = [
     "machine_info",
     "read_csv",
     "render_markdown",
+    "resolve_loss",
     "run",
     "targets",
 ]
@@ -191,18 +194,18 @@ class Loss:
     mutates_input: frozenset[str] = frozenset()  # providers that write into their input
 
 
-def _crossent(fn_name: str, **options: Any) -> Callable[[str | None], Callable]:
-    def make(backend: str | None) -> Callable:
-        import crossent
+def _crossent(loss: str, **options: Any) -> Callable[[str | None], Callable]:
+    """crossent's loss ``loss`` (a registry name), from logits, with ``options``."""
 
-        fn = getattr(crossent, fn_name)
+    def make(backend: str | None) -> Callable:
+        fn = get_loss(loss).logits
         return lambda x, y: fn(x, y, backend=backend, **options)
 
     return make
 
 
-def _crossent_reference(fn_name: str, **options: Any) -> Callable[[str | None], Callable]:
-    return lambda backend: _crossent(fn_name, **options)("reference")
+def _crossent_reference(loss: str, **options: Any) -> Callable[[str | None], Callable]:
+    return lambda backend: _crossent(loss, **options)("reference")
 
 
 def _fixed(fn: Callable) -> Callable[[str | None], Callable]:
@@ -214,8 +217,8 @@ LOSSES: dict[str, Loss] = {
         "bce_with_logits",
         "elementwise",
         {
-            "crossent": _crossent("binary_cross_entropy_with_logits"),
-            "crossent-reference": _crossent_reference("binary_cross_entropy_with_logits"),
+            "crossent": _crossent("bce"),
+            "crossent-reference": _crossent_reference("bce"),
             "torch": _fixed(F.binary_cross_entropy_with_logits),
             "torch+compile": lambda backend: _compiled("bce", F.binary_cross_entropy_with_logits),
         },
@@ -224,8 +227,8 @@ LOSSES: dict[str, Loss] = {
         "sigmoid_focal",
         "elementwise",
         {
-            "crossent": _crossent("sigmoid_focal_loss", gamma=2.0, alpha=0.25),
-            "crossent-reference": _crossent_reference("sigmoid_focal_loss", gamma=2.0, alpha=0.25),
+            "crossent": _crossent("focal", gamma=2.0, alpha=0.25),
+            "crossent-reference": _crossent_reference("focal", gamma=2.0, alpha=0.25),
             "torchvision-style": _fixed(torchvision_style_focal),
             "torchvision-style+compile": lambda backend: _compiled(
                 "focal", torchvision_style_focal
@@ -236,8 +239,8 @@ LOSSES: dict[str, Loss] = {
         "cross_entropy",
         "cross_entropy",
         {
-            "crossent": _crossent("cross_entropy"),
-            "crossent-reference": _crossent_reference("cross_entropy"),
+            "crossent": _crossent("ce"),
+            "crossent-reference": _crossent_reference("ce"),
             "torch": _fixed(F.cross_entropy),
             "torch+compile": lambda backend: _compiled("ce", F.cross_entropy),
             "liger": _liger,
@@ -249,13 +252,33 @@ LOSSES: dict[str, Loss] = {
         "softmax_focal",
         "cross_entropy",
         {
-            "crossent": _crossent("softmax_focal_loss", gamma=2.0),
-            "crossent-reference": _crossent_reference("softmax_focal_loss", gamma=2.0),
+            "crossent": _crossent("softmax_focal", gamma=2.0),
+            "crossent-reference": _crossent_reference("softmax_focal", gamma=2.0),
             "eager-focal": _fixed(eager_softmax_focal),
             "eager-focal+compile": lambda backend: _compiled("softmax_focal", eager_softmax_focal),
         },
     ),
 }
+# Every case measures a loss of the registry; its key is one of that loss's registered names.
+for _key in LOSSES:
+    get_loss(_key)
+
+
+def resolve_loss(name: str) -> str:
+    """The benchmark case of a loss named by its key here or by any registry name or alias
+    (``"focal"``, ``"sigmoid_focal_loss"``); ValueError naming the cases otherwise."""
+    if name in LOSSES:
+        return name
+    definition = get_loss(name)  # raises for a name the registry does not know
+    for key in LOSSES:
+        if get_loss(key) is definition:
+            return key
+    raise ValueError(
+        f"crossent bench has no case for the loss {definition.name!r}; its cases measure: "
+        f"{', '.join(LOSSES)}."
+    )
+
+
 # The provider each speed-up is measured against.
 BASELINE = {
     "bce_with_logits": "torch",
@@ -514,11 +537,8 @@ def run(
                 config[family] = {**config[family], **override}
     dtype = getattr(torch, str(config.get("dtype", "float32")))
     warmup, repeats = int(config["warmup"]), int(config["repeats"])
-    wanted_losses = None if losses is None else set(losses)
+    wanted_losses = None if losses is None else {resolve_loss(name) for name in losses}
     wanted_providers = None if providers is None else set(providers)
-    for name in wanted_losses or ():
-        if name not in LOSSES:
-            raise ValueError(f"Unknown loss {name!r}; known: {', '.join(LOSSES)}.")
     info = machine_info(device)
     info["copy_gbps"] = copy_gbps(device)
     stamp = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)

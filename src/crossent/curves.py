@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from crossent.losses import SYMBOLS
 from crossent.registry import AUTO, LossSpec, parse_loss_spec
 
 __all__ = [
@@ -43,16 +44,6 @@ DEFAULT_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)
 SUMMARY_POINTS = (0.1, 0.5, 0.9, 0.99)
 P_T_RANGE = (1e-3, 1.0 - 1e-3)
 LOGIT_RANGE = (-8.0, 8.0)
-
-_SYMBOLS = {
-    "gamma": "γ",
-    "alpha": "α",
-    "gamma_pos": "γ+",
-    "gamma_neg": "γ-",
-    "clip": "m",
-    "epsilon": "ε",
-    "label_smoothing": "s",
-}
 
 
 @dataclass
@@ -94,11 +85,11 @@ def _label(spec: LossSpec, options: dict[str, Any]) -> str:
         return "γ=0 (CE)" if gamma == 0 else f"FL γ={gamma:g}"
     # The options that shape the curve, at their effective values (defaults included).
     defaults = spec.options()
-    effective = {k: defaults[k] for k in _SYMBOLS if k in defaults and k != "label_smoothing"}
+    effective = {k: defaults[k] for k in spec.curve_options}
     effective.update(options)
     parts = []
     for key, value in effective.items():
-        symbol = _SYMBOLS.get(key, key)
+        symbol = SYMBOLS.get(key, key)
         if value is None:
             parts.append(f"{symbol} off")
         elif isinstance(value, torch.Tensor):

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from crossent import _formula as E
-from crossent.registry import AUTO, LossSpec, format_spec, parse_loss_spec
+from crossent.losses import SYMBOLS
+from crossent.registry import AUTO, LOSSES, LossSpec, format_spec, parse_loss_spec
 
 __all__ = ["Explanation", "SampleMean", "Step", "explain", "resolve_loss"]
 
@@ -165,15 +166,9 @@ def _is_default(spec: LossSpec, key: str, value: Any) -> bool:
 # Formulas, one builder per loss; None where the options leave the formula's known ground
 # --------------------------------------------------------------------------------------------
 
-_COMMON = {"weight", "ignore_index", "reduction", "process_group"}
-FORMULA_OPTIONS: dict[str, set[str]] = {
-    "bce": _COMMON | {"pos_weight", "label_smoothing"},
-    "focal": _COMMON | {"pos_weight", "label_smoothing", "gamma", "alpha"},
-    "asl": _COMMON | {"label_smoothing", "gamma_pos", "gamma_neg", "clip"},
-    "poly1_focal": _COMMON | {"pos_weight", "label_smoothing", "gamma", "alpha", "epsilon"},
-    "ce": _COMMON | {"label_smoothing"},
-    "softmax_focal": _COMMON | {"label_smoothing", "gamma", "alpha"},
-    "poly1": _COMMON | {"label_smoothing", "epsilon"},
+# The options each loss's formula knows, from its definition (crossent.losses).
+FORMULA_OPTIONS: dict[str, frozenset[str]] = {
+    name: spec.formula_options for name, spec in LOSSES.items()
 }
 
 
@@ -190,60 +185,15 @@ def symbolic(
     name: str, opts: dict[str, Any], *, family: str = "binary", probability_targets: bool = False
 ) -> str:
     """The loss's formula with only the terms its options switch on, e.g.
-    ``"ℓ = -α_t·(1 - p_t)^γ·log(p_t)"`` for the focal loss with alpha and gamma.
+    ``"ℓ = -α_t·(1 - p_t)^γ·log(p_t)"`` for the focal loss with alpha and gamma (the
+    definition's :attr:`~crossent.losses.LossDefinition.symbolic`).
 
     >>> symbolic("bce", {})
     'ℓ = -[y·log(p) + (1 - y)·log(1 - p)]'
     """
-    w = "w·" if opts.get("weight") is not None else ""
-    pw = "w_pos·" if opts.get("pos_weight") is not None else ""
-    a_t = "α_t·" if opts.get("alpha") is not None else ""
-    gamma = opts.get("gamma") or 0
-    focal = "(1 - p_t)^γ·" if gamma else ""
-    if name in ("bce", "focal", "poly1_focal"):
-        poly = ""
-        if name == "poly1_focal" and opts.get("epsilon"):
-            poly = " + ε·(1 - p_t)^(γ+1)" if gamma else " + ε·(1 - p_t)"
-        if not pw and not opts.get("label_smoothing") and (gamma or a_t):
-            core = f"{a_t}{focal}log(p_t)"
-        else:
-            core = f"{a_t}{focal}[{pw}y·log(p) + (1 - y)·log(1 - p)]"
-        if poly:
-            return f"ℓ = {w}[-{core}{poly}]" if w else f"ℓ = -{core}{poly}"
-        return f"ℓ = -{w}{core}"
-    if name == "asl":
-        pos = "(1 - p)^γ₊·" if opts.get("gamma_pos") else ""
-        neg = "p_m^γ₋·" if opts.get("gamma_neg") else ""
-        neg_log = "log(1 - p_m)" if opts.get("clip") else "log(1 - p)"
-        if not opts.get("clip"):
-            neg = neg.replace("p_m", "p")
-        return f"ℓ = -{w}[y·{pos}log(p) + (1 - y)·{neg}{neg_log}]"
-    if family == "softmax":
-        w_t = "w_t·" if opts.get("weight") is not None else ""
-        eps = " + ε·(1 - p_t)" if opts.get("epsilon") else ""
-        if probability_targets or opts.get("label_smoothing"):
-            eps = eps.replace("p_t", "p_c")
-            a_c = "y_c·" + ("w_c·" if w_t else "") + ("α_c·" if a_t else "")
-            f_c = f"-{focal.replace('p_t', 'p_c')}log(p_c){eps}"
-            return f"ℓ = Σ_c {a_c}[{f_c}]" if eps else f"ℓ = -Σ_c {a_c}{f_c[1:]}"
-        if eps:
-            coef = w_t + a_t
-            return f"ℓ = {coef}[-{focal}log(p_t){eps}]" if coef else f"ℓ = -{focal}log(p_t){eps}"
-        return f"ℓ = -{w_t}{a_t}{focal}log(p_t)"
-    return "ℓ: see the loss's docstring"
-
-
-_SYMBOLS = {
-    "gamma": "γ",
-    "alpha": "α",
-    "pos_weight": "w_pos",
-    "weight": "w",
-    "label_smoothing": "s",
-    "gamma_pos": "γ₊",
-    "gamma_neg": "γ₋",
-    "clip": "m",
-    "epsilon": "ε",
-}
+    if name not in LOSSES:
+        return "ℓ: see the loss's docstring"
+    return LOSSES[name].symbolic(opts, probability_targets)
 
 
 def _binary_expr(
@@ -519,7 +469,7 @@ def explain(
             definitions.append("y is replaced by y' = y·(1 - s) + s/2 (label smoothing)")
     values = [
         f"{symbol} = {_show(all_opts[key])}"
-        for key, symbol in _SYMBOLS.items()
+        for key, symbol in SYMBOLS.items()
         if all_opts.get(key) is not None and not (key == "label_smoothing" and not all_opts[key])
     ]
     if values:

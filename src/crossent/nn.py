@@ -1,18 +1,29 @@
-"""``torch.nn.Module`` wrappers: each stores its options and calls the functional form.
+"""``torch.nn.Module`` wrappers: each stores its options and calls its loss's definition.
 
-A module holds no math of its own. Tensor options (``weight``, ``pos_weight``, a per-class
-``alpha``) are registered as buffers, so they follow ``.to(device)`` and are saved in the
-``state_dict``.
+A module holds no math of its own and restates no signature: its options are those of the
+loss's public function (:mod:`crossent.functional`). Tensor options (``weight``,
+``pos_weight``, a per-class ``alpha``) are registered as buffers, so they follow
+``.to(device)`` and are saved in the ``state_dict``.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
-from crossent import functional as CF
+from crossent.losses import (
+    ASL,
+    BCE,
+    CE,
+    FOCAL,
+    POLY1,
+    POLY1_FOCAL,
+    SOFTMAX_FOCAL,
+    LossDefinition,
+)
 
 __all__ = [
     "AsymmetricLoss",
@@ -28,27 +39,58 @@ __all__ = [
 
 
 class _Loss(nn.Module):
-    """Base: tensor options become buffers, every other option is kept as an attribute.
+    """Base of every loss module: stores the options of one loss and calls its definition.
 
-    Names in ``_tensor_options`` are always buffers (a list or number is converted);
-    names in ``_maybe_tensor_options`` are buffers when given a tensor and plain options
-    otherwise (``alpha`` of :class:`SoftmaxFocalLoss`: a number or a per-class tensor).
+    A subclass names its :class:`~crossent.losses.LossDefinition` (and ``probs = True`` for a
+    probability form). Its constructor takes exactly the keyword options of the loss's public
+    function, with the same defaults (the signature is that function's, so ``help()`` and
+    editors show it), and validates them at construction. Tensor options are buffers:
+    ``weight`` and ``pos_weight`` always (a list or number is converted), any other option
+    when it is given a tensor (a per-class ``alpha``); ``weight`` and ``pos_weight`` are
+    buffers even when ``None``, so a tensor can be assigned to them later.
     """
 
-    _function: Any = None
-    _tensor_options: tuple[str, ...] = ()
-    _maybe_tensor_options: tuple[str, ...] = ()
+    definition: LossDefinition
+    probs: bool = False
+    _TENSOR_OPTIONS = ("weight", "pos_weight")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        params += list(cls._defaults(signature=True).values())
+        cls.__signature__ = inspect.Signature(params, return_annotation=None)
+
+    @classmethod
+    def _defaults(cls, *, signature: bool = False) -> dict[str, Any]:
+        fn = cls.definition.function(probs=cls.probs)
+        return {
+            name: (p if signature else p.default)
+            for name, p in inspect.signature(fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
 
     def __init__(self, **options: Any) -> None:
         super().__init__()
+        defaults = self._defaults()
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}() got an unexpected keyword argument {unknown[0]!r}; "
+                f"its options are: {', '.join(defaults)}."
+            )
+        values = {**defaults, **options}
+        loss_options = {
+            k: v for k, v in values.items() if k not in ("reduction", "process_group", "backend")
+        }
+        if self.definition.probs_function_name is not None:
+            loss_options["probs"] = self.probs
+        self.definition.options_from(**loss_options)  # a bad value fails here, not at forward
         self._options: dict[str, Any] = {}
         self._buffer_options: list[str] = []
-        for name, value in options.items():
-            if name in self._tensor_options or (
-                name in self._maybe_tensor_options and isinstance(value, torch.Tensor)
-            ):
-                if value is not None and not isinstance(value, torch.Tensor):
-                    value = torch.as_tensor(value)
+        for name, value in values.items():
+            if name in self._TENSOR_OPTIONS and value is not None:
+                value = torch.as_tensor(value) if not isinstance(value, torch.Tensor) else value
+            if name in self._TENSOR_OPTIONS or isinstance(value, torch.Tensor):
                 self.register_buffer(name, value)
                 self._buffer_options.append(name)
             else:
@@ -56,7 +98,7 @@ class _Loss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         tensors = {name: getattr(self, name) for name in self._buffer_options}
-        return type(self)._function(input, target, **tensors, **self._options)
+        return self.definition.compute(input, target, probs=self.probs, **tensors, **self._options)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self._options.items())
@@ -71,29 +113,7 @@ class BCEWithLogitsLoss(_Loss):
     tensor(0.7746)
     """
 
-    _function = staticmethod(CF.binary_cross_entropy_with_logits)
-    _tensor_options = ("weight", "pos_weight")
-
-    def __init__(
-        self,
-        *,
-        weight: torch.Tensor | None = None,
-        pos_weight: torch.Tensor | None = None,
-        label_smoothing: float = 0.0,
-        ignore_index: float | None = None,
-        reduction: str = "mean",
-        process_group: Any = None,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__(
-            weight=weight,
-            pos_weight=pos_weight,
-            label_smoothing=label_smoothing,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            process_group=process_group,
-            backend=backend,
-        )
+    definition = BCE
 
 
 class BCELoss(BCEWithLogitsLoss):
@@ -104,7 +124,8 @@ class BCELoss(BCEWithLogitsLoss):
     tensor(0.1643)
     """
 
-    _function = staticmethod(CF.binary_cross_entropy)
+    definition = BCE
+    probs = True
 
 
 class FocalLoss(_Loss):
@@ -116,33 +137,7 @@ class FocalLoss(_Loss):
     tensor(0.0877)
     """
 
-    _function = staticmethod(CF.sigmoid_focal_loss)
-    _tensor_options = ("weight", "pos_weight")
-
-    def __init__(
-        self,
-        *,
-        gamma: float = 2.0,
-        alpha: float | None = 0.25,
-        weight: torch.Tensor | None = None,
-        pos_weight: torch.Tensor | None = None,
-        label_smoothing: float = 0.0,
-        ignore_index: float | None = None,
-        reduction: str = "mean",
-        process_group: Any = None,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__(
-            gamma=gamma,
-            alpha=alpha,
-            weight=weight,
-            pos_weight=pos_weight,
-            label_smoothing=label_smoothing,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            process_group=process_group,
-            backend=backend,
-        )
+    definition = FOCAL
 
 
 class BinaryFocalLoss(FocalLoss):
@@ -153,7 +148,8 @@ class BinaryFocalLoss(FocalLoss):
     tensor(0.0050)
     """
 
-    _function = staticmethod(CF.binary_focal_loss)
+    definition = FOCAL
+    probs = True
 
 
 class AsymmetricLoss(_Loss):
@@ -164,33 +160,7 @@ class AsymmetricLoss(_Loss):
     tensor(0.0729)
     """
 
-    _function = staticmethod(CF.asymmetric_loss)
-    _tensor_options = ("weight",)
-
-    def __init__(
-        self,
-        *,
-        gamma_pos: float = 0.0,
-        gamma_neg: float = 4.0,
-        clip: float | None = 0.05,
-        weight: torch.Tensor | None = None,
-        label_smoothing: float = 0.0,
-        ignore_index: float | None = None,
-        reduction: str = "mean",
-        process_group: Any = None,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__(
-            gamma_pos=gamma_pos,
-            gamma_neg=gamma_neg,
-            clip=clip,
-            weight=weight,
-            label_smoothing=label_smoothing,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            process_group=process_group,
-            backend=backend,
-        )
+    definition = ASL
 
 
 class PolyFocalLoss(_Loss):
@@ -202,35 +172,7 @@ class PolyFocalLoss(_Loss):
     tensor(0.2832)
     """
 
-    _function = staticmethod(CF.poly1_focal_loss)
-    _tensor_options = ("weight", "pos_weight")
-
-    def __init__(
-        self,
-        *,
-        epsilon: float = 1.0,
-        gamma: float = 2.0,
-        alpha: float | None = 0.25,
-        weight: torch.Tensor | None = None,
-        pos_weight: torch.Tensor | None = None,
-        label_smoothing: float = 0.0,
-        ignore_index: float | None = None,
-        reduction: str = "mean",
-        process_group: Any = None,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__(
-            epsilon=epsilon,
-            gamma=gamma,
-            alpha=alpha,
-            weight=weight,
-            pos_weight=pos_weight,
-            label_smoothing=label_smoothing,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            process_group=process_group,
-            backend=backend,
-        )
+    definition = POLY1_FOCAL
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,27 +192,7 @@ class CrossEntropyLoss(_Loss):
     tensor(2.0202)
     """
 
-    _function = staticmethod(CF.cross_entropy)
-    _tensor_options = ("weight",)
-
-    def __init__(
-        self,
-        *,
-        weight: torch.Tensor | None = None,
-        ignore_index: int | None = -100,
-        label_smoothing: float = 0.0,
-        reduction: str = "mean",
-        process_group: Any = None,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__(
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            reduction=reduction,
-            process_group=process_group,
-            backend=backend,
-        )
+    definition = CE
 
 
 class SoftmaxFocalLoss(_Loss):
@@ -284,32 +206,7 @@ class SoftmaxFocalLoss(_Loss):
     tensor(0.6517)
     """
 
-    _function = staticmethod(CF.softmax_focal_loss)
-    _tensor_options = ("weight",)
-    _maybe_tensor_options = ("alpha",)
-
-    def __init__(
-        self,
-        *,
-        gamma: float = 2.0,
-        alpha: float | torch.Tensor | None = None,
-        weight: torch.Tensor | None = None,
-        ignore_index: int | None = -100,
-        label_smoothing: float = 0.0,
-        reduction: str = "mean",
-        process_group: Any = None,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__(
-            gamma=gamma,
-            alpha=alpha,
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            reduction=reduction,
-            process_group=process_group,
-            backend=backend,
-        )
+    definition = SOFTMAX_FOCAL
 
 
 class PolyLoss(_Loss):
@@ -321,26 +218,4 @@ class PolyLoss(_Loss):
     tensor(2.7354)
     """
 
-    _function = staticmethod(CF.poly1_cross_entropy)
-    _tensor_options = ("weight",)
-
-    def __init__(
-        self,
-        *,
-        epsilon: float = 1.0,
-        weight: torch.Tensor | None = None,
-        ignore_index: int | None = -100,
-        label_smoothing: float = 0.0,
-        reduction: str = "mean",
-        process_group: Any = None,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__(
-            epsilon=epsilon,
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            reduction=reduction,
-            process_group=process_group,
-            backend=backend,
-        )
+    definition = POLY1

@@ -1,5 +1,5 @@
 """The losses by name: the one vocabulary shared by the command line, ``explain``, ``doctor``,
-``compare`` and the benchmarks.
+``compare`` and the benchmarks, built from the definitions in :mod:`crossent.losses`.
 
 A loss is named by a short key (``"bce"``, ``"focal"``, ``"asl"``, ...) and configured with a
 spec string ``"name:option=value,option=value"``, e.g. ``"focal:gamma=2,alpha=0.25"``. Values
@@ -10,74 +10,28 @@ caller to compute from data (``compare`` does, with :mod:`crossent.weights`).
 
 from __future__ import annotations
 
-import inspect
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from crossent import functional as CF
+from crossent.losses import DEFINITIONS, LossDefinition
 
 __all__ = ["LOSSES", "LossSpec", "format_spec", "get_loss", "parse_loss_spec", "register"]
 
 AUTO = "auto"
 
 
-@dataclass(frozen=True)
-class LossSpec:
-    """One loss of the library, as the tools see it.
-
-    Attributes:
-        name: the short key (``"focal"``).
-        family: ``"binary"`` (elementwise sigmoid losses, targets the input's shape) or
-            ``"softmax"`` (one class per sample, class dimension 1).
-        logits: the function taking logits.
-        probs: the same loss taking probabilities, if there is one.
-        torch_logits / torch_probs: torch's own function for the same loss, where torch has it.
-        title: a human name for reports.
-        aliases: other accepted keys.
-    """
-
-    name: str
-    family: str
-    logits: Callable[..., torch.Tensor]
-    title: str
-    probs: Callable[..., torch.Tensor] | None = None
-    torch_logits: Callable[..., torch.Tensor] | None = None
-    torch_probs: Callable[..., torch.Tensor] | None = None
-    aliases: tuple[str, ...] = field(default_factory=tuple)
-
-    def function(self, *, probs: bool = False) -> Callable[..., torch.Tensor]:
-        if probs:
-            if self.probs is None:
-                raise ValueError(
-                    f"Loss {self.name!r} has no probability form: pass logits instead."
-                )
-            return self.probs
-        return self.logits
-
-    def torch_function(self, *, probs: bool = False) -> Callable[..., torch.Tensor] | None:
-        return self.torch_probs if probs else self.torch_logits
-
-    def options(self) -> dict[str, Any]:
-        """The keyword-only options of the loss and their defaults."""
-        sig = inspect.signature(self.logits)
-        return {
-            name: p.default
-            for name, p in sig.parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
-
+# A registered loss is its definition: name, family, title, functions, torch's equivalent,
+# aliases and options all come from crossent.losses.
+LossSpec = LossDefinition
 
 LOSSES: dict[str, LossSpec] = {}
 _ALIASES: dict[str, str] = {}
 
 
 def register(spec: LossSpec) -> LossSpec:
-    """Add a loss to the registry (its name and aliases must be new)."""
+    """Add a loss definition to the registry (its name and aliases must be new)."""
     for key in (spec.name, *spec.aliases):
         if key in LOSSES or key in _ALIASES:
             raise ValueError(f"Loss name {key!r} is already registered.")
@@ -87,75 +41,8 @@ def register(spec: LossSpec) -> LossSpec:
     return spec
 
 
-register(
-    LossSpec(
-        name="bce",
-        family="binary",
-        title="BCE",
-        logits=CF.binary_cross_entropy_with_logits,
-        probs=CF.binary_cross_entropy,
-        torch_logits=F.binary_cross_entropy_with_logits,
-        torch_probs=F.binary_cross_entropy,
-        aliases=("binary_cross_entropy", "binary_cross_entropy_with_logits", "bce_with_logits"),
-    )
-)
-register(
-    LossSpec(
-        name="focal",
-        family="binary",
-        title="Focal",
-        logits=CF.sigmoid_focal_loss,
-        probs=CF.binary_focal_loss,
-        aliases=("sigmoid_focal", "sigmoid_focal_loss", "binary_focal_loss", "binary_focal"),
-    )
-)
-register(
-    LossSpec(
-        name="asl",
-        family="binary",
-        title="ASL",
-        logits=CF.asymmetric_loss,
-        aliases=("asymmetric", "asymmetric_loss"),
-    )
-)
-
-register(
-    LossSpec(
-        name="poly1_focal",
-        family="binary",
-        title="Poly-1 focal",
-        logits=CF.poly1_focal_loss,
-        aliases=("poly1_focal_loss", "poly_focal", "poly_focal_loss", "polyfocal"),
-    )
-)
-register(
-    LossSpec(
-        name="ce",
-        family="softmax",
-        title="CE",
-        logits=CF.cross_entropy,
-        torch_logits=F.cross_entropy,
-        aliases=("cross_entropy", "crossentropy", "softmax_cross_entropy", "nll"),
-    )
-)
-register(
-    LossSpec(
-        name="softmax_focal",
-        family="softmax",
-        title="Softmax focal",
-        logits=CF.softmax_focal_loss,
-        aliases=("softmax_focal_loss", "focal_softmax", "multiclass_focal"),
-    )
-)
-register(
-    LossSpec(
-        name="poly1",
-        family="softmax",
-        title="Poly-1",
-        logits=CF.poly1_cross_entropy,
-        aliases=("poly1_cross_entropy", "poly", "poly_loss", "polyloss"),
-    )
-)
+for _definition in DEFINITIONS.values():
+    register(_definition)
 
 
 def get_loss(name: str) -> LossSpec:

@@ -70,20 +70,13 @@ def _module_forms() -> list[LossForm]:
     forms = []
     for name in crossent.nn.__all__:
         cls = getattr(crossent.nn, name)
-        fn = getattr(cls, "_function", None)
-        matches = [
-            (spec, probs)
-            for spec in LOSSES.values()
-            for probs, candidate in ((False, spec.logits), (True, spec.probs))
-            if candidate is not None and candidate is fn
-        ]
-        if len(matches) != 1:
+        definition = getattr(cls, "definition", None)
+        if definition is None or LOSSES.get(definition.name) is not definition:
             raise LookupError(
-                f"crossent.nn.{name} calls {fn!r}, which is not exactly one registered loss "
-                f"form: register it in crossent.registry so that every suite covers it."
+                f"crossent.nn.{name} computes {definition!r}, which is not a registered loss "
+                f"definition: register it in crossent.registry so that every suite covers it."
             )
-        spec, probs = matches[0]
-        forms.append(LossForm(f"nn.{name}", spec, probs, cls))
+        forms.append(LossForm(f"nn.{name}", definition, cls.probs, cls))
     return forms
 
 

@@ -18,9 +18,10 @@ import torch
 
 import crossent
 from crossent import functional as CF
-from crossent import kernels as K
-from crossent.functional import _softmax
-from crossent.kernels import _math, _triton
+from crossent._precision import grad_dtype
+from crossent.kernels import _triton
+from crossent.losses import AsymmetricOptions, SigmoidOptions, SoftmaxOptions
+from crossent.losses import _reference as _softmax
 from tests._helpers.tolerances import tolerance
 
 
@@ -158,7 +159,7 @@ def cross_entropy_cases():
         t = t.to(dtype) if targets == "probs" else t
         w = None if w is None else w.to(dtype)
         ours, our_grad = _grad(
-            lambda x, t, **kw: K.cross_entropy_loss("triton", x, t, **kw),
+            lambda x, t, **kw: CF.cross_entropy(x, t, backend="triton", **kw),
             x,
             t,
             weight=w,
@@ -266,19 +267,21 @@ def _softmax_case(failures, label, x64, t, dtype, *, reduce=True, need_grad=True
     xr = x.double().requires_grad_(True)  # the reference sees the same rounded logits
     ref = _softmax_reference(xr, t.double() if probs else t, **opts)
     (ref_grad,) = torch.autograd.grad(ref.sum(), xr)
+    options = SoftmaxOptions(
+        weight=None if weight is None else weight.to(dtype),
+        alpha=alpha.to(dtype) if isinstance(alpha, torch.Tensor) else alpha,
+        ignore_index=opts["ignore_index"],
+        label_smoothing=opts["smoothing"] or None,
+        gamma=opts["gamma"] or None,
+        epsilon=opts["epsilon"] or None,
+    )
     out, den, grad = _triton.softmax_family(
         x,
         t.to(dtype) if probs else t,
-        None if weight is None else weight.to(dtype),
-        alpha.to(dtype) if isinstance(alpha, torch.Tensor) else alpha,
-        opts["ignore_index"],
-        opts["smoothing"],
-        opts["gamma"],
-        opts["epsilon"],
-        probs,
-        None,
-        reduce,
-        need_grad,
+        options,
+        mean_denominator=None,
+        reduce=reduce,
+        need_grad=need_grad,
     )
     cdt = torch.float64 if dtype == torch.float64 else torch.float32
     if reduce:
@@ -296,7 +299,7 @@ def _softmax_case(failures, label, x64, t, dtype, *, reduce=True, need_grad=True
         if grad is not None:
             failures.append(f"{label}: a gradient without need_grad")
         return
-    if grad.dtype != _math.grad_dtype(dtype):
+    if grad.dtype != grad_dtype(dtype):
         failures.append(f"{label}: gradient dtype {grad.dtype}")
     _check(failures, label + " grad", grad.to(dtype), ref_grad.to(dtype), dtype, tol)
 
@@ -412,19 +415,16 @@ def softmax_focal_cases():
     # an index outside [0, C) (value checks off): NaN for that sample, no out-of-bounds read
     for smoothing in (0.0, 0.1):
         x = torch.randn(3, 4, generator=g)
+        options = SoftmaxOptions(
+            alpha=0.5, label_smoothing=smoothing or None, gamma=2.0, epsilon=1.0
+        )
         loss, _, grad = _triton.softmax_family(
             x,
             torch.tensor([0, 7, 1]),
-            None,
-            0.5,
-            None,
-            smoothing,
-            2.0,
-            1.0,
-            False,
-            None,
-            False,
-            True,
+            options,
+            mean_denominator=None,
+            reduce=False,
+            need_grad=True,
         )
         finite = torch.isfinite(loss[[0, 2]]).all() and torch.isfinite(grad[[0, 2]]).all()
         if not (torch.isnan(loss[1]) and torch.isnan(grad[1]).all() and finite):
@@ -433,6 +433,10 @@ def softmax_focal_cases():
     count += _leading_blocks_of_minus_inf(failures, CF.softmax_focal_loss, {"gamma": 2.0})
     count += _leading_blocks_of_minus_inf(failures, CF.poly1_cross_entropy, {"epsilon": 1.0})
     return failures, count
+
+
+def _call(mean_denominator):
+    return dict(mean_denominator=mean_denominator, reduce=True, need_grad=True)
 
 
 def scale_cases():
@@ -464,16 +468,19 @@ def scale_cases():
     t[2] = -100
     calls = {
         "sigmoid": lambda den: _triton.sigmoid_family(
-            x, y, None, None, None, None, 2.0, 0.25, None, False, den, True, True
+            x, y, SigmoidOptions(gamma=2.0, alpha=0.25), **_call(den)
         ),
         "asymmetric": lambda den: _triton.asymmetric(
-            x, y, None, None, None, 1.0, 4.0, 0.05, den, True, True
+            x, y, AsymmetricOptions(gamma_pos=1.0, gamma_neg=4.0, clip=0.05), **_call(den)
         ),
         "cross_entropy": lambda den: _triton.cross_entropy(
-            x, t, None, -100, None, False, den, True, True
+            x, t, SoftmaxOptions(ignore_index=-100), **_call(den)
         ),
         "softmax_focal": lambda den: _triton.softmax_family(
-            x, t, None, 0.25, -100, 0.1, 2.0, 0.0, False, den, True, True
+            x,
+            t,
+            SoftmaxOptions(alpha=0.25, ignore_index=-100, label_smoothing=0.1, gamma=2.0),
+            **_call(den),
         ),
     }
     for (name, call), den in itertools.product(

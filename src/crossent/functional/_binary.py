@@ -1,12 +1,10 @@
 """The binary / multi-label (sigmoid) family: BCE, focal loss and ASL, from logits or probabilities.
 
 Every loss here is elementwise: each element of ``input`` is an independent yes/no decision.
-The math is written once, in log space, in :func:`sigmoid_family_elementwise` (BCE and focal
-loss) and :func:`asymmetric_elementwise` (ASL); the public functions validate, prepare targets
-(ignore_index, label smoothing), call that math and hand the result to
-:func:`crossent._reduction.reduce_loss`. That is the ``"reference"`` backend; after validation
-each function asks :func:`crossent.kernels.select_backend` whether a fused kernel (loss and
-closed-form gradient in one pass, :mod:`crossent.kernels`) computes the call instead.
+These functions are the public signatures and documentation; each loss itself -- options,
+checks, reference math, fused kernels, what the tools show -- is defined once in
+:mod:`crossent.losses`, and every call goes through
+:meth:`crossent.losses.LossDefinition.compute`.
 """
 
 from __future__ import annotations
@@ -14,13 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from crossent import _validation as V
 from crossent._docs import fill_doc
-from crossent._reduction import output_dtype, reduce_loss
-from crossent.kernels import asymmetric_loss as fused_asymmetric
-from crossent.kernels import select_backend, sigmoid_family_loss
+from crossent.losses import ASL, BCE, FOCAL, POLY1_FOCAL
 
 __all__ = [
     "asymmetric_loss",
@@ -30,168 +24,6 @@ __all__ = [
     "poly1_focal_loss",
     "sigmoid_focal_loss",
 ]
-
-# torch's BCELoss clamps each log term at -100 so that p = 0 or 1 gives a finite loss; the
-# probability forms keep that clamp so they are drop-in replacements.
-LOG_CLAMP = -100.0
-
-# Beyond |x| = 1e3 a modulating factor (1 - p_t)^gamma and its derivative have saturated
-# exactly, even in float64 (exp(-745) underflows), or the loss they multiply is exactly 0.
-# Computing the factor from logits clamped there changes no value and no gradient, and keeps
-# d loss / d factor = base_loss * gamma (~|x| * gamma) from overflowing into 0 * inf = NaN
-# for |x| near the float32 maximum.
-SATURATION = 1e3
-
-
-def saturated_logs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``log p`` and ``log(1 - p)`` from logits clamped at +-SATURATION, for modulating factors."""
-    xs = x.clamp(-SATURATION, SATURATION)
-    return F.logsigmoid(xs), F.logsigmoid(-xs)
-
-
-# --------------------------------------------------------------------------------------------
-# Preparation shared by the family
-# --------------------------------------------------------------------------------------------
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16 / bfloat16 / float32 -> float32; float64 stays float64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def check_common(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    weight: torch.Tensor | None,
-    pos_weight: torch.Tensor | None,
-    label_smoothing: float,
-    ignore_index: float | None,
-    reduction: str,
-) -> float:
-    """Metadata checks shared by every elementwise loss; returns label_smoothing as a float."""
-    V.check_floating_input("input", input)
-    V.check_tensor("target", target)
-    if target.is_complex():
-        raise TypeError(f"Expected `target` to be real, but got dtype {target.dtype}.")
-    V.check_same_shape(input, target)
-    V.check_broadcastable("weight", weight, input.shape)
-    V.check_broadcastable("pos_weight", pos_weight, input.shape)
-    V.check_reduction(reduction)
-    if ignore_index is not None:
-        V.check_number("ignore_index", ignore_index)
-    return V.check_label_smoothing(label_smoothing)
-
-
-def prepare_targets(
-    target: torch.Tensor,
-    dtype: torch.dtype,
-    *,
-    label_smoothing: float,
-    ignore_index: float | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Targets in the compute dtype, smoothed, with ignored positions set to 0 (harmless).
-
-    Returns ``(y, valid)``; ``valid`` is a bool mask, or ``None`` when nothing can be ignored.
-    """
-    y = target.to(dtype)
-    valid = None
-    if ignore_index is not None:
-        valid = target != ignore_index
-        y = torch.where(valid, y, torch.zeros_like(y))
-    if label_smoothing:
-        y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
-    return y, valid
-
-
-def finish(
-    loss: torch.Tensor,
-    *,
-    valid: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    reduction: str,
-    out_dtype: torch.dtype,
-    process_group: Any = None,
-) -> torch.Tensor:
-    """Weight, mask, reduce, and return in the input dtype."""
-    if weight is not None:
-        loss = loss * weight.to(loss.dtype)
-    denominator = None
-    if valid is not None:
-        # where, not multiply: an ignored element contributes exactly 0 whatever its input.
-        loss = torch.where(valid, loss, torch.zeros_like(loss))
-        denominator = valid.sum()
-    return reduce_loss(loss, reduction, denominator=denominator, process_group=process_group).to(
-        out_dtype
-    )
-
-
-def _safe_log(x: torch.Tensor, *, floor: float) -> torch.Tensor:
-    # log(x) for x > 0, `floor` at x == 0; the inner where keeps log's gradient finite (no 0 * inf).
-    positive = x > 0
-    return torch.where(positive, torch.log(torch.where(positive, x, torch.ones_like(x))), floor)
-
-
-def log_mix(y: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """``log(y * exp(log_a) + (1 - y) * exp(log_b))`` without leaving log space.
-
-    With ``log_a = log(1 - p)`` and ``log_b = log(p)`` this is ``log(1 - p_t)`` for a (soft)
-    target ``y``; for ``y`` in {0, 1} it is exactly ``log_b`` or ``log_a``.
-    """
-    neg_inf = float("-inf")
-    log_y = _safe_log(y, floor=neg_inf)
-    log_1my = _safe_log(1.0 - y, floor=neg_inf)
-    return torch.logaddexp(log_y + log_a, log_1my + log_b)
-
-
-def sigmoid_family_elementwise(
-    log_p: torch.Tensor,
-    log_1mp: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    gamma: float = 0.0,
-    alpha: float | None = None,
-    pos_weight: torch.Tensor | None = None,
-    modulating_logs: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Elementwise focal loss from ``log p`` and ``log(1 - p)``; BCE when gamma = 0, alpha = None.
-
-    ``modulating_logs``: ``(log p, log(1 - p))`` for the modulating factor only (the saturated
-    logs of :func:`saturated_logs`); default: the same logs as the loss.
-
-    ``alpha_t (1 - p_t)^gamma * -(w_pos y log p + (1 - y) log(1 - p))`` with
-    ``(1 - p_t)^gamma = exp(gamma log(1 - p_t))``: no probability is rounded to 1 before the
-    power, so the gradient at saturated logits is finite for every ``gamma >= 0``.
-    """
-    pos_term = y * log_p
-    if pos_weight is not None:
-        pos_term = pos_term * pos_weight.to(log_p.dtype)
-    loss = -(pos_term + (1.0 - y) * log_1mp)
-    if gamma != 0.0:
-        m_log_p, m_log_1mp = modulating_logs if modulating_logs is not None else (log_p, log_1mp)
-        loss = loss * torch.exp(gamma * log_mix(y, m_log_1mp, m_log_p))
-    if alpha is not None:
-        loss = loss * (alpha * y + (1.0 - alpha) * (1.0 - y))
-    return loss
-
-
-def probability_logs(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``log p`` and ``log(1 - p)`` clamped at -100 as torch's BCELoss does (finite at 0 and 1)."""
-    log_p = _safe_log(p, floor=LOG_CLAMP).clamp_min(LOG_CLAMP)
-    log_1mp = _safe_log(1.0 - p, floor=LOG_CLAMP).clamp_min(LOG_CLAMP)
-    return log_p, log_1mp
-
-
-def check_focal_options(gamma: float, alpha: float | None) -> tuple[float, float | None]:
-    gamma = V.check_number("gamma", gamma, low=0.0)
-    if alpha is not None:
-        alpha = V.check_number("alpha", alpha, low=0.0, high=1.0)
-    return gamma, alpha
-
-
-# --------------------------------------------------------------------------------------------
-# Public functions
-# --------------------------------------------------------------------------------------------
 
 
 @fill_doc
@@ -252,41 +84,17 @@ def binary_cross_entropy_with_logits(
         :func:`binary_cross_entropy` (from probabilities), :func:`sigmoid_focal_loss`
         (down-weights easy examples), :func:`asymmetric_loss` (multi-label with many negatives).
     """
-    s = check_common(
+    return BCE.compute(
         input,
         target,
-        weight=weight,
+        probs=False,
         pos_weight=pos_weight,
+        weight=weight,
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
         reduction=reduction,
-    )
-    path = select_backend(backend, input, target, weight, pos_weight)
-    if path != "reference":
-        return sigmoid_family_loss(
-            path,
-            input,
-            target,
-            probs=False,
-            gamma=None,
-            alpha=None,
-            weight=weight,
-            pos_weight=pos_weight,
-            label_smoothing=s,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            process_group=process_group,
-        )
-    x = input.to(compute_dtype(input.dtype))
-    y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
-    loss = sigmoid_family_elementwise(F.logsigmoid(x), F.logsigmoid(-x), y, pos_weight=pos_weight)
-    return finish(
-        loss,
-        valid=valid,
-        weight=weight,
-        reduction=reduction,
-        out_dtype=output_dtype(input),
         process_group=process_group,
+        backend=backend,
     )
 
 
@@ -349,43 +157,17 @@ def binary_cross_entropy(
     See also:
         :func:`binary_cross_entropy_with_logits` (preferred), :func:`binary_focal_loss`.
     """
-    s = check_common(
+    return BCE.compute(
         input,
         target,
-        weight=weight,
+        probs=True,
         pos_weight=pos_weight,
+        weight=weight,
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
         reduction=reduction,
-    )
-    V.check_probabilities("input", input)
-    path = select_backend(backend, input, target, weight, pos_weight)
-    if path != "reference":
-        return sigmoid_family_loss(
-            path,
-            input,
-            target,
-            probs=True,
-            gamma=None,
-            alpha=None,
-            weight=weight,
-            pos_weight=pos_weight,
-            label_smoothing=s,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            process_group=process_group,
-        )
-    p = input.to(compute_dtype(input.dtype))
-    y, valid = prepare_targets(target, p.dtype, label_smoothing=s, ignore_index=ignore_index)
-    log_p, log_1mp = probability_logs(p)
-    loss = sigmoid_family_elementwise(log_p, log_1mp, y, pos_weight=pos_weight)
-    return finish(
-        loss,
-        valid=valid,
-        weight=weight,
-        reduction=reduction,
-        out_dtype=output_dtype(input),
         process_group=process_group,
+        backend=backend,
     )
 
 
@@ -457,50 +239,19 @@ def sigmoid_focal_loss(
         :func:`binary_focal_loss` (from probabilities), :func:`asymmetric_loss`,
         :func:`binary_cross_entropy_with_logits`.
     """
-    s = check_common(
+    return FOCAL.compute(
         input,
         target,
-        weight=weight,
-        pos_weight=pos_weight,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-        reduction=reduction,
-    )
-    gamma, alpha = check_focal_options(gamma, alpha)
-    path = select_backend(backend, input, target, weight, pos_weight)
-    if path != "reference":
-        return sigmoid_family_loss(
-            path,
-            input,
-            target,
-            probs=False,
-            gamma=gamma,
-            alpha=alpha,
-            weight=weight,
-            pos_weight=pos_weight,
-            label_smoothing=s,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            process_group=process_group,
-        )
-    x = input.to(compute_dtype(input.dtype))
-    y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
-    loss = sigmoid_family_elementwise(
-        F.logsigmoid(x),
-        F.logsigmoid(-x),
-        y,
+        probs=False,
         gamma=gamma,
         alpha=alpha,
         pos_weight=pos_weight,
-        modulating_logs=saturated_logs(x) if gamma != 0.0 else None,
-    )
-    return finish(
-        loss,
-        valid=valid,
         weight=weight,
+        label_smoothing=label_smoothing,
+        ignore_index=ignore_index,
         reduction=reduction,
-        out_dtype=output_dtype(input),
         process_group=process_group,
+        backend=backend,
     )
 
 
@@ -565,87 +316,20 @@ def binary_focal_loss(
     See also:
         :func:`sigmoid_focal_loss` (preferred), :func:`binary_cross_entropy`.
     """
-    s = check_common(
+    return FOCAL.compute(
         input,
         target,
-        weight=weight,
+        probs=True,
+        gamma=gamma,
+        alpha=alpha,
         pos_weight=pos_weight,
+        weight=weight,
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
         reduction=reduction,
-    )
-    gamma, alpha = check_focal_options(gamma, alpha)
-    V.check_probabilities("input", input)
-    path = select_backend(backend, input, target, weight, pos_weight)
-    if path != "reference":
-        return sigmoid_family_loss(
-            path,
-            input,
-            target,
-            probs=True,
-            gamma=gamma,
-            alpha=alpha,
-            weight=weight,
-            pos_weight=pos_weight,
-            label_smoothing=s,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            process_group=process_group,
-        )
-    p = input.to(compute_dtype(input.dtype))
-    y, valid = prepare_targets(target, p.dtype, label_smoothing=s, ignore_index=ignore_index)
-    log_p, log_1mp = probability_logs(p)
-    loss = sigmoid_family_elementwise(
-        log_p, log_1mp, y, gamma=gamma, alpha=alpha, pos_weight=pos_weight
-    )
-    return finish(
-        loss,
-        valid=valid,
-        weight=weight,
-        reduction=reduction,
-        out_dtype=output_dtype(input),
         process_group=process_group,
+        backend=backend,
     )
-
-
-def asymmetric_elementwise(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    gamma_pos: float,
-    gamma_neg: float,
-    clip: float | None,
-) -> torch.Tensor:
-    """Elementwise ASL in log space; soft targets mix the positive and negative terms linearly.
-
-    Positive term: ``-(1 - p)^gamma_pos log p``. Negative term, with the shifted probability
-    ``p_m = max(p - clip, 0)``: ``-p_m^gamma_neg log(1 - p_m)``.
-    """
-    log_p = F.logsigmoid(x)
-    log_1mp = F.logsigmoid(-x)
-    # the modulating factors' exponents come from saturated logits (see SATURATION)
-    sat_log_p, sat_log_1mp = saturated_logs(x) if gamma_pos or not clip else (log_p, log_1mp)
-    pos = -log_p
-    if gamma_pos != 0.0:
-        pos = pos * torch.exp(gamma_pos * sat_log_1mp)
-    if clip:
-        # 1 - p_m = min(1 - p + clip, 1): log(sigma(-x) + clip) via logaddexp stays exact when
-        # sigma(-x) is tiny; where p <= clip the shifted probability is 0 and so is the loss.
-        p_m = (torch.sigmoid(x) - clip).clamp_min(0.0)
-        shifted = p_m > 0
-        log_pm = _safe_log(p_m, floor=float("-inf"))
-        log_1mpm = torch.where(
-            shifted, torch.logaddexp(log_1mp, log_1mp.new_tensor(clip).log()), 0.0
-        )
-    else:
-        log_pm, log_1mpm = sat_log_p, log_1mp
-        shifted = None
-    neg = -log_1mpm
-    if gamma_neg != 0.0:
-        neg = neg * torch.exp(gamma_neg * log_pm)
-    if shifted is not None:
-        neg = torch.where(shifted, neg, torch.zeros_like(neg))
-    return y * pos + (1.0 - y) * neg
 
 
 @fill_doc
@@ -714,77 +398,19 @@ def asymmetric_loss(
     See also:
         :func:`sigmoid_focal_loss`, :func:`binary_cross_entropy_with_logits`.
     """
-    s = check_common(
+    return ASL.compute(
         input,
         target,
+        gamma_pos=gamma_pos,
+        gamma_neg=gamma_neg,
+        clip=clip,
         weight=weight,
-        pos_weight=None,
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
         reduction=reduction,
-    )
-    gamma_pos = V.check_number("gamma_pos", gamma_pos, low=0.0)
-    gamma_neg = V.check_number("gamma_neg", gamma_neg, low=0.0)
-    if clip is not None:
-        clip = V.check_number("clip", clip, low=0.0, high=1.0, high_inclusive=False)
-    path = select_backend(backend, input, target, weight)
-    if path != "reference":
-        return fused_asymmetric(
-            path,
-            input,
-            target,
-            gamma_pos=gamma_pos,
-            gamma_neg=gamma_neg,
-            clip=clip,
-            weight=weight,
-            label_smoothing=s,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            process_group=process_group,
-        )
-    x = input.to(compute_dtype(input.dtype))
-    y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
-    loss = asymmetric_elementwise(x, y, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)
-    return finish(
-        loss,
-        valid=valid,
-        weight=weight,
-        reduction=reduction,
-        out_dtype=output_dtype(input),
         process_group=process_group,
+        backend=backend,
     )
-
-
-def poly1_focal_elementwise(
-    log_p: torch.Tensor,
-    log_1mp: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    epsilon: float,
-    gamma: float,
-    alpha: float | None,
-    pos_weight: torch.Tensor | None,
-    modulating_logs: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Elementwise Poly-1 focal loss: the focal loss plus ``epsilon (1 - p_t)^(gamma + 1)``.
-
-    ``(1 - p_t)^(gamma + 1) = exp((gamma + 1) log(1 - p_t))`` with ``log(1 - p_t)`` from
-    :func:`log_mix`, as in the focal term: exact at saturated logits, for soft targets too.
-    ``modulating_logs`` as in :func:`sigmoid_family_elementwise`.
-    """
-    loss = sigmoid_family_elementwise(
-        log_p,
-        log_1mp,
-        y,
-        gamma=gamma,
-        alpha=alpha,
-        pos_weight=pos_weight,
-        modulating_logs=modulating_logs,
-    )
-    if epsilon != 0.0:
-        m_log_p, m_log_1mp = modulating_logs if modulating_logs is not None else (log_p, log_1mp)
-        loss = loss + epsilon * torch.exp((gamma + 1.0) * log_mix(y, m_log_1mp, m_log_p))
-    return loss
 
 
 @fill_doc
@@ -857,51 +483,17 @@ def poly1_focal_loss(
     See also:
         :func:`sigmoid_focal_loss`, :func:`poly1_cross_entropy` (the softmax Poly-1 loss).
     """
-    s = check_common(
+    return POLY1_FOCAL.compute(
         input,
         target,
-        weight=weight,
-        pos_weight=pos_weight,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-        reduction=reduction,
-    )
-    gamma, alpha = check_focal_options(gamma, alpha)
-    epsilon = V.check_number("epsilon", epsilon, low=-1.0)
-    path = select_backend(backend, input, target, weight, pos_weight)
-    if path != "reference":
-        return sigmoid_family_loss(
-            path,
-            input,
-            target,
-            probs=False,
-            gamma=gamma,
-            alpha=alpha,
-            epsilon=epsilon,
-            weight=weight,
-            pos_weight=pos_weight,
-            label_smoothing=s,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            process_group=process_group,
-        )
-    x = input.to(compute_dtype(input.dtype))
-    y, valid = prepare_targets(target, x.dtype, label_smoothing=s, ignore_index=ignore_index)
-    loss = poly1_focal_elementwise(
-        F.logsigmoid(x),
-        F.logsigmoid(-x),
-        y,
         epsilon=epsilon,
         gamma=gamma,
         alpha=alpha,
         pos_weight=pos_weight,
-        modulating_logs=saturated_logs(x),
-    )
-    return finish(
-        loss,
-        valid=valid,
         weight=weight,
+        label_smoothing=label_smoothing,
+        ignore_index=ignore_index,
         reduction=reduction,
-        out_dtype=output_dtype(input),
         process_group=process_group,
+        backend=backend,
     )

@@ -36,11 +36,11 @@ Results of every backend equal the reference to the dtype tolerance table, gradi
 from crossent.kernels._dispatch import (
     COMPILE_MIN_NUMEL,
     ENV_VAR,
-    asymmetric_loss,
+    KernelFamily,
     compile_available,
-    cross_entropy_loss,
+    no_fallback,
+    run_fused,
     select_backend,
-    sigmoid_family_loss,
     triton_available,
 )
 from crossent.kernels._function import FusedLoss
@@ -49,10 +49,10 @@ __all__ = [
     "COMPILE_MIN_NUMEL",
     "ENV_VAR",
     "FusedLoss",
-    "asymmetric_loss",
+    "KernelFamily",
     "compile_available",
-    "cross_entropy_loss",
+    "no_fallback",
+    "run_fused",
     "select_backend",
-    "sigmoid_family_loss",
     "triton_available",
 ]

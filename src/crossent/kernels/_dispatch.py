@@ -2,35 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from crossent import _validation as V
-from crossent._reduction import (
-    distributed_ready,
-    output_dtype,
-    recording_denominators,
-    reduce_sum,
-    safe_denominator,
-)
-from crossent.kernels import _math
+from crossent._precision import compute_dtype, grad_dtype
+from crossent._reduction import plan_reduction
 from crossent.kernels._function import FusedLoss
+from crossent.losses._options import KernelOptions
 
 __all__ = [
     "COMPILE_MIN_NUMEL",
     "ENV_VAR",
-    "asymmetric_loss",
+    "KernelFamily",
     "compile_available",
-    "cross_entropy_loss",
+    "no_fallback",
+    "run_fused",
     "select_backend",
-    "sigmoid_family_loss",
     "triton_available",
 ]
 
@@ -40,6 +37,8 @@ ENV_VAR = "CROSSENT_BACKEND"
 COMPILE_MIN_NUMEL = 1 << 16
 
 _compile_error: BaseException | None = None
+# Inside no_fallback(): a backend that cannot run raises instead of handing the call to another.
+_strict = 0
 _triton_error: BaseException | None = None
 _compiled: dict[tuple, Callable] = {}
 
@@ -53,6 +52,27 @@ def triton_available() -> bool:
 def compile_available() -> bool:
     """Whether ``torch.compile`` has worked so far (it is disabled after its first failure)."""
     return _compile_error is None
+
+
+@contextlib.contextmanager
+def no_fallback() -> Iterator[None]:
+    """Within this context a backend that cannot run a call raises its error instead of
+    handing the call to the eager closed form (``torch.compile`` failing, a Triton kernel that
+    cannot be built or launched): the backend asked for is the one that ran. The tests run
+    every backend inside it, so a silent fallback fails them.
+
+    >>> import torch, crossent
+    >>> from crossent.kernels import no_fallback
+    >>> with no_fallback():
+    ...     crossent.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), backend="fused")
+    tensor(1.0986)
+    """
+    global _strict
+    _strict += 1
+    try:
+        yield
+    finally:
+        _strict -= 1
 
 
 def _interpreting() -> bool:
@@ -119,17 +139,46 @@ def select_backend(backend: str | None, input: torch.Tensor, *others: Any) -> st
 # --------------------------------------------------------------------------------------------
 
 
-def _structure(args: tuple) -> tuple:
-    """What of a call ``(input, target, *options)`` torch.compile specialises a graph on, as
-    far as it varies between loss configurations: the input's dtype and rank, the target's
-    dtype, which options are ``None``, and the flags (about 2 us: this runs on every call)."""
-    x = args[0]
-    options = [a if a is None or a.__class__ is bool else 0 for a in args[2:]]
-    return (x.dtype, x.dim(), args[1].dtype, *options)
+@dataclass(frozen=True)
+class KernelFamily:
+    """A family of losses computed by one closed form and one Triton launcher.
+
+    Attributes:
+        name: ``"sigmoid"``, ``"asymmetric"`` or ``"softmax"``.
+        classes: the input has a class dimension (1, or 0 for a ``(C,)`` input) and the loss
+            is per sample; else it is elementwise.
+        closed_form: ``options -> function`` of :mod:`crossent.kernels._math`, called as
+            ``fn(input, target, options, *, mean_denominator, reduce, need_grad)`` and
+            returning ``(sum or unreduced loss, denominator or None, gradient or None)``.
+        triton: the same for :mod:`crossent.kernels._triton` (imported on first use).
+        known_denominator: ``(input, target, options) ->`` the mean's denominator where it
+            is known before the pass (see :func:`crossent._reduction.plan_reduction`), else
+            ``None``.
+    """
+
+    name: str
+    classes: bool
+    closed_form: Callable[[Any], Callable]
+    triton: Callable[[Any], Callable]
+    known_denominator: Callable[[torch.Tensor, torch.Tensor, Any], Any]
+
+    def default_denominator(self, input: torch.Tensor) -> int:
+        """What ``"mean"`` divides by when the pass counted nothing: every element, or for a
+        per-sample loss every sample (row)."""
+        if not self.classes:
+            return input.numel()
+        return input.numel() // max(input.shape[1], 1) if input.dim() > 1 else 1
 
 
-def _get_compiled(fn: Callable, args: tuple) -> Callable:
-    """The compiled ``fn`` for calls shaped like ``args``: one per structure of the call.
+def _structure(input: torch.Tensor, target: torch.Tensor, options: KernelOptions) -> tuple:
+    """What torch.compile specialises a graph on, as far as it varies between loss
+    configurations: the input's dtype and rank, the target's dtype, which options are
+    ``None``, and the flags (about 2 us: this runs on every call)."""
+    return (input.dtype, input.dim(), target.dtype, type(options), *options.structure())
+
+
+def _get_compiled(fn: Callable, key: tuple) -> Callable:
+    """The compiled ``fn`` for calls of one structure (``key``).
 
     torch.compile keeps a graph per combination of what is structural in a call (which
     options are given, the reduction, whether a gradient is needed, the dtype) and caches them
@@ -138,7 +187,7 @@ def _get_compiled(fn: Callable, args: tuple) -> Callable:
     then ran eagerly. So each structure compiles a copy of ``fn`` with a code object of its
     own; its cache holds that structure's graphs alone (a new batch size reuses them:
     ``dynamic=True``; a new gamma or alpha too: numeric options are 0-dim tensor inputs)."""
-    key = (fn, *_structure(args))
+    key = (fn, *key)
     compiled = _compiled.get(key)
     if compiled is None:
         clone = types.FunctionType(
@@ -151,10 +200,13 @@ def _get_compiled(fn: Callable, args: tuple) -> Callable:
     return compiled
 
 
-def _run_compiled(fn: Callable, flat: bool, input: torch.Tensor, target: torch.Tensor, *args):
-    """``fn(input, target, *args)`` through torch.compile; flattened to 1-D when ``flat`` (one
-    graph for every input rank). If compilation fails (no C++ compiler, an unsupported
-    platform) the same closed form runs eagerly and compilation is not tried again."""
+def _run_compiled(
+    fn: Callable, flat: bool, input: torch.Tensor, target: torch.Tensor, options, **call
+):
+    """``fn`` through torch.compile; flattened to 1-D when ``flat`` (one graph for every
+    input rank). If compilation fails (no C++ compiler, an unsupported platform) the same
+    closed form runs eagerly and compilation is not tried again -- unless inside
+    :func:`no_fallback`, where the failure is raised."""
     global _compile_error
     shape = input.shape
     if flat:
@@ -162,13 +214,22 @@ def _run_compiled(fn: Callable, flat: bool, input: torch.Tensor, target: torch.T
     # detach(): a view's detached alias has no `_base`, so dynamo does not guard on the layout
     # of the tensor it was sliced from (a new base shape would otherwise recompile).
     input, target = input.detach(), target.detach()
-    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    options = options.for_compile(input, target)
+    if isinstance(call["mean_denominator"], torch.Tensor):
+        call["mean_denominator"] = call["mean_denominator"].detach()
+    elif call["mean_denominator"] is not None:  # a number: a graph input, not a constant
+        call["mean_denominator"] = _cached_scalar(
+            float(call["mean_denominator"]), compute_dtype(input.dtype), input.device
+        )
     if _compile_error is None:
         try:
-            call = (input, target, *args)
-            out, denominator, grad = _get_compiled(fn, call)(*call)
+            key = (*_structure(input, target, options), *call.values())
+            key = tuple(v if not isinstance(v, torch.Tensor) else "tensor" for v in key)
+            out, denominator, grad = _get_compiled(fn, key)(input, target, options, **call)
         except Exception as exc:
-            out, denominator, grad = fn(input, target, *args)  # raises if the inputs are at fault
+            if _strict:
+                raise
+            out, denominator, grad = fn(input, target, options, **call)  # raises if at fault
             _compile_error = exc
             warnings.warn(
                 f"crossent: torch.compile failed ({type(exc).__name__}: {exc}); the fused "
@@ -177,85 +238,21 @@ def _run_compiled(fn: Callable, flat: bool, input: torch.Tensor, target: torch.T
                 stacklevel=2,
             )
     else:
-        out, denominator, grad = fn(input, target, *args)
+        if _strict:
+            raise RuntimeError(
+                f'backend="compiled" cannot run: torch.compile failed earlier in this process '
+                f"({type(_compile_error).__name__}: {_compile_error})."
+            ) from _compile_error
+        out, denominator, grad = fn(input, target, options, **call)
     if flat:
         out = out.view(shape) if out.dim() else out
         grad = None if grad is None else grad.view(shape)
     return out, denominator, grad
 
 
-def _scalar(value: Any, dtype: torch.dtype, device: torch.device) -> Any:
-    if value is None:
-        return None
-    return _cached_scalar(value, dtype, device)
-
-
 @functools.lru_cache(maxsize=512)
 def _cached_scalar(value: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    # Options repeat from call to call; the kernels only read these 0-dim tensors.
     return torch.full((), value, dtype=dtype, device=device)
-
-
-def _option(value: Any, path: str, input: torch.Tensor) -> Any:
-    """A numeric option as the closed form takes it: as is when eager, a 0-dim tensor in the
-    compute dtype when compiled (a new value is then an input, not a recompile)."""
-    if value is None or path != "compiled":
-        return value
-    dtype = _math.compute_dtype(input.dtype)
-    if isinstance(value, torch.Tensor):
-        return value.to(dtype)
-    return _scalar(value, dtype, input.device)
-
-
-def _run(
-    path: str,
-    fn: Callable,
-    input: torch.Tensor,
-    args: tuple,
-    *,
-    reduction: str,
-    process_group: Any,
-    default_denominator: int,
-    class_dim: int | None = None,
-    flat: bool = False,
-    unbatched: bool = False,
-    sliceable: tuple[int, ...] = (),
-    mean_denominator: Any = None,
-) -> torch.Tensor:
-    """Run ``fn(input, *args, [mean_denominator,] reduce, need_grad)`` ->
-    ``(out, denominator, grad)`` on ``path`` and reduce.
-
-    A ``mean_denominator`` known in advance (see :func:`_mean_denominator`) is folded into the
-    closed form (and the Triton kernels), which then returns the mean itself.
-    """
-    V.check_process_group(process_group, reduction)
-    folded = mean_denominator is not None
-    need_grad = input.requires_grad and torch.is_grad_enabled()
-    if path != "triton":
-        mean_denominator = _option(mean_denominator, path, input)
-    args = (*args, mean_denominator, reduction != "none", need_grad)
-    if path == "compiled":
-        fn = functools.partial(_run_compiled, fn, flat)
-    elif path == "fused" and not torch.compiler.is_compiling():
-        chunk = _EAGER_CHUNK if input.device.type == "cpu" else _EAGER_CHUNK_DEVICE
-        if input.numel() > chunk and input.dim() and not unbatched:
-            fn = functools.partial(_chunked, fn, sliceable, chunk, flat)
-    if unbatched:
-        fn = functools.partial(_unbatched, fn)
-    if need_grad:
-        out, denominator = FusedLoss.apply(input, fn, args, class_dim, path == "triton")
-    else:
-        out, denominator, _ = fn(input, *args)
-    if reduction == "none":
-        return out
-    if folded:
-        # the kernel already divided by the mean's denominator
-        return out.to(output_dtype(input))
-    if denominator is None:
-        denominator = default_denominator
-    return reduce_sum(out, reduction, denominator=denominator, process_group=process_group).to(
-        output_dtype(input)
-    )
 
 
 # The eager closed form makes a few dozen temporaries the size of what it is given; on a large
@@ -267,107 +264,71 @@ _EAGER_CHUNK_DEVICE = 1 << 22  # on a GPU each slice costs kernel launches: fewe
 
 def _chunked(
     fn: Callable,
-    sliceable: tuple[int, ...],
     chunk: int,
     flat: bool,
     input: torch.Tensor,
     target: torch.Tensor,
-    *args,
+    options,
+    **call,
 ):
-    """``fn`` over slices of dimension 0 of ``input`` and ``target`` (and of the ``args`` at
-    ``sliceable`` that vary along it), the gradient written slice by slice into one buffer."""
+    """``fn`` over slices of dimension 0 of ``input``, ``target`` and the options' tensors
+    that vary along it, the gradient written slice by slice into one buffer."""
     shape = input.shape
     if flat:
         input, target = input.reshape(-1), target.reshape(-1)
-    reduce, need_grad = args[-2], args[-1]
     rows = input.shape[0]
     step = max(1, chunk // max(1, input[:1].numel()))
-    grad = torch.empty_like(input, dtype=_math.grad_dtype(input.dtype)) if need_grad else None
+    need_grad = call["need_grad"]
+    grad = torch.empty_like(input, dtype=grad_dtype(input.dtype)) if need_grad else None
     outs, denominators = [], []
     for start in range(0, rows, step):
-        rows_slice = slice(start, start + step)
-        sliced = list(args)
-        for i in sliceable:
-            w = sliced[i]
-            if w is not None and w.dim() == input.dim() and w.shape[0] == rows and rows > 1:
-                sliced[i] = w[rows_slice]
-        out, denominator, g = fn(input[rows_slice], target[rows_slice], *sliced)
+        sl = slice(start, start + step)
+        part = options.rows(sl, rows, input.dim())
+        out, denominator, g = fn(input[sl], target[sl], part, **call)
         if grad is not None:
-            grad[rows_slice] = g
+            grad[sl] = g
         outs.append(out)
         denominators.append(denominator)
-    out = torch.stack(outs).sum() if reduce else torch.cat(outs)
+    out = torch.stack(outs).sum() if call["reduce"] else torch.cat(outs)
     denominator = None if denominators[0] is None else torch.stack(denominators).sum()
     if flat:
-        out = out if reduce else out.view(shape)
+        out = out if call["reduce"] else out.view(shape)
         grad = None if grad is None else grad.view(shape)
     return out, denominator, grad
 
 
-def _unbatched(fn: Callable, input: torch.Tensor, target: torch.Tensor, *args):
+def _unbatched(fn: Callable, input: torch.Tensor, target: torch.Tensor, options, **call):
     """A single sample of size ``(C,)`` (target ``()`` or ``(C,)``) as a batch of one."""
-    out, denominator, grad = fn(input.unsqueeze(0), target.unsqueeze(0), *args)
+    out, denominator, grad = fn(input.unsqueeze(0), target.unsqueeze(0), options, **call)
     out = out.squeeze(0) if out.dim() else out
     return out, denominator, None if grad is None else grad.squeeze(0)
 
 
-def _mean_denominator(input: torch.Tensor, reduction: str, denominator: Any) -> Any:
-    """The mean's denominator when a kernel can fold the mean into its pass, else ``None``.
-
-    Backward can then see that its incoming gradient is exactly 1 (``loss.backward()``) and
-    hand the saved gradient on untouched -- if the forward already divided by the mean's
-    denominator, known before the pass (``denominator``: a number, or a function that counts
-    it from the targets as a 0-dim tensor, called only when the mean is folded). On CPU
-    backward reads that gradient; on a GPU the Triton scale kernel reads it on the device (no
-    synchronisation) and skips the pass.
-    """
-    if reduction == "global_mean" and not distributed_ready():
-        reduction = "mean"  # outside a process group "global_mean" is "mean", to the last bit
-    if reduction != "mean" or denominator is None:
-        return None
-    if recording_denominators():
-        return None  # GradientAccumulator: reduce_sum must see the sum and its denominator
-    if callable(denominator):
-        denominator = denominator()
-    if isinstance(denominator, torch.Tensor):
-        return safe_denominator(denominator.to(_math.compute_dtype(input.dtype)))
-    return denominator or None
+def _bind(fn: Callable, target: torch.Tensor, options, call: dict) -> Callable:
+    """``input -> fn(input, target, options, **call)``: what :class:`FusedLoss` computes."""
+    return functools.partial(_call_with, fn, target, options, tuple(call.items()))
 
 
-def _binary_count(input: torch.Tensor, target: torch.Tensor, ignore_index: float | None) -> Any:
-    """The binary family's ``"mean"`` denominator where it is known before the pass (see
-    :func:`_mean_denominator`): the element count, or -- for float16 with ``ignore_index`` --
-    the valid targets, counted first (one more read of the targets). float16 cannot hold every
-    unscaled gradient (``-w y / p`` passes 65504 at ``p ~ 3e-5``) that the mean brings back
-    into range; folded in, the mean scales the gradient before it is rounded. Else ``None``:
-    counted in the pass itself."""
-    if ignore_index is None:
-        return input.numel()
-    if input.dtype == torch.float16:
-        return lambda: (target != ignore_index).sum()
-    return None
+def _call_with(fn, target, options, call, input):
+    return fn(input, target, options, **dict(call))
 
 
-def _flat_ok(input: torch.Tensor, *weights: torch.Tensor | None) -> bool:
-    return input.is_contiguous() and all(w is None for w in weights)
-
-
-# --------------------------------------------------------------------------------------------
-# Entry points, called by crossent.functional after validation
-# --------------------------------------------------------------------------------------------
-
-
-def _triton_fallback(entry: Callable) -> Callable:
-    """If a Triton kernel cannot be built or launched (a GPU or driver Triton does not
-    support), run the eager closed form instead, warn once, and stop choosing Triton."""
-
-    @functools.wraps(entry)
-    def wrapper(path: str, *args: Any, **kwargs: Any) -> torch.Tensor:
-        global _triton_error
-        if path != "triton" or _interpreting():
-            return entry(path, *args, **kwargs)
+def run_fused(
+    path: str,
+    family: KernelFamily,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    options: KernelOptions,
+    reduction: str,
+    process_group: Any,
+) -> torch.Tensor:
+    """The loss computed by ``family``'s closed form on ``path`` (``"fused"``, ``"compiled"``
+    or ``"triton"``), reduced (:class:`crossent._reduction.Reduction`); a failing Triton
+    kernel falls back to the eager closed form (see :func:`no_fallback`)."""
+    global _triton_error
+    if path == "triton" and not _interpreting() and not _strict:
         try:
-            return entry(path, *args, **kwargs)
+            return _run_fused(path, family, input, target, options, reduction, process_group)
         except Exception as exc:
             if _triton_error is None:
                 warnings.warn(
@@ -377,209 +338,30 @@ def _triton_fallback(entry: Callable) -> Callable:
                     stacklevel=3,
                 )
             _triton_error = exc
-            return entry("fused", *args, **kwargs)
+            path = "fused"
+    return _run_fused(path, family, input, target, options, reduction, process_group)
 
-    return wrapper
 
-
-@_triton_fallback
-def sigmoid_family_loss(
-    path: str,
-    input: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    probs: bool,
-    gamma: float | None,
-    alpha: float | None,
-    weight: torch.Tensor | None,
-    pos_weight: torch.Tensor | None,
-    label_smoothing: float,
-    ignore_index: float | None,
-    reduction: str,
-    process_group: Any = None,
-    epsilon: float | None = None,
-) -> torch.Tensor:
-    """BCE (``gamma=None``), focal loss, or Poly-1 focal loss (``epsilon`` not None, logits),
-    from logits or (``probs``) probabilities."""
-    if path == "triton":
-        from crossent.kernels import _triton
-
-        fn = _triton.sigmoid_family
-        args = (
-            target,
-            weight,
-            pos_weight,
-            ignore_index,
-            label_smoothing,
-            gamma,
-            alpha,
-            epsilon,
-            probs,
-        )
+def _run_fused(path, family, input, target, options, reduction, process_group):
+    known = family.known_denominator(input, target, options)
+    plan = plan_reduction(reduction, process_group, input, known)
+    need_grad = input.requires_grad and torch.is_grad_enabled()
+    call = dict(mean_denominator=plan.fold, reduce=plan.reduce, need_grad=need_grad)
+    fn = family.triton(options) if path == "triton" else family.closed_form(options)
+    flat = not family.classes and input.is_contiguous() and len(options.tensors()) == 0
+    unbatched = family.classes and input.dim() == 1
+    if path == "compiled":
+        fn = functools.partial(_run_compiled, fn, flat)
+    elif path == "fused" and not torch.compiler.is_compiling():
+        chunk = _EAGER_CHUNK if input.device.type == "cpu" else _EAGER_CHUNK_DEVICE
+        if input.numel() > chunk and input.dim() and not unbatched:
+            fn = functools.partial(_chunked, fn, chunk, flat)
+    if unbatched:
+        fn = functools.partial(_unbatched, fn)
+    if need_grad:
+        class_dim = 1 if family.classes else None
+        compute = _bind(fn, target, options, call)
+        out, denominator = FusedLoss.apply(input, compute, class_dim, path == "triton")
     else:
-        fn = _math.sigmoid_family
-        keep, add = (
-            (1.0 - label_smoothing, 0.5 * label_smoothing) if label_smoothing else (None,) * 2
-        )
-        one_minus_alpha = None if alpha is None else 1.0 - alpha
-        bits = None
-        g_int = _math.integer_gamma(gamma)
-        if g_int is not None:
-            # the focal factor by squaring, no log / exp
-            k = max(g_int - 1, 0)
-            bits = (g_int >= 1, tuple(bool(k >> i & 1) for i in range(3)))
-        if path == "compiled":
-            cdt = _math.compute_dtype(input.dtype, probs)
-            device = input.device
-            options = [_scalar(ignore_index, _ignore_dtype(target), device)]
-            options += [_scalar(v, cdt, device) for v in (keep, add, gamma)]
-            if bits is not None:
-                flag, digits = bits
-                bits = (
-                    _scalar(flag, torch.bool, device),
-                    tuple(_scalar(b, torch.bool, device) for b in digits),
-                )
-            options.append(bits)
-            options += [_scalar(v, cdt, device) for v in (alpha, one_minus_alpha, epsilon)]
-        else:
-            options = [ignore_index, keep, add, gamma, bits, alpha, one_minus_alpha, epsilon]
-        args = (target, weight, pos_weight, *options, probs)
-    return _run(
-        path,
-        fn,
-        input,
-        args,
-        reduction=reduction,
-        process_group=process_group,
-        default_denominator=input.numel(),
-        flat=_flat_ok(input, weight, pos_weight),
-        sliceable=(0, 1),
-        mean_denominator=_mean_denominator(
-            input, reduction, _binary_count(input, target, ignore_index)
-        ),
-    )
-
-
-@_triton_fallback
-def asymmetric_loss(
-    path: str,
-    input: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    gamma_pos: float,
-    gamma_neg: float,
-    clip: float | None,
-    weight: torch.Tensor | None,
-    label_smoothing: float,
-    ignore_index: float | None,
-    reduction: str,
-    process_group: Any = None,
-) -> torch.Tensor:
-    """Asymmetric loss (ASL) from logits; ``clip`` None or 0 disables the margin."""
-    clip = clip or None
-    if path == "triton":
-        from crossent.kernels import _triton
-
-        fn = _triton.asymmetric
-        args = (target, weight, ignore_index, label_smoothing, gamma_pos, gamma_neg, clip)
-    else:
-        fn = _math.asymmetric
-        keep, add = (
-            (1.0 - label_smoothing, 0.5 * label_smoothing) if label_smoothing else (None,) * 2
-        )
-        options = [ignore_index, keep, add, gamma_pos, gamma_neg, clip]
-        if path == "compiled":
-            cdt = _math.compute_dtype(input.dtype)
-            ignore = _scalar(ignore_index, _ignore_dtype(target), input.device)
-            options = [ignore] + [_scalar(v, cdt, input.device) for v in options[1:]]
-        args = (target, weight, *options)
-    return _run(
-        path,
-        fn,
-        input,
-        args,
-        reduction=reduction,
-        process_group=process_group,
-        default_denominator=input.numel(),
-        flat=_flat_ok(input, weight),
-        sliceable=(0,),
-        mean_denominator=_mean_denominator(
-            input, reduction, _binary_count(input, target, ignore_index)
-        ),
-    )
-
-
-@_triton_fallback
-def cross_entropy_loss(
-    path: str,
-    input: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    weight: torch.Tensor | None,
-    ignore_index: int | None,
-    label_smoothing: float,
-    reduction: str,
-    process_group: Any = None,
-    gamma: float | None = None,
-    alpha: float | torch.Tensor | None = None,
-    epsilon: float | None = None,
-) -> torch.Tensor:
-    """Softmax cross entropy over the class dimension (1, or 0 for an input of size ``(C)``)
-    with crossent's (torch's) semantics: class-index targets (integer, the input's size without
-    the class dimension) or class-probability targets (floating point, the input's size; a
-    position whose every target entry equals ``ignore_index`` is ignored). ``"mean"`` divides
-    by the summed weight of the non-ignored targets (index targets), or by the number of
-    non-ignored positions (probability targets).
-
-    With a focal factor (``gamma``, 0 or ``None``: none), class factors ``alpha`` or a Poly-1
-    term (``epsilon``, 0 or ``None``: none) this is the softmax focal / Poly-1 loss
-    (:func:`crossent.kernels._math.softmax_family`); without them, plain cross entropy
-    (:func:`crossent.kernels._math.cross_entropy`)."""
-    probs = target.is_floating_point()
-    smoothing = label_smoothing or None
-    gamma, epsilon = gamma or None, epsilon or None
-    family = gamma is not None or alpha is not None or epsilon is not None
-    if path == "triton":
-        from crossent.kernels import _triton
-
-        if family:
-            fn = _triton.softmax_family
-            args = (target, weight, alpha, ignore_index, smoothing, gamma, epsilon, probs)
-        else:
-            fn = _triton.cross_entropy
-            args = (target, weight, ignore_index, smoothing, probs)
-    else:
-        ignore = ignore_index
-        if path == "compiled" and ignore_index is not None:
-            ignore = _scalar(ignore_index, target.dtype, input.device)
-        smooth = _option(smoothing, path, input)
-        if family:
-            fn = _math.softmax_family
-            alpha, gamma, epsilon = (_option(v, path, input) for v in (alpha, gamma, epsilon))
-            args = (target, weight, alpha, ignore, smooth, gamma, epsilon, probs)
-        else:
-            fn = _math.cross_entropy
-            args = (target, weight, ignore, smooth, probs)
-    rows = input.numel() // max(input.shape[1], 1) if input.dim() > 1 else 1
-    mean_denominator = None
-    if not probs and weight is None:
-        # the mean's denominator from the targets alone: a pass over N indices, not N x C
-        count = rows if ignore_index is None else lambda: (target != ignore_index).sum()
-        mean_denominator = _mean_denominator(input, reduction, count)
-    return _run(
-        path,
-        fn,
-        input,
-        args,
-        reduction=reduction,
-        process_group=process_group,
-        default_denominator=rows,
-        class_dim=1,
-        unbatched=input.dim() == 1,
-        mean_denominator=mean_denominator,
-    )
-
-
-def _ignore_dtype(target: torch.Tensor) -> torch.dtype:
-    # Compared in the target's dtype, as the reference's `target != ignore_index` does.
-    return target.dtype if target.is_floating_point() else torch.float64
+        out, denominator, _ = fn(input, target, options, **call)
+    return plan.finish(out, denominator, family.default_denominator(input))

@@ -1,11 +1,12 @@
 """The autograd node of every fused path: forward computes loss and gradient, backward scales.
 
 Memory: the forward's gradient buffer (the input's size and dtype; float32 for a float16
-input, see :func:`crossent.kernels._math.grad_dtype`) is the only tensor saved.
+input, see :func:`crossent._precision.grad_dtype`) is the only tensor saved.
 When autograd will not run this node again (no ``retain_graph``), backward scales that buffer in
-place and hands it on; autograd has released its own reference by then, so the buffer becomes
-``input.grad`` itself (or flows into the next node) without a copy. Peak extra memory of a
-forward plus backward is therefore one gradient buffer. With ``retain_graph=True`` (or
+place (for an incoming gradient of exactly 1 not at all) and hands it on; autograd has released
+its own reference by then, so the buffer becomes ``input.grad`` itself (or flows into the next
+node) without a copy. Peak extra memory of a forward plus backward is therefore one gradient
+buffer. With ``retain_graph=True`` (or
 under ``torch.compile``) backward returns a scaled copy and the saved buffer stays intact.
 
 Time: when the incoming gradient is a scalar exactly 1 (``loss.backward()``: the kernels fold
@@ -46,26 +47,26 @@ def _is_exactly_one(grad_out: torch.Tensor) -> bool:
 
 
 class FusedLoss(torch.autograd.Function):
-    """``out, denominator = FusedLoss.apply(input, compute, args, class_dim, on_device)``.
+    """``out, denominator = FusedLoss.apply(input, compute, class_dim, on_device)``.
 
-    ``compute(input, *args)`` returns ``(out, denominator, grad)``: the summed (or elementwise)
-    loss, the ``"mean"`` denominator or ``None``, and d(out summed)/d(input) in the input's
-    dtype. Only ``input`` receives a gradient; the dispatcher routes every call in which
-    another tensor requires one to the reference path. ``class_dim``: for a per-sample loss
-    (cross entropy, ``reduction="none"``) the input dimension the output lacks, else ``None``.
-    ``on_device``: the forward ran a Triton kernel, so backward scales with one too.
+    ``compute(input)`` returns ``(out, denominator, grad)``: the summed (or elementwise)
+    loss, the ``"mean"`` denominator or ``None``, and d(out summed)/d(input) in
+    :func:`crossent._precision.grad_dtype`. Only ``input`` receives a gradient; the dispatcher
+    routes every call in which another tensor requires one to the reference path.
+    ``class_dim``: for a per-sample loss (cross entropy, ``reduction="none"``) the input
+    dimension the output lacks, else ``None``. ``on_device``: the forward ran a Triton kernel,
+    so backward scales with one too.
     """
 
     @staticmethod
     def forward(
         ctx: Any,
         input: torch.Tensor,
-        compute: Callable[..., Any],
-        args: tuple,
+        compute: Callable[[torch.Tensor], Any],
         class_dim: int | None = None,
         on_device: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out, denominator, grad = compute(input, *args)
+        out, denominator, grad = compute(input)
         ctx.class_dim = class_dim if out.dim() else None
         ctx.on_device = on_device
         ctx.input_dtype = input.dtype  # float16: the gradient is stored in float32
@@ -87,12 +88,15 @@ class FusedLoss(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if ctx.class_dim is not None:
             grad_out = grad_out.unsqueeze(ctx.class_dim)
-        if _is_exactly_one(grad_out):
+        if torch.compiler.is_compiling() or _keep_graph():
+            # The graph is kept (retain_graph=True): the saved buffer must stay intact for the
+            # next backward, so hand on a new tensor -- autograd may keep what it is given as
+            # `input.grad` (also through a view) and accumulate into it in place.
+            grad = grad.clone() if _is_exactly_one(grad_out) else grad * grad_out
+        elif _is_exactly_one(grad_out):
             # loss.backward() on the loss itself: the gradient is already final (a mean's
             # denominator is folded into the forward), so no pass over it at all.
             pass
-        elif torch.compiler.is_compiling() or _keep_graph():
-            grad = grad * grad_out
         elif ctx.on_device and grad_out.dim() == 0 and grad.is_contiguous():
             # The graph is freed after this call: reuse the saved buffer (see the module
             # docstring), on the device.
@@ -102,4 +106,4 @@ class FusedLoss(torch.autograd.Function):
         else:
             grad = grad.mul_(grad_out)  # the saved buffer, reused
         # float16: rounded from the float32 buffer only now, after the incoming gradient
-        return grad.to(ctx.input_dtype), *(None,) * 4
+        return grad.to(ctx.input_dtype), None, None, None

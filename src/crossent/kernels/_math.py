@@ -22,55 +22,26 @@ quantity below is built from these, so it is finite for every finite logit.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from crossent._reduction import output_dtype
+from crossent._precision import EXP_CLAMP, LOG_CLAMP, compute_dtype, grad_dtype, output_dtype
+from crossent.losses._options import AsymmetricOptions, SigmoidOptions, SoftmaxOptions
 
 __all__ = ["asymmetric", "cross_entropy", "sigmoid_family", "softmax_family"]
-
-# torch's BCELoss clamps the log terms at -100 (see crossent.functional._binary.LOG_CLAMP).
-LOG_CLAMP = -100.0
-EXP_CLAMP = math.exp(LOG_CLAMP)
 
 Scalar = float | torch.Tensor
 
 
-def grad_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the gradient a fused forward stores: the input's, but float32 for
-    float16. Backward multiplies it by the incoming gradient and only then rounds to float16,
-    as autograd does. Stored in float16, a mean's gradient ``(p - y) / N`` falls below
-    float16's normal range (6.1e-5) wherever ``|p - y| < 6.1e-5 N`` (a 1000-way softmax's
-    classes from 16 rows on), and loss scaling (GradScaler) then multiplied its subnormal
-    remains -- a third of a 2048 x 1000 cross entropy's gradient entries were 0 -- while a
-    per-element gradient beyond 65504 (``reduction="none"``) overflowed before the incoming
-    gradient could bring it back. bfloat16 has float32's range and keeps its own dtype."""
-    return torch.float32 if dtype == torch.float16 else dtype
-
-
-def compute_dtype(dtype: torch.dtype, probs: bool = False) -> torch.dtype:
-    """The dtype a closed form computes in: float32, float64 for float64 inputs -- and for
-    probability inputs of the binary family (``probs``). Their gradient
-    ``((1 - y) p - w y (1 - p)) / (p (1 - p))`` (BCE; the focal loss adds a term) is
-    ill-conditioned where it crosses 0, at ``p = w y / (1 - y + w y)`` -- soft or smoothed
-    targets put elements there -- and every float32 evaluation, torch's included, is hundreds
-    of ulps off on some of them (about 900 for torch's CUDA ops, 1400 for a float32 kernel, on
-    a 67 x 129 case). In float64 the one rounding left is the final cast."""
-    return torch.float64 if dtype == torch.float64 or probs else torch.float32
-
-
-def _targets(target, dtype, ignore_index, keep, add):
-    """Targets in the compute dtype, ignored positions zeroed, then smoothed (the reference's
-    order: crossent.functional._binary.prepare_targets). ``keep``/``add`` are ``1 - s`` and
-    ``s / 2``; ``keep is None`` means no smoothing."""
+def _targets(target, dtype, ignore_index, smoothing):
+    """Targets in the compute dtype, ignored positions zeroed, then smoothed to
+    ``y (1 - s) + s / 2`` (the reference's order: ``crossent.losses._reference``)."""
     y = target.to(dtype)
     valid = None
     if ignore_index is not None:
         valid = target != ignore_index
         y = torch.where(valid, y, 0.0)
-    if keep is not None:
-        y = y * keep + add
+    if smoothing is not None:
+        y = y * (1.0 - smoothing) + 0.5 * smoothing
     return y, valid
 
 
@@ -133,15 +104,6 @@ def _logit_terms(x):
     return e, l, inv, x >= 0
 
 
-def integer_gamma(gamma: Scalar | None) -> int | None:
-    """A focal ``gamma`` that is an integer in [0, 8] (2 in the paper), as an ``int``; else
-    ``None``. The kernels take ``(1 - p_t)^gamma`` for these by multiplication (no log, no
-    exp per element), one compiled variant per value."""
-    if isinstance(gamma, (int, float)) and float(gamma).is_integer() and 0 <= gamma <= 8:
-        return int(gamma)
-    return None
-
-
 def _int_power(s, bits):
     """``s ** (b0 + 2 b1 + 4 b2)`` by squaring; ``bits`` are bools or 0-dim bool tensors."""
     out = None
@@ -160,17 +122,8 @@ def _int_power(s, bits):
 def sigmoid_family(
     input: torch.Tensor,
     target: torch.Tensor,
-    weight: torch.Tensor | None,
-    pos_weight: torch.Tensor | None,
-    ignore_index: Scalar | None,
-    keep: Scalar | None,
-    add: Scalar | None,
-    gamma: Scalar | None,
-    gamma_bits: tuple | None,
-    alpha: Scalar | None,
-    one_minus_alpha: Scalar | None,
-    epsilon: Scalar | None,
-    probs: bool,
+    options: SigmoidOptions,
+    *,
     mean_denominator: Scalar | None,
     reduce: bool,
     need_grad: bool,
@@ -206,9 +159,12 @@ def sigmoid_family(
     the result is the same to the last digits. ``None``: any ``gamma >= 0`` through
     ``exp(gamma L)``.
     """
+    o = options
+    probs, gamma, gamma_bits, alpha, epsilon = o.probs, o.gamma, o.gamma_bits, o.alpha, o.epsilon
+    weight, pos_weight = o.weight, o.pos_weight
     dtype = compute_dtype(input.dtype, probs)
     z = input.to(dtype)
-    y, valid = _targets(target, dtype, ignore_index, keep, add)
+    y, valid = _targets(target, dtype, o.ignore_index, o.label_smoothing)
     y1 = 1.0 - y
     if probs:
         # log p and log(1 - p), clamped at -100; d/dp of each (0 where clamped or p on the edge).
@@ -295,7 +251,7 @@ def sigmoid_family(
             grad = m * grad + gamma * (loss * m_dL)
         loss = m * loss
     if alpha is not None:
-        alpha_t = alpha * y + one_minus_alpha * y1
+        alpha_t = alpha * y + (1.0 - alpha) * y1
         loss = loss * alpha_t
         if grad is not None:
             grad = grad * alpha_t
@@ -309,13 +265,8 @@ def sigmoid_family(
 def asymmetric(
     input: torch.Tensor,
     target: torch.Tensor,
-    weight: torch.Tensor | None,
-    ignore_index: Scalar | None,
-    keep: Scalar | None,
-    add: Scalar | None,
-    gamma_pos: Scalar,
-    gamma_neg: Scalar,
-    clip: Scalar | None,
+    options: AsymmetricOptions,
+    *,
     mean_denominator: Scalar | None,
     reduce: bool,
     need_grad: bool,
@@ -330,9 +281,11 @@ def asymmetric(
       ``p_m > 0`` (else 0), ``d neg / dx = p q p_m^{gamma_neg}
       (1 / (q + m) - gamma_neg log(q + m) / p_m)``.
     """
+    o = options
+    gamma_pos, gamma_neg, clip, weight = o.gamma_pos, o.gamma_neg, o.clip, o.weight
     dtype = compute_dtype(input.dtype)
     x = input.to(dtype)
-    y, valid = _targets(target, dtype, ignore_index, keep, add)
+    y, valid = _targets(target, dtype, o.ignore_index, o.label_smoothing)
     e, l, inv, pos = _logit_terms(x)
     lp = torch.clamp_max(x, 0.0) - l
     lq = torch.clamp_max(-x, 0.0) - l
@@ -413,10 +366,8 @@ def _probability_targets(target, dtype, ignore_index, smoothing, n_classes):
 def cross_entropy(
     input: torch.Tensor,
     target: torch.Tensor,
-    weight: torch.Tensor | None,
-    ignore_index: Scalar | None,
-    smoothing: Scalar | None,
-    probs: bool,
+    options: SoftmaxOptions,
+    *,
     mean_denominator: Scalar | None,
     reduce: bool,
     need_grad: bool,
@@ -445,6 +396,8 @@ def cross_entropy(
     Returns ``(sum or per-sample loss, denominator or None, gradient)``; a ``None``
     denominator means every sample counts once.
     """
+    weight, ignore_index, smoothing = options.weight, options.ignore_index, options.label_smoothing
+    probs = target.is_floating_point()
     x, z, ez, sum_ez, lse = _softmax_parts(input)
     dtype, n_classes = x.dtype, x.shape[1]
     w_shape = [1] * x.dim()
@@ -515,13 +468,8 @@ def _class_view(v: Scalar | None, dtype: torch.dtype, shape: list[int]) -> Scala
 def softmax_family(
     input: torch.Tensor,
     target: torch.Tensor,
-    weight: torch.Tensor | None,
-    alpha: Scalar | None,
-    ignore_index: Scalar | None,
-    smoothing: Scalar | None,
-    gamma: Scalar | None,
-    epsilon: Scalar | None,
-    probs: bool,
+    options: SoftmaxOptions,
+    *,
     mean_denominator: Scalar | None,
     reduce: bool,
     need_grad: bool,
@@ -550,6 +498,10 @@ def softmax_family(
 
     Returns ``(sum or per-sample loss, denominator or None, gradient)``.
     """
+    o = options
+    weight, alpha, ignore_index, smoothing = o.weight, o.alpha, o.ignore_index, o.label_smoothing
+    gamma, epsilon = o.gamma, o.epsilon
+    probs = target.is_floating_point()
     x, z, ez, sum_ez, lse = _softmax_parts(input)
     dtype, n_classes = x.dtype, x.shape[1]
     shape = [1] * x.dim()
@@ -624,13 +576,17 @@ def softmax_family(
             f = f * m
         if epsilon is not None:
             f = f + epsilon * u
-        if coef is not None:
+        if isinstance(coef, torch.Tensor):
             f = torch.where(coef == 0, 0.0, coef * f)
+        elif coef is not None:  # a number alpha, no weight and nothing ignored
+            f = coef * f if coef else torch.zeros_like(f)
         loss = f.squeeze(1)
         if need_grad:
             h = _p_dfdp(p_t, log_pt, u, big, m, gamma, epsilon) * sc
-            if coef is not None:
+            if isinstance(coef, torch.Tensor):
                 h = torch.where(coef == 0, 0.0, coef * h)
+            elif coef is not None:
+                h = coef * h if coef else torch.zeros_like(h)
             # g_k - p_k sum g = h ([k = t] - p_k)
             grad = _add_at_target(ez * (-h / sum_ez), t, h)
     out = loss.sum() if reduce else loss.to(output_dtype(input))
@@ -675,7 +631,10 @@ def _p_dfdp(p, log_p, u, big, m, gamma, epsilon):
         u_safe = torch.where(u == 0, 1.0, u)
         r_big = torch.where(u == 0, -1.0, torch.log1p(-torch.where(big, u_safe, 0.0)) / u_safe)
         r = torch.where(big, r_big, log_p / u_safe)
-        h = m * (gamma * (p * r) - 1.0)
+        # p log p / (1 - p) -> 0 as p -> 0: a class whose p underflowed to 0 (log p = -inf,
+        # a logit more than the format's range below the maximum) gives 0, not 0 * -inf = NaN
+        pr = torch.where(p == 0, 0.0, p * r)
+        h = m * (gamma * pr - 1.0)
     if epsilon is not None:
         h = h - epsilon * p
     return h

@@ -43,8 +43,10 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from crossent._reduction import output_dtype
-from crossent.kernels import _math
+from crossent._precision import EXP_CLAMP as _EXP_CLAMP
+from crossent._precision import LOG_CLAMP as _LOG_CLAMP
+from crossent._precision import compute_dtype, grad_dtype, output_dtype
+from crossent.losses._options import integer_gamma
 
 __all__ = [
     "asymmetric",
@@ -57,8 +59,8 @@ __all__ = [
 
 # Globals a kernel reads must be tl.constexpr: compiled for a GPU, Triton refuses plain ones
 # (the interpreter does not; tests/test_cuda.py catches that on a GPU).
-LOG_CLAMP = tl.constexpr(-100.0)
-EXP_CLAMP = tl.constexpr(math.exp(-100.0))
+LOG_CLAMP = tl.constexpr(_LOG_CLAMP)
+EXP_CLAMP = tl.constexpr(_EXP_CLAMP)
 # Launch configuration of the elementwise kernel, (elements, warps) per program, chosen with
 # benchmarks/sweep_triton.py on an H100: BCE from logits, a few operations per element, moves
 # the most bytes with large blocks (93% -> 97% of a copy's bandwidth at 64M elements); the
@@ -323,7 +325,9 @@ def _binary_kernel(
             # Poly-1: + epsilon (1 - p_t)^(gamma + 1), after alpha_t (it weights the focal term)
             epsilon = _scalar(eps_hi, eps_lo, CDT)
             loss += epsilon * (m * s)  # s^(gamma + 1)
-            grad += epsilon * (opt_a + 1.0) * m_dl * s
+            # d s^(gamma + 1) = (gamma + 1) s^gamma (s dL): m * s_dl, right for gamma = 0 too
+            # (where m_dl above is not s^(gamma - 1) s dL but only enters times gamma = 0)
+            grad += epsilon * (opt_a + 1.0) * m * s_dl
     if HAS_W:
         w_off = (offs // w_inner) % w_mid
         w = tl.load(w_ptr + w_off, mask=mask, other=0.0).to(CDT)
@@ -448,11 +452,11 @@ def _launch_binary(
     light = kind == 0 and not (flags["FOCAL"] or flags["POLY"])
     block, warps = _ELEMENTWISE_LIGHT if light else _ELEMENTWISE_HEAVY
     n_blocks = max(triton.cdiv(n, block), 1)
-    # float64 for float64 inputs and for probabilities (kind 1): see _math.compute_dtype
-    cdt = _math.compute_dtype(input.dtype, kind == 1)
+    # float64 for float64 inputs and for probabilities (kind 1): see _precision.compute_dtype
+    cdt = compute_dtype(input.dtype, kind == 1)
     w, w_inner, w_mid = _broadcast_index(weight, input.shape)
     pw, pw_inner, pw_mid = _broadcast_index(pos_weight, input.shape)
-    grad = torch.empty_like(x, dtype=_math.grad_dtype(x.dtype)) if need_grad else None
+    grad = torch.empty_like(x, dtype=grad_dtype(x.dtype)) if need_grad else None
     loss = None if reduce else torch.empty_like(x, dtype=output_dtype(input))
     has_ignore = ignore_index is not None
     parts = torch.empty((2 if has_ignore else 1, n_blocks), dtype=cdt, device=x.device)
@@ -503,67 +507,53 @@ def _launch_binary(
     return _folded(sums[0], mean_den), (sums[1] if has_ignore else None), grad
 
 
-def sigmoid_family(
-    input,
-    target,
-    weight,
-    pos_weight,
-    ignore_index,
-    smoothing,
-    gamma,
-    alpha,
-    epsilon,
-    probs,
-    mean_denominator,
-    reduce,
-    need_grad,
-):
-    """Triton form of :func:`crossent.kernels._math.sigmoid_family` (same returns)."""
-    g_int = _math.integer_gamma(gamma)
+def sigmoid_family(input, target, options, *, mean_denominator, reduce, need_grad):
+    """Triton form of :func:`crossent.kernels._math.sigmoid_family` (same arguments and
+    returns)."""
+    o = options
+    g_int = integer_gamma(o.gamma)
     flags = dict(
-        FOCAL=gamma is not None,
-        POLY=epsilon is not None,
-        HAS_ALPHA=alpha is not None,
+        FOCAL=o.gamma is not None,
+        POLY=o.epsilon is not None,
+        HAS_ALPHA=o.alpha is not None,
         CLIP=False,
         REDUCE=reduce,
         NEED_GRAD=need_grad,
         GAMMA_INT=-1 if g_int is None else g_int,
     )
-    opts = (gamma, alpha, None if alpha is None else 1.0 - alpha, epsilon)
-    kind = 1 if probs else 0
+    scalars = (o.gamma, o.alpha, None if o.alpha is None else 1.0 - o.alpha, o.epsilon)
+    kind = 1 if o.probs else 0
     return _launch_binary(
         kind,
         input,
         target,
-        weight,
-        pos_weight,
-        ignore_index,
-        smoothing,
-        opts,
+        o.weight,
+        o.pos_weight,
+        o.ignore_index,
+        o.label_smoothing,
+        scalars,
         mean_denominator,
         flags,
     )
 
 
-def asymmetric(
-    input,
-    target,
-    weight,
-    ignore_index,
-    smoothing,
-    gamma_pos,
-    gamma_neg,
-    clip,
-    mean_denominator,
-    reduce,
-    need_grad,
-):
-    """Triton form of :func:`crossent.kernels._math.asymmetric` (same returns)."""
-    flags = dict(FOCAL=False, POLY=False, HAS_ALPHA=False, CLIP=clip is not None, REDUCE=reduce)
+def asymmetric(input, target, options, *, mean_denominator, reduce, need_grad):
+    """Triton form of :func:`crossent.kernels._math.asymmetric` (same arguments and returns)."""
+    o = options
+    flags = dict(FOCAL=False, POLY=False, HAS_ALPHA=False, CLIP=o.clip is not None, REDUCE=reduce)
     flags["NEED_GRAD"] = need_grad
-    opts = (gamma_pos, gamma_neg, clip, None)
+    scalars = (o.gamma_pos, o.gamma_neg, o.clip, None)
     return _launch_binary(
-        2, input, target, weight, None, ignore_index, smoothing, opts, mean_denominator, flags
+        2,
+        input,
+        target,
+        o.weight,
+        None,
+        o.ignore_index,
+        o.label_smoothing,
+        scalars,
+        mean_denominator,
+        flags,
     )
 
 
@@ -962,34 +952,25 @@ def _row_launch(n_classes: int, cdt: torch.dtype, dense: bool, terms: bool) -> t
     return block, {1024: 4, 2048: 8, 4096: 8, 8192: 16}.get(block, 4 if block < 1024 else 32)
 
 
-def softmax_family(
-    input,
-    target,
-    weight,
-    alpha,
-    ignore_index,
-    smoothing,
-    gamma,
-    epsilon,
-    probs,
-    mean_denominator,
-    reduce,
-    need_grad,
-):
+def softmax_family(input, target, options, *, mean_denominator, reduce, need_grad):
     """Triton form of ``crossent.kernels._math.softmax_family``: returns (sum, or per-sample
     loss in ``output_dtype(input)`` when not ``reduce``; denominator or None; gradient
     d(sum of the loss)/d(input) in ``input.dtype``, or None)."""
+    o = options
+    weight, alpha, ignore_index, smoothing = o.weight, o.alpha, o.ignore_index, o.label_smoothing
+    gamma, epsilon = o.gamma, o.epsilon
+    probs = target.is_floating_point()
     x = input.contiguous()
     n_classes = x.shape[1]
     inner = math.prod(x.shape[2:])
     n_rows = x.shape[0] * inner
-    cdt = torch.float64 if input.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(input.dtype)
     t = target.contiguous()
     w = None if weight is None else weight.contiguous()
     alpha_kind = 0 if alpha is None else 2 if isinstance(alpha, torch.Tensor) else 1
     if alpha_kind == 2:
         alpha = alpha.reshape(-1).expand(n_classes).contiguous()  # a 0-dim alpha: one per class
-    grad = torch.empty_like(x, dtype=_math.grad_dtype(x.dtype)) if need_grad else None
+    grad = torch.empty_like(x, dtype=grad_dtype(x.dtype)) if need_grad else None
     rows = torch.empty((2, n_rows), dtype=cdt, device=x.device)
     terms = bool(gamma or epsilon or alpha_kind)
     block, num_warps = _row_launch(n_classes, cdt, bool(probs or smoothing), terms)
@@ -1032,21 +1013,14 @@ def softmax_family(
     return _folded(sums[0], mean_denominator), (sums[1] if has_denominator else None), grad
 
 
-def cross_entropy(
-    input, target, weight, ignore_index, smoothing, probs, mean_denominator, reduce, need_grad
-):
-    """Triton form of :func:`crossent.kernels._math.cross_entropy` (same returns)."""
+def cross_entropy(input, target, options, *, mean_denominator, reduce, need_grad):
+    """Triton form of :func:`crossent.kernels._math.cross_entropy` (same arguments and
+    returns): the softmax kernel with its focal, Poly-1 and alpha terms compiled out."""
     return softmax_family(
         input,
         target,
-        weight,
-        None,
-        ignore_index,
-        smoothing,
-        0.0,
-        0.0,
-        probs,
-        mean_denominator,
-        reduce,
-        need_grad,
+        options,
+        mean_denominator=mean_denominator,
+        reduce=reduce,
+        need_grad=need_grad,
     )
