@@ -72,10 +72,12 @@ def check_output(
     what: str,
     ours: Callable[[Path], bool],
     others: dict[str, Path | None] | None = None,
+    create_folder: bool = False,
 ) -> bool:
     """Refuse (exit 2) to write ``path`` if it is another option's file or an existing file
     that is not ``what`` (a file an earlier run wrote, as ``ours`` recognises). Returns whether
-    ``path`` exists (and is one of ours, to be replaced or appended to)."""
+    ``path`` exists (and is one of ours, to be replaced or appended to). The file's folder
+    must exist unless ``create_folder`` (the command creates it)."""
     if path is None:
         return False
     for name, other in (others or {}).items():
@@ -89,7 +91,7 @@ def check_output(
         raise typer.BadParameter(
             f"{str(path)!r} is a folder; {option} needs a file name.", param_hint=option
         )
-    if not path.resolve().parent.is_dir():
+    if not create_folder and not path.resolve().parent.is_dir():
         raise typer.BadParameter(
             f"Could not write {str(path)!r}: the directory {str(path.parent)!r} does not exist.",
             param_hint=option,
