@@ -767,8 +767,8 @@ def load_dataset(
     imbalance: float = 50.0,
     data_seed: int = 0,
 ) -> Dataset:
-    """A built-in data set by name, or a CSV file (``csv_path`` with ``targets``; see
-    :func:`load_csv` for ``drop``, ``positive``, ``drop_text`` and ``missing``)."""
+    """A built-in data set by name, or a CSV file (``csv_path`` with ``targets``; ``drop``,
+    ``positive``, ``drop_text`` and ``missing`` as in ``crossent.compare.data.load_csv``)."""
     if csv_path is not None:
         return load_csv(
             csv_path,
