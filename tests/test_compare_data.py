@@ -64,6 +64,13 @@ def test_unknown_builtin_and_target_without_csv():
         load_builtin("mnist")
     with pytest.raises(CompareError, match=r"`--target` needs `--csv PATH`"):
         load_dataset("digits", targets=["y"])
+    for option, kwargs in (
+        ("--drop-text", dict(drop_text=True)),
+        ("--missing", dict(missing="mean")),
+        ("--drop", dict(drop=["a"])),
+    ):
+        with pytest.raises(CompareError, match=rf"`{option}` applies to `--csv PATH`"):
+            load_dataset("digits", **kwargs)
 
 
 # --------------------------------------------------------------------------------------------

@@ -780,4 +780,18 @@ def load_dataset(
         )
     if targets:
         raise CompareError("`--target` needs `--csv PATH`: the built-in data sets have their own.")
+    given = [
+        name
+        for name, value in (
+            ("--drop", bool(drop)),
+            ("--positive", positive is not None),
+            ("--drop-text", drop_text),
+            ("--missing", missing != "error"),
+        )
+        if value
+    ]
+    if given:
+        raise CompareError(
+            f"`{given[0]}` applies to `--csv PATH`; the built-in data sets need no cleaning."
+        )
     return load_builtin(name or "digits-imbalanced", imbalance=imbalance, data_seed=data_seed)
