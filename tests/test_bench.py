@@ -7,6 +7,7 @@ functions whose memory use is known exactly.
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import pytest
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from crossent import bench as B
 from crossent.cli import app
+from tests._helpers.cli import sha256
 
 RUNNER = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"})
 N = 1 << 22  # 16 MB buffers: page-sized noise is far below the tolerances
@@ -125,3 +127,47 @@ def test_bench_names_losses_as_the_registry_does():
         assert resolve_loss(get_loss(key).name) == key
     with pytest.raises(ValueError, match="no case for the loss 'asl'"):
         resolve_loss("asl")
+
+
+QUICK_ONE = [
+    "bench",
+    "--quick",
+    "--backend",
+    "fused",
+    "--family",
+    "elementwise",
+    "--losses",
+    "bce_with_logits",
+    "--providers",
+    "crossent,torch",
+    "--repeats",
+    "2",
+    "--no-memory",
+]
+
+
+def test_bench_json(tmp_path):
+    result = RUNNER.invoke(app, [*QUICK_ONE, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # progress goes to stderr, only JSON on stdout
+    assert {r["provider"] for r in data["rows"]} == {"crossent", "torch"}
+    assert all(r["loss"] == "bce_with_logits" and r["total_ms"] > 0 for r in data["rows"])
+    assert isinstance(data["targets"], list)
+
+
+def test_bench_never_overwrites_a_file_it_did_not_write(tmp_path):
+    data, notes = tmp_path / "data.csv", tmp_path / "notes.md"
+    data.write_text("a,b\n1,2\n")
+    notes.write_text("# my notes\n")
+    before = (sha256(data), sha256(notes))
+    for args, message in (
+        (["--csv", data], "data.csv' exists and is not a results CSV crossent bench wrote"),
+        (["--markdown", notes], "notes.md' exists and is not a report crossent bench wrote"),
+        (["--csv", tmp_path / "r.csv", "--markdown", tmp_path / "r.csv"], "also given to"),
+    ):
+        result = RUNNER.invoke(app, [*QUICK_ONE, *args])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert message in " ".join(result.output.replace("│", "").split()), result.output
+        assert "running" not in result.output  # refused before measuring anything
+    assert (sha256(data), sha256(notes)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "notes.md"]

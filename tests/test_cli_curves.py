@@ -9,7 +9,7 @@ import math
 import pytest
 
 from crossent.curves import DEFAULT_GAMMAS, compute_curves
-from tests._helpers.cli import HAS_SOFTMAX, invoke, png_size
+from tests._helpers.cli import HAS_SOFTMAX, invoke, png_size, sha256
 
 
 def test_default_is_lin_et_al_figure_1():
@@ -119,3 +119,61 @@ def test_cli_errors(tmp_path, args, message):
 def test_cli_unwritable_output(tmp_path):
     result = invoke("curves", "--out", tmp_path / "no" / "such" / "dir.png", "--points", "5")
     assert result.exit_code == 2 and "Could not write" in " ".join(result.output.split())
+
+
+def test_cli_never_overwrites_a_file_it_did_not_write(tmp_path):
+    mine = tmp_path / "photo.png"
+    mine.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not a figure of crossent" * 100)
+    data = tmp_path / "data.csv"
+    data.write_text("a,b\n1,2\n")
+    before = (sha256(mine), sha256(data))
+    for args, message in (
+        (["--out", mine], "photo.png' exists and is not a figure crossent curves wrote"),
+        (["--out", tmp_path / "new.png", "--csv", data], "data.csv' exists and is not a CSV"),
+        (["--out", data], "exists and is not a figure crossent curves wrote"),
+        (["--out", tmp_path / "x.png", "--csv", tmp_path / "x.png"], "is also given to --csv"),
+        (["--out", tmp_path], "is a directory"),
+    ):
+        result = invoke("curves", *args, "--points", "5")
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert message in " ".join(result.output.replace("│", "").split()), result.output
+    assert (sha256(mine), sha256(data)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "photo.png"]
+
+
+def test_cli_replaces_its_own_earlier_files(tmp_path):
+    png, table = tmp_path / "fig.png", tmp_path / "curves.csv"
+    assert invoke("curves", "--out", png, "--csv", table, "--points", "5").exit_code == 0
+    from crossent.cli._files import png_text
+
+    assert png_text(png)["Software"] == "crossent curves"
+    result = invoke("curves", "--out", png, "--csv", table, "--points", "7", "--loss", "bce")
+    assert result.exit_code == 0, result.output
+    assert f"(replaced {png} and {table}, from an earlier run)" in " ".join(result.stdout.split())
+    assert len(list(csv.DictReader(table.open()))) == (5 + 1) * 2 * 7
+
+
+def test_figure_text_and_legend_stay_inside_and_off_the_panels():
+    pytest.importorskip("matplotlib")
+    from crossent.curves import _figure
+
+    for specs in (None, ["asl", "bce", "focal:gamma=2", "poly1_focal", "bce:pos_weight=[9]"]):
+        fig = _figure(compute_curves(specs, points=20), width=12.0, height=9.0, dpi=100)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        box = fig.bbox
+        texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_text")) if a_visible(t)]
+        assert any("Dotted: identical to an earlier curve." in t.get_text() for t in texts)
+        for text in texts:
+            extent = text.get_window_extent(renderer)
+            assert box.x0 - 1 <= extent.x0 and extent.x1 <= box.x1 + 1, text.get_text()
+            assert box.y0 - 1 <= extent.y0 and extent.y1 <= box.y1 + 1, text.get_text()
+        (legend,) = fig.legends
+        legend_box = legend.get_window_extent(renderer)
+        assert len(legend.get_texts()) == len(compute_curves(specs, points=5).curves)
+        for ax in fig.axes:
+            assert not legend_box.overlaps(ax.get_window_extent(renderer))
+
+
+def a_visible(artist) -> bool:
+    return artist.get_visible() and bool(artist.get_text().strip())

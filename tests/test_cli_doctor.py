@@ -278,11 +278,16 @@ def _save(tmp_path, name, tensor):
 
 
 @pytest.mark.parametrize(
-    "case,exit_code",
-    [(CASES["D001"][1], 0), (CASES["D040"][0], 1), (CASES["D010"][0], 2)],
-    ids=["clean", "warning", "error"],
+    "case,codes,exit_code,strict_exit_code",
+    [
+        (CASES["D001"][1], [], 0, 0),
+        (CASES["D040"][0], ["D040"], 0, 1),  # imbalance on correct data: advice only
+        (CASES["D030"][0], ["D030"], 1, 1),
+        (CASES["D010"][0], ["D010"], 2, 2),
+    ],
+    ids=["clean", "note", "warning", "error"],
 )
-def test_cli_exit_status_and_files_unchanged(tmp_path, case, exit_code):
+def test_cli_exit_status_and_files_unchanged(tmp_path, case, codes, exit_code, strict_exit_code):
     out = _save(tmp_path, "out.npy", case["output"])
     tgt = _save(tmp_path, "tgt.npy", case["target"])
     before = (sha256(out), sha256(tgt), out.stat().st_mtime_ns, tgt.stat().st_mtime_ns)
@@ -291,7 +296,27 @@ def test_cli_exit_status_and_files_unchanged(tmp_path, case, exit_code):
     assert result.exit_code == exit_code, result.output
     assert f"exit status {exit_code}" in result.stdout
     assert "task" in result.stdout and "recommended" in result.stdout
+    for code in codes:
+        assert code in result.stdout
+    strict = invoke(*args, "--strict")
+    assert strict.exit_code == strict_exit_code, strict.output
+    assert f"exit status {strict_exit_code}" in strict.stdout
+    data = json.loads(invoke(*args, "--strict", "--json").stdout)
+    assert data["exit_code"] == strict_exit_code and [f["code"] for f in data["findings"]] == codes
     assert (sha256(out), sha256(tgt), out.stat().st_mtime_ns, tgt.stat().st_mtime_ns) == before
+
+
+def test_severities_and_exit_codes_follow_the_checks():
+    # Notes are advice on data that is not wrong: they alone never fail the command.
+    assert {c.code for c in CHECKS.values() if c.severity == "info"} == {"D022", "D040", "D042"}
+    note = diagnose(**CASES["D040"][0])
+    assert note.codes == ["D040"] and note.findings[0].severity == "info"
+    assert note.exit_code == 0
+    from crossent.cli.doctor import exit_status
+
+    assert exit_status(note, strict=True) == 1
+    warning = diagnose(**CASES["D030"][0])
+    assert warning.exit_code == 1 and exit_status(warning, strict=True) == 1
 
 
 def test_cli_json(tmp_path):

@@ -510,3 +510,19 @@ def test_every_registered_loss_is_explained_with_formulas(name):
     assert all(s.formula is not None for s in result.steps)
     assert result.formula_max_error < 1e-6
     assert result.by_hand == pytest.approx(result.value, rel=1e-6)
+
+
+def test_demo_text_and_json():
+    text = invoke("demo")
+    assert text.exit_code == 0
+    assert "mean by hand 0.7739 | crossent 0.7739 | torch 0.7739" in text.stdout
+    result = invoke("demo", "--json")
+    assert result.exit_code == 0
+    first, second = json.loads(result.stdout)
+    assert (first["seed"], second["seed"]) == (42, 0)
+    assert round(first["mean"], 4) == round(first["torch"], 4) == 0.7739
+    assert first["rows"][0][0] == {
+        "p": pytest.approx(0.8823, abs=1e-4),
+        "y": 0.0,
+        "loss": pytest.approx(2.1394, abs=1e-4),
+    }

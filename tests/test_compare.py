@@ -329,3 +329,34 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, args, error):
     result = CliRunner().invoke(app, ["compare", *args, "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert error in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("data", ["breast-cancer", "digits-multilabel"])
+def test_pr_figure_ap_is_the_tables_and_legends_cover_no_curve(data):
+    from crossent.compare.figures import pr_figure
+
+    config = CompareConfig(data=data, losses=["bce", "focal"], **{**TINY, "max_epochs": 3})
+    result = run_compare(config)
+    fig = pr_figure(result)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_legend() is not None]
+    assert len(panels) == (1 if data == "breast-cancer" else 5)
+    for ax in panels:
+        legend = ax.get_legend()
+        assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+    labels = [t.get_text() for t in panels[-1].get_legend().get_texts()]
+    # The last panel is the binary panel or the micro one: its AP is the table's, digit by digit.
+    column = "average_precision" if data == "breast-cancer" else "average_precision_micro"
+    for spec, label in zip(result.losses, labels):
+        table = result.summary[spec.label][column].mean
+        assert label == f"{spec.label}: AP {table:.3f} (mean of seeds)"
+    if data == "digits-multilabel":  # per-label panels: the per-label table of the report
+        first = panels[0].get_legend().get_texts()[0].get_text()
+        runs = result.runs_of("bce")
+        mean = sum(r.per_label["even"]["average_precision"] for r in runs) / len(runs)
+        assert first == f"bce: AP {mean:.3f} (mean of seeds)"
+    assert "AP: as in the report's tables" in fig._suptitle.get_text()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

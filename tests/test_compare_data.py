@@ -64,6 +64,13 @@ def test_unknown_builtin_and_target_without_csv():
         load_builtin("mnist")
     with pytest.raises(CompareError, match=r"`--target` needs `--csv PATH`"):
         load_dataset("digits", targets=["y"])
+    for option, kwargs in (
+        ("--drop-text", dict(drop_text=True)),
+        ("--missing", dict(missing="mean")),
+        ("--drop", dict(drop=["a"])),
+    ):
+        with pytest.raises(CompareError, match=rf"`{option}` applies to `--csv PATH`"):
+            load_dataset("digits", **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,38 +124,42 @@ def test_csv_binary_numeric_positive_is_one(tmp_path):
             "a,b\n1,0\n2,1\n",
             ["c"],
             [],
-            r"Column 'c' is not in .* Its columns are: a, b",
+            r"Target column 'c' is not in data.csv.\n     Fix: name one of its columns: a, b",
             id="missing-target-column",
         ),
         pytest.param(
-            "a,b\n1,0\n2,1\n", ["b"], ["z"], r"Column 'z' is not in", id="missing-drop-column"
+            "a,b\n1,0\n2,1\n",
+            ["b"],
+            ["z"],
+            r"Column 'z' of `--drop` is not in data.csv",
+            id="missing-drop-column",
         ),
         pytest.param(
             "a,s,b\n1,x,0\n2,y,1\n3,z,0\n",
             ["b"],
             [],
-            r"Feature column 's' must be numeric, but line 2 holds 'x'.*--drop s",
+            r"(?s)Column 's' holds text \(3 different values in 3 rows, e.g. 'x', 'y'\).*--drop s",
             id="non-numeric-feature",
         ),
         pytest.param(
             "a,b\n1,0\nnan,1\n3,0\n",
             ["b"],
             [],
-            r"Feature column 'a' has a missing value \('nan'\) on line 3",
+            r"(?s)Column 'a' has 1 missing value\(s\) \('nan' on line 3\).*--missing mean",
             id="nan-feature",
         ),
         pytest.param(
             "a,b\n1,0\n,1\n3,0\n",
             ["b"],
             [],
-            r"Feature column 'a' has a missing value \(''\) on line 3",
+            r"Column 'a' has 1 missing value\(s\) \(empty on line 3\)",
             id="empty-feature",
         ),
         pytest.param(
             "a,b\n1,0\n2,NA\n3,1\n",
             ["b"],
             [],
-            r"Target column 'b' has a missing value \('NA'\) on line 3",
+            r"Target column 'b' has 1 missing value\(s\) \('NA' on line 3\): every sample needs a label",
             id="missing-target",
         ),
         pytest.param(
@@ -197,7 +208,7 @@ def test_csv_binary_numeric_positive_is_one(tmp_path):
             "a,b\n1,0\n2\n",
             ["b"],
             [],
-            r"Line 3 of .* has 1 fields, but the header has 2",
+            r"1 row\(s\) do not have the header's 2 fields \(line 3 has 1\)",
             id="ragged-row",
         ),
         pytest.param("a,b\n", ["b"], [], r"a header row and data rows", id="no-data"),
@@ -212,8 +223,101 @@ def test_csv_errors(tmp_path, text, targets, drop, error):
 def test_csv_missing_file_and_no_target(tmp_path):
     with pytest.raises(CompareError, match=r"`--csv` to be a readable file, but .*nope.csv"):
         load_csv(tmp_path / "nope.csv", ["y"])
-    with pytest.raises(CompareError, match=r"at least one `--target COLUMN`"):
+    with pytest.raises(CompareError, match=r"No `--target` column was given"):
         load_csv(_write(tmp_path, "a,b\n1,0\n"), [])
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    with pytest.raises(CompareError, match=r"`--csv` to be a readable file, but .* is a folder"):
+        load_csv(folder, ["y"])
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("a,b\ncaf\xe9,1\n".encode("latin-1"))
+    with pytest.raises(CompareError, match=r"is not UTF-8 text: save it as a UTF-8"):
+        load_csv(latin1, ["b"])
+
+
+# A passenger list with the usual problems of a real file: a text id, categories, missing
+# numbers, a column mostly missing; blank line 5 must not shift the line numbers.
+PASSENGERS = "id,survived,pclass,name,sex,age,fare,embarked,cabin\n" + "".join(
+    f'{i},{int(i % 3 == 0)},{1 + i % 3},"Person, No. {i}",{"fm"[i % 2]},'
+    f"{'' if i in (2, 7, 11) else 20 + i},{5.5 * i},{'SCQ'[i % 3]},{f'C{i}' if i % 4 == 0 else ''}\n"
+    + ("\n" if i == 2 else "")
+    for i in range(1, 25)
+)
+
+
+def test_csv_every_problem_in_one_error_with_its_fix(tmp_path):
+    path = _write(tmp_path, PASSENGERS)
+    with pytest.raises(CompareError) as info:
+        load_csv(path, ["survived"])
+    text = str(info.value)
+    assert text.startswith(f"{path} has 5 problems; nothing was run:")
+    numbered = [line.split(".", 1)[0] for line in text.splitlines() if line[2:3].isdigit()]
+    assert numbered == ["  1", "  2", "  3", "  4", "  5"]
+    assert text.count("\n     Fix: ") == 5
+    assert "Column 'name' holds text (24 different values in 24 rows, e.g. 'Person, No. 1'" in text
+    assert "Fix: leave it out with `--drop name`" in text
+    assert "Column 'sex' holds categories (2: 'f', 'm'), not numbers." in text
+    assert "encode it as numbers (one 0/1 column per category)" in text
+    # lines 3, 9, 13: data row i is on line i + 1, plus one for the blank line after row 2
+    assert "Column 'age' has 3 missing value(s) (empty on lines 3, 9, 13)." in text
+    assert "Column 'embarked' holds categories (3: 'C', 'Q', 'S'), not numbers." in text
+    assert "Column 'cabin' holds text" in text and "cabin' has" not in text  # text: one problem
+    assert text.endswith("To fix all of them at once, add: --drop-text --missing mean")
+
+
+def test_csv_drop_text_and_missing_policies(tmp_path):
+    path = _write(tmp_path, PASSENGERS)
+    d = load_csv(path, ["survived"], drop_text=True, missing="mean")
+    assert d.feature_names == ["id", "pclass", "age", "fare"] and d.X.shape == (24, 4)
+    assert np.isnan(d.X[:, 2]).sum() == 3  # filled per split, from the training rows
+    assert "Text columns left out (`--drop-text`): name, sex, embarked, cabin" in d.description
+    assert "missing values filled with the training split's mean (3 in age)" in d.description
+    d = load_csv(path, ["survived"], drop_text=True, missing="drop")
+    assert d.X.shape == (21, 4) and not np.isnan(d.X).any()
+    assert "3 row(s) with a missing value left out" in d.description
+    d = load_csv(path, ["survived"], drop=["name", "sex", "embarked", "cabin", "age"])
+    assert d.feature_names == ["id", "pclass", "fare"]
+    with pytest.raises(CompareError, match=r"`--missing` to be one of error, drop, mean"):
+        load_csv(path, ["survived"], missing="zero")
+    # a missing label is never filled: those rows are left out under mean and drop
+    text = "a,y\n" + "".join(f"{i},{'' if i == 4 else i % 2}\n" for i in range(12))
+    for policy in ("mean", "drop"):
+        d = load_csv(_write(tmp_path, text, "y.csv"), ["y"], missing=policy)
+        assert d.n_samples == 11 and 4.0 not in d.X[:, 0]
+
+
+def test_standardize_fills_missing_values_with_the_training_mean():
+    X = np.array([[1.0, np.nan], [3.0, 4.0], [np.nan, 8.0], [100.0, np.nan]])
+    Z, mean, _ = standardize(X, np.array([0, 1, 2]))
+    # column 0: training mean of 1 and 3 is 2 -> row 2 gets 2; column 1: mean of 4 and 8 is 6
+    assert mean.tolist() == [2.0, 6.0]
+    assert Z[2, 0] == 0.0 and Z[0, 1] == 0.0 and Z[3, 1] == 0.0
+    assert not np.isnan(Z).any()
+
+
+@pytest.mark.parametrize(
+    "targets,expected",
+    [
+        pytest.param(
+            [],
+            "No `--target` column was given: compare needs the column to predict.\n     Fix: name "
+            "it with `--target COLUMN` (repeat for several 0/1 labels). Columns with few distinct "
+            "values, which could be labels: 'survived' (2 values: 0, 1); 'sex' (2 values: f, m);",
+            id="no-target",
+        ),
+        pytest.param(
+            ["Survive"],
+            "Target column 'Survive' is not in data.csv.\n     Fix: did you mean `--target "
+            "survived`? Columns with few distinct values, which could be labels: 'survived'",
+            id="misspelt-target",
+        ),
+    ],
+)
+def test_csv_wrong_target_proposes_the_likely_column(tmp_path, targets, expected):
+    path = _write(tmp_path, PASSENGERS)
+    with pytest.raises(CompareError) as info:
+        load_csv(path, targets, drop_text=True, missing="mean")
+    assert expected in str(info.value)
 
 
 # --------------------------------------------------------------------------------------------

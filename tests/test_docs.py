@@ -51,13 +51,20 @@ def nav_pages() -> list[str]:
     return pages
 
 
+# `pip install -e ".[docs]"` has no triton: the build runs as if it were not installed.
+WITHOUT_TRITON = (
+    "import sys; sys.modules['triton'] = None; "  # `import triton` raises ImportError
+    "from mkdocs.__main__ import cli; sys.exit(cli())"
+)
+
+
 def build_site(site_dir: Path) -> Path:
-    """``mkdocs build --strict`` into ``site_dir``, outside the repository."""
+    """``mkdocs build --strict`` into ``site_dir``, outside the repository, without triton."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     env["NO_MKDOCS_2_WARNING"] = "1"  # Material's banner about MkDocs 2 is not a build warning
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site_dir)],
+        [sys.executable, "-c", WITHOUT_TRITON, "build", "--strict", "--site-dir", str(site_dir)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -167,10 +174,54 @@ def check_included_sections_come_from_the_committed_reports(site: Path) -> None:
         includes.section(text, "C")
 
 
+def check_site_loads_nothing_from_outside(site: Path) -> None:
+    """Math and diagrams render offline: every script, style, image and font is in the site."""
+    pages = list(site.rglob("*.html"))
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        for element in re.findall(r"<(?:script|link|img)\b[^>]*>", text):
+            if element.startswith("<link") and not re.search(r"stylesheet|icon|preload", element):
+                continue  # a link to a page, not something the browser loads
+            match = re.search(r"(?:src|href)=\"([^\"]+)\"", element)
+            if match is None or match[1].startswith("data:"):
+                continue
+            url = match[1].split("#")[0].split("?")[0]
+            assert not re.match(r"(https?:)?//", url), (page, element)
+            local = site / url.lstrip("/") if url.startswith("/") else page.parent / url
+            assert local.resolve().is_file(), (page, element)
+    choosing = (site / "choosing" / "index.html").read_text(encoding="utf-8")
+    assert 'class="mermaid"' in choosing
+    mermaid = choosing.index("vendor/mermaid/mermaid.tiny.js")
+    assert mermaid < choosing.index("assets/javascripts/bundle.")  # defined before the theme
+    numerics = (site / "numerics" / "index.html").read_text(encoding="utf-8")
+    assert 'class="arithmatex"' in numerics and "vendor/mathjax/tex-chtml.js" in numerics
+    fonts = site / "javascripts" / "vendor" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2"
+    assert len(list(fonts.glob("*.woff"))) >= 20  # MathJax loads them next to its script
+    assert "fonts.googleapis" not in (site / "index.html").read_text(encoding="utf-8")
+
+
+def check_docstring_examples_render_as_code(site: Path) -> None:
+    for name in ("functional", "nn", "weights", "registry", "tools", "utilities"):
+        html = (site / "reference" / name / "index.html").read_text(encoding="utf-8")
+        # A doctest read as Markdown becomes three nested quotes.
+        assert "<blockquote>" not in html, name
+        assert "&gt;&gt;&gt;" in html or 'class="gp"' in html, name
+    nn_html = (site / "reference" / "nn" / "index.html").read_text(encoding="utf-8")
+    assert nn_html.count('class="gp"') >= len(__import__("crossent").nn.__all__)
+    # The page states its introduction once (the module's docstring).
+    text = re.sub(r"<[^>]+>", " ", nn_html)
+    assert len(re.findall(r"holds\s+no\s+math\s+of\s+its\s+own", text)) == 1
+    # Dataclass fields do not show the docstring of their type (int's, str's).
+    tools = (site / "reference" / "tools" / "index.html").read_text(encoding="utf-8")
+    assert "int(&#39;0b100&#39;, base=0)" not in tools and "int('0b100'" not in tools
+
+
 def test_site_builds_in_strict_mode_and_renders_everything(tmp_path: Path) -> None:
     """One build, every check on it: under ``pytest -n auto`` the site is built once."""
     site = build_site(tmp_path / "site")
     check_strict_build_renders_every_nav_page(site)
+    check_site_loads_nothing_from_outside(site)
+    check_docstring_examples_render_as_code(site)
     check_api_reference_is_generated_from_the_docstrings(site)
     check_cli_reference_is_the_cli_help(site)
     check_figures_are_made_by_the_commands_on_the_pages(site)

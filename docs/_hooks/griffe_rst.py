@@ -5,7 +5,13 @@ crossent's docstrings are written for ``help()`` and Sphinx-style readers: ``.. 
 renders docstrings as Markdown, so this extension rewrites, once the package is loaded:
 
 * ``.. math::`` blocks -> ``$$ ... $$`` blocks (pymdownx.arithmatex), one per paragraph;
-* ``Example (remark):`` section titles -> ``Examples:`` starting with the remark;
+* ``Example (remark):`` section titles -> ``Examples:`` starting with the remark, and
+  ``Example:`` -> ``Examples:`` (Google style parses the singular as an admonition);
+* doctest blocks (``>>>`` lines and their output) -> fenced ``pycon`` code blocks, wherever
+  they are (Markdown would read a ``>>>`` line as three nested quotes);
+* an attribute documented only by its type's docstring (inspection gives a dataclass field
+  ``seeds: int = 3`` the docstring of ``int``) -> no docstring (a class's field) or a line
+  saying it is a constant (a module's: pages link to it);
 * ``:math:`x``` -> ``$x$``;
 * what a module's ``__all__`` does not export is dropped from the reference;
 * ``:func:`name``` and friends -> an autorefs cross-reference ``[`name()`][crossent.path]``.
@@ -18,6 +24,8 @@ renders docstrings as Markdown, so this extension rewrites, once the package is 
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import re
 from typing import Any
 
@@ -29,9 +37,40 @@ MATH_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*$")
 # "Example (the tutorials' worked example):" -- a Google section title with a remark, which the
 # parser would not recognise: becomes "Examples:" with the remark as the section's first line.
 TITLED_EXAMPLE = re.compile(r"^(?P<indent>[ \t]*)Examples? \((?P<remark>[^)]*)\):[ \t]*$", re.M)
+SINGULAR_EXAMPLE = re.compile(r"^(?P<indent>[ \t]*)Example:[ \t]*$", re.M)
+DOCTEST = re.compile(r"^(?P<indent>[ \t]*)>>>( |$)")
+# Docstrings of builtin types, which inspection attaches to attributes of those types.
+BUILTIN_DOCS = {
+    inspect.cleandoc(kind.__doc__)
+    for kind in (int, float, str, bool, bytes, tuple, list, dict, set, frozenset, type(None))
+    if kind.__doc__
+}
 # Roots that are never crossent objects: rendered as code, not cross-referenced.
 EXTERNAL = ("torch", "numpy", "np", "nn", "F", "typing", "math", "builtins", "collections")
 BUILTINS = {"int", "float", "bool", "str", "list", "tuple", "dict", "None", "ValueError"}
+
+
+def _fence_doctests(text: str) -> str:
+    """Each doctest block (from a ``>>>`` line to the next blank line) as a fenced code block."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        match = DOCTEST.match(lines[i])
+        if not match:
+            out.append(lines[i])
+            i += 1
+            continue
+        pad = match.group("indent")
+        block = []
+        while i < len(lines) and lines[i].strip():
+            line = lines[i]
+            block.append(line[len(pad) :] if line.startswith(pad) else line.lstrip())
+            i += 1
+        if out and out[-1].strip():
+            out.append("")
+        out.extend([f"{pad}```pycon", *(pad + line for line in block), f"{pad}```"])
+    return "\n".join(out)
 
 
 def _convert_math_blocks(text: str) -> str:
@@ -100,6 +139,13 @@ class RstToMarkdown(griffe.Extension):
                 self._prune(member)
 
     def _walk(self, obj: griffe.Object) -> None:
+        if obj.docstring is not None and obj.is_attribute:
+            if inspect.cleandoc(obj.docstring.value) in BUILTIN_DOCS:
+                if obj.parent is not None and obj.parent.is_module:
+                    # Kept (other pages link to it): its value is in the signature above.
+                    obj.docstring.value = "A constant of this module (its value above)."
+                else:
+                    obj.docstring = None
         if obj.docstring is not None:
             obj.docstring.value = self.convert(obj.docstring.value, obj)
         for member in obj.members.values():
@@ -114,6 +160,8 @@ class RstToMarkdown(griffe.Extension):
             ),
             text,
         )
+        text = SINGULAR_EXAMPLE.sub(lambda m: f"{m['indent']}Examples:", text)
+        text = _fence_doctests(text)
         text = _convert_math_blocks(text)
         text = INLINE_MATH.sub(lambda m: f"${m.group(1).strip()}$", text)
         return ROLE.sub(lambda m: self._reference(m, obj), text)
@@ -124,6 +172,16 @@ class RstToMarkdown(griffe.Extension):
         except (KeyError, ValueError, griffe.AliasResolutionError):
             return False
         return True
+
+    @staticmethod
+    def _module_file_exists(path: str) -> bool:
+        """Whether ``path`` names a module of the package, found without importing it (a
+        module that needs an optional package, such as the Triton kernels, is not loaded
+        when that package is not installed, yet exists)."""
+        try:
+            return importlib.util.find_spec(path) is not None
+        except (ImportError, ValueError):
+            return False
 
     def _reference(self, match: re.Match, obj: griffe.Object) -> str:
         role, short, name = match.group(1), match.group(2), match.group(3).strip()
@@ -153,5 +211,8 @@ class RstToMarkdown(griffe.Extension):
                 ):
                     return f"`{shown}`"  # written as a private path: not a page of the reference
                 return f"[`{shown}`][{path}]"
+        private = any(p.startswith("_") and not p.startswith("__") for p in name.split("."))
+        if private and root == "crossent" and self._module_file_exists(name):
+            return f"`{shown}`"  # a private module: code, never a page
         # Not found: keep it a reference so that the strict build names the broken target.
         return f"[`{shown}`][{candidates[0] if root == 'crossent' else 'crossent.' + name}]"

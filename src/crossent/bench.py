@@ -735,7 +735,7 @@ def _gpu_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets, checked on one run's rows (forward+backward medians): the CPU
+    """The performance targets, checked on one run's rows (forward+backward medians): the CPU
     speed-ups on a CPU run, bandwidth and the comparison with Liger-Kernel on a CUDA run, peak
     memory on both."""
     checks = [
@@ -808,7 +808,7 @@ def _latest_runs(by_run: dict[str, list[dict[str, Any]]], runs: int) -> list[str
 
 def render_markdown(rows: Sequence[dict[str, Any]], *, command: str = "", runs: int = 3) -> str:
     """A Markdown report: the newest run of each benchmark (then other recent runs), one table
-    per run with the issue's targets checked, and the targets' history over every run."""
+    per run with the performance targets checked, and the targets' history over every run."""
     by_run: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_run.setdefault(row["run_id"], []).append(row)
@@ -889,7 +889,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], *, command: str = "", runs: 
             )
         checks = targets(run_rows)
         if checks:
-            lines += ["", "Targets of issue 4 on this run:", ""]
+            lines += ["", "Performance targets on this run:", ""]
             lines += ["| target | wanted | measured | met |", "|---|---|---|---|"]
             for c in checks:
                 met = "yes" if c["met"] else "**no**"

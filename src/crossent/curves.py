@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 DEFAULT_GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)
+PNG_SOFTWARE = "crossent curves"
+CSV_HEADER = ["curve", "spec", "y", "grid", "p_t", "logit", "loss", "grad_abs"]
 # p_t at which the summary table reads the curves (Lin et al. quote 0.9 and 0.968).
 SUMMARY_POINTS = (0.1, 0.5, 0.9, 0.99)
 P_T_RANGE = (1e-3, 1.0 - 1e-3)
@@ -210,7 +212,7 @@ def write_csv(curves: Curves, path: str | Path) -> Path:
     path = Path(path)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["curve", "spec", "y", "grid", "p_t", "logit", "loss", "grad_abs"])
+        writer.writerow(CSV_HEADER)
         for c in curves.curves:
             for pt, loss, grad in zip(curves.p_t, c.loss_vs_pt, c.grad_vs_pt, strict=True):
                 z = math.log(pt / (1 - pt))
@@ -233,6 +235,16 @@ def plot_curves(
 
     Uses matplotlib's Agg canvas directly: no pyplot, no global backend change.
     """
+    fig = _figure(curves, width=width, height=height, dpi=dpi)
+    # The Software text chunk marks the file as this function's: `crossent curves` replaces
+    # such a file, and refuses to overwrite any other.
+    path = Path(path)
+    fig.savefig(path, format="png", metadata={"Software": PNG_SOFTWARE})
+    return path
+
+
+def _figure(curves: Curves, *, width: float, height: float, dpi: int) -> Any:
+    """The figure :func:`plot_curves` saves (a matplotlib ``Figure`` on an Agg canvas)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -241,7 +253,6 @@ def plot_curves(
             "Plotting curves needs matplotlib: pip install 'crossent[compare]' (or matplotlib)."
         ) from None
 
-    path = Path(path)
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 2)
@@ -282,22 +293,34 @@ def plot_curves(
     )
     for ax in axes.flat:
         ax.grid(True, alpha=0.3)
-    axes[0, 0].legend(loc="upper right", fontsize=9, title="loss", title_fontsize=9)
-    fig.suptitle(curves.title, fontsize=14, fontweight="bold")
-    fig.text(
-        0.5,
-        0.005,
-        "Gradients by autograd through crossent's losses. Sigmoid losses: p_t = σ(z) for "
-        "y = 1 and σ(-z) for y = 0 (dashed where the sides differ); softmax losses: logits "
-        "[z, 0], target 0. Dotted: identical to an earlier curve.",
-        ha="center",
-        va="bottom",
-        fontsize=8,
-        color="0.35",
+    # Below the panels, where it covers no curve: the legend, then the caption. Their height is
+    # reserved in inches, so that neither is clipped whatever the number of curves.
+    columns = 1 if len(curves.curves) <= 2 else 2 if len(curves.curves) <= 8 else 3
+    legend_rows = -(-len(curves.curves) // columns)
+    caption = "\n".join(
+        [
+            "Gradients by autograd through crossent's losses. Sigmoid losses: p_t = σ(z) for "
+            "y = 1 and σ(-z) for y = 0 (dashed where the sides differ);",
+            "softmax losses: logits [z, 0], target 0. Dotted: identical to an earlier curve.",
+        ]
     )
-    fig.tight_layout(rect=(0, 0.02, 1, 0.96))
-    fig.savefig(path, format="png")
-    return path
+    line = 0.2  # inches per legend row at fontsize 9 (and per caption line at 8)
+    caption_h, legend_h = 2 * line + 0.1, legend_rows * line + 0.25
+    bottom = (caption_h + legend_h) / height
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        bbox_to_anchor=(0.5, caption_h / height),
+        ncol=columns,
+        fontsize=9,
+        frameon=False,
+    )
+    fig.text(0.5, 0.1 / height, caption, ha="center", va="bottom", fontsize=8, color="0.35")
+    fig.suptitle(curves.title, fontsize=14, fontweight="bold")
+    fig.tight_layout(rect=(0, bottom, 1, 1 - 0.45 / height))
+    return fig
 
 
 def _colors(n: int) -> list[Any]:

@@ -9,8 +9,11 @@ imbalance -- with concrete ``pos_weight``, focal ``alpha`` and class weights com
 data by :mod:`crossent.weights`.
 
 Every finding has a stable code (:data:`CHECKS` lists them), a severity, a one-line message
-with the numbers that triggered it, and the fix. ``Diagnosis.exit_code`` is 0 when nothing is
-wrong, 1 for warnings only, 2 for errors (``crossent doctor`` exits with it).
+with the numbers that triggered it, and the fix. Severities: ``"error"`` (the loss would fail
+or compute something else), ``"warning"`` (a likely mistake) and ``"info"`` (a note: advice,
+such as class imbalance, on data that is not wrong). ``Diagnosis.exit_code`` is 2 for errors,
+1 for warnings, 0 for notes only or nothing (``crossent doctor`` exits with it; its
+``--strict`` makes notes exit 1).
 
 >>> import torch
 >>> from crossent.doctor import diagnose
@@ -68,7 +71,7 @@ _CHECK_LIST = [
     Check("D025", "index-out-of-range", ERROR, "class indices outside [0, C)"),
     Check("D026", "target-out-of-range", ERROR, "sigmoid-loss targets outside [0, 1]"),
     Check("D030", "saturated-logits", WARNING, "logits so large the sigmoid/softmax saturates"),
-    Check("D040", "imbalance", WARNING, "a class or label at least 10 times rarer than another"),
+    Check("D040", "imbalance", INFO, "a class or label at least 10 times rarer than another"),
     Check("D041", "absent-class", WARNING, "a class or label that never occurs"),
     Check("D042", "ignored-targets", INFO, "targets equal to ignore_index"),
 ]
@@ -124,7 +127,7 @@ class Diagnosis:
 
     @property
     def exit_code(self) -> int:
-        """0 nothing wrong, 1 warnings only, 2 errors."""
+        """2 errors, 1 warnings (likely mistakes), 0 notes (advice) only or nothing."""
         severities = {f.severity for f in self.findings}
         return 2 if ERROR in severities else 1 if WARNING in severities else 0
 

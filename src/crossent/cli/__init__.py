@@ -35,12 +35,25 @@ def _root(
 
 
 @app.command("demo")
-def demo() -> None:
+def demo(
+    as_json: bool = typer.Option(False, "--json", help="Print the walkthroughs as JSON."),
+) -> None:
     """Print the seed walkthrough: BCE by hand, checked against torch."""
     from crossent.demo import SEED_CASES, render, walkthrough
 
-    for seed, target in SEED_CASES:
-        typer.echo(render(walkthrough(seed, target)))
+    results = [walkthrough(seed, target) for seed, target in SEED_CASES]
+    if as_json:
+        from crossent.cli._common import emit_json
+
+        emit_json(
+            [
+                {**r, "rows": [[dict(p=p, y=y, loss=v) for p, y, v in row] for row in r["rows"]]}
+                for r in results
+            ]
+        )
+        return
+    for result in results:
+        typer.echo(render(result))
 
 
 # The commands register themselves on `app` when imported.

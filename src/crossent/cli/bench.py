@@ -8,8 +8,30 @@ from typing import Annotated
 import typer
 
 from crossent.cli import app
+from crossent.cli._files import check_output, csv_header, first_line
 
 FAMILIES = ("elementwise", "cross_entropy")
+MARKDOWN_TITLE = "# crossent benchmark results"
+
+HELP = "\n\n".join(
+    [
+        "Time crossent's fused losses against torch: forward, backward, both.",
+        "Prints one table per loss and size, and checks the performance targets (speed-ups "
+        "over the baselines, peak memory) on this run.",
+        "--csv appends to a results CSV that crossent bench wrote (or creates it); --markdown "
+        "replaces a report it wrote (or creates it). Any other existing file is left alone "
+        "(exit status 2).",
+    ]
+)
+
+
+def _our_csv(path: Path) -> bool:
+    header = csv_header(path)
+    return header[:3] == ["run_id", "date", "machine"] and {"loss", "provider"} <= set(header)
+
+
+def _our_markdown(path: Path) -> bool:
+    return first_line(path) == MARKDOWN_TITLE
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -18,7 +40,7 @@ def _names(text: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-@app.command("bench")
+@app.command("bench", help=HELP)
 def bench(
     quick: Annotated[
         bool, typer.Option("--quick", help="Tiny sizes, 3 rounds: a smoke test, not a measurement.")
@@ -65,16 +87,35 @@ def bench(
         ),
     ] = None,
     memory: Annotated[bool, typer.Option(help="Measure peak memory too.")] = True,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the measurements and the targets as JSON instead of tables."
+        ),
+    ] = False,
 ) -> None:
-    """Time forward, backward and forward+backward of crossent's fused kernels against torch.
-
-    Prints one table per loss and size, and the issue's targets checked on this run.
-    """
+    """Time crossent's fused losses against torch (the help text is HELP above)."""
     from rich.console import Console
     from rich.table import Table
 
     from crossent import bench as B
     from crossent._validation import check_backend, check_choice
+
+    check_output(
+        csv_path,
+        option="--csv",
+        what="a results CSV crossent bench wrote",
+        ours=_our_csv,
+        others={"--markdown": markdown, "--config": config},
+        create_folder=True,
+    )
+    check_output(
+        markdown,
+        option="--markdown",
+        what="a report crossent bench wrote",
+        ours=_our_markdown,
+        others={"--config": config},
+    )
 
     try:
         families = FAMILIES if family == "all" else (check_choice("family", family, FAMILIES),)
@@ -87,7 +128,7 @@ def bench(
         cfg["repeats"] = repeats
     if warmup is not None:
         cfg["warmup"] = warmup
-    console = Console(highlight=False, soft_wrap=False)
+    console = Console(highlight=False, soft_wrap=False, stderr=as_json)
     try:
         rows = B.run(
             cfg,
@@ -101,6 +142,12 @@ def bench(
         )
     except (ValueError, TypeError) as e:
         raise typer.BadParameter(str(e)) from None
+    if as_json:
+        from crossent.cli._common import emit_json
+
+        _write_files(B, rows, csv_path, markdown, console)
+        emit_json({"rows": rows, "targets": B.targets(rows)})
+        return
     table = Table(title="crossent bench (ms: median, p25-p75)")
     for col in (
         "loss",
@@ -133,6 +180,10 @@ def bench(
     for check in B.targets(rows):
         mark = "met" if check["met"] else "MISSED"
         console.print(f"{mark}: {check['target']}: {check['measured']} (wanted {check['wanted']})")
+    _write_files(B, rows, csv_path, markdown, console)
+
+
+def _write_files(B, rows, csv_path: Path | None, markdown: Path | None, console) -> None:
     if csv_path is not None:
         B.append_csv(rows, csv_path)
         console.print(f"appended {len(rows)} rows to {csv_path}")

@@ -48,8 +48,19 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 
 Opt = typer.Option
 
+# Paragraphs of one line each: typer keeps a line break inside a paragraph as it is written.
+HELP = "\n\n".join(
+    [
+        "Which loss works on my data? Trains a small model with each loss and writes a report.",
+        "The same small model is trained with each loss over several seeds and compared on the "
+        "test split. The --out folder gets results.csv, summary.csv, results.json, report.md "
+        "(figures in figures/) and a self-contained report.html.",
+        "Data-parallel: torchrun --nproc_per_node=N -m crossent compare ...",
+    ]
+)
 
-@app.command("compare")
+
+@app.command("compare", help=HELP)
 def compare(
     data: Annotated[
         str,
@@ -60,7 +71,12 @@ def compare(
         ),
     ] = "digits-imbalanced",
     csv: Annotated[
-        Path | None, Opt("--csv", help="Your own data: a CSV file with a header row.")
+        Path | None,
+        Opt(
+            "--csv",
+            help="Your own data: a CSV file with a header row. Every problem of the file is "
+            "reported at once, each with its fix.",
+        ),
     ] = None,
     target: Annotated[
         list[str] | None,
@@ -69,6 +85,22 @@ def compare(
     drop: Annotated[
         list[str] | None, Opt("--drop", help="A --csv column to leave out; repeatable.")
     ] = None,
+    drop_text: Annotated[
+        bool,
+        Opt(
+            "--drop-text",
+            help="Leave out every --csv feature column that holds text (ids, names, categories).",
+        ),
+    ] = False,
+    missing: Annotated[
+        str,
+        Opt(
+            "--missing",
+            help="A missing value in --csv (empty, NA, nan, ?): error; drop (leave out its row); "
+            "mean (fill a feature with the training split's mean; a row without a label is "
+            "left out).",
+        ),
+    ] = "error",
     positive: Annotated[
         str | None,
         Opt(
@@ -102,18 +134,25 @@ def compare(
     threads: Annotated[
         int, Opt(help="CPU threads per process (the small MLP gains nothing from more).")
     ] = 1,
-    out: Annotated[Path, Opt("--out", "-o", help="Output folder.")] = DEFAULT_OUT,
+    out: Annotated[
+        Path,
+        Opt(
+            "--out",
+            "-o",
+            help="The report's folder. Only an earlier report there is replaced; any other "
+            "file, and the --csv data, is never overwritten.",
+        ),
+    ] = DEFAULT_OUT,
     tensorboard: Annotated[
         Path | None, Opt(help="Also log every run to TensorBoard in this folder.")
     ] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar and no table.")] = False,
+    as_json: Annotated[
+        bool,
+        Opt("--json", help="Print the results as JSON (the report's results.json) instead."),
+    ] = False,
 ) -> None:
-    """Which loss works on my data? Train the same small model with each loss over several
-    seeds and compare them on the test split; writes results.csv, results.json, report.md and
-    report.html.
-
-    Data-parallel: torchrun --nproc_per_node=N -m crossent compare ...
-    """
+    """Which loss works on my data? (The help text is HELP above.)"""
     from crossent.compare import CompareConfig, CompareError
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -124,6 +163,8 @@ def compare(
             targets=list(target or []),
             drop=list(drop or []),
             positive=positive,
+            drop_text=drop_text,
+            missing=missing,
             imbalance=imbalance,
             losses=list(loss or []),
             seeds=seeds,
@@ -141,18 +182,38 @@ def compare(
             threads=threads,
             tensorboard=str(tensorboard) if tensorboard is not None else None,
         )
-        _run(config, out, quiet=quiet or not main_rank)
+        _run(config, out, quiet=quiet or as_json or not main_rank, as_json=as_json and main_rank)
     except CompareError as exc:
         if main_rank:
             typer.secho(f"Error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    except OSError as exc:  # the report could not be written (a full disk, no permission)
+        if main_rank:
+            typer.secho(f"Error: could not write the report: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
-def _run(config, out: Path, *, quiet: bool) -> None:
+def _check_paths(config, out: Path) -> bool:
+    """Before any training: the report may only replace an earlier report, never the data."""
+    from crossent.compare import CompareError
+    from crossent.compare.report import check_out_folder
+
+    if config.tensorboard is not None and Path(config.tensorboard).is_file():
+        raise CompareError(
+            f"`--tensorboard` names a folder for the logs, but {config.tensorboard!r} is a file; "
+            f"nothing was run."
+        )
+    return check_out_folder(out, inputs=[config.csv] if config.csv else [])
+
+
+def _run(config, out: Path, *, quiet: bool, as_json: bool) -> None:
     from crossent.compare import run_compare
     from crossent.compare.distributed import setup_distributed, teardown_distributed
 
     start = time.perf_counter()
+    replacing = _check_paths(config, out)
+    if replacing and (not quiet or as_json):
+        typer.echo(f"Replacing the earlier report in {out}/.", err=as_json)
     dist = setup_distributed(config.device)
     try:
         if quiet:
@@ -165,8 +226,20 @@ def _run(config, out: Path, *, quiet: bool) -> None:
             paths = write_report(result, out)
     finally:
         teardown_distributed(dist)
-    if dist.is_main and not quiet:
-        _print_summary(result, paths, time.perf_counter() - start)
+    if as_json:
+        import json
+
+        from crossent.cli._common import emit_json
+
+        data = json.loads(paths["results.json"].read_text(encoding="utf-8"))
+        data["report"] = {
+            "folder": str(out),
+            "files": {name: str(path) for name, path in paths.items()},
+            "replaced_earlier_report": replacing,
+        }
+        emit_json(data)
+    elif dist.is_main and not quiet:
+        _print_summary(result, paths, time.perf_counter() - start, replacing)
 
 
 def _with_progress(config, dist):
@@ -221,7 +294,7 @@ SHORT = {
 }
 
 
-def _print_summary(result, paths, seconds: float) -> None:
+def _print_summary(result, paths, seconds: float, replacing: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -263,7 +336,7 @@ def _print_summary(result, paths, seconds: float) -> None:
     console.print()
     out = paths["report.html"].parent
     console.print(
-        f"Wrote {out}/: "
+        f"Wrote {out}/{' (replacing the earlier report)' if replacing else ''}: "
         + ", ".join(k for k in paths if not k.startswith("figures/"))
         + f" ({seconds:.1f} s)",
         highlight=False,

@@ -10,20 +10,50 @@ from rich.table import Table
 
 from crossent.cli import app
 from crossent.cli._common import console, emit_json, user_errors
-from crossent.curves import SUMMARY_POINTS, compute_curves, default_losses, plot_curves, write_csv
+from crossent.cli._files import check_output, csv_header, png_text
+from crossent.curves import (
+    CSV_HEADER,
+    PNG_SOFTWARE,
+    SUMMARY_POINTS,
+    compute_curves,
+    default_losses,
+    plot_curves,
+    write_csv,
+)
 
 _EPILOG = """
 Examples:
 
   crossent curves --out focal.png
 
-  crossent curves --loss asl --loss "poly1:epsilon=1" --out compare.png --csv compare.csv
+  crossent curves --loss asl --loss "poly1:epsilon=1" \\
+      --out compare.png --csv compare.csv
 
-  crossent curves --no-default --loss ce --loss "softmax_focal:gamma=2" --loss poly1
+  crossent curves --no-default --loss ce --loss "softmax_focal:gamma=2" \\
+      --loss poly1
 """
 
 
-@app.command("curves", epilog=_EPILOG)
+def _our_png(path: Path) -> bool:
+    return png_text(path).get("Software") == PNG_SOFTWARE
+
+
+def _our_csv(path: Path) -> bool:
+    return csv_header(path) == CSV_HEADER
+
+
+HELP = "\n\n".join(
+    [
+        "Plot loss and gradient against p_t, the probability of the true class.",
+        "Draws loss and gradient magnitude against p_t and against the true-class logit, for "
+        "the chosen losses; the gradients come from autograd through the library's losses.",
+        "--out (and --csv) may name a new file or one an earlier crossent curves wrote, which "
+        "is replaced; any other existing file is left alone (exit status 2).",
+    ]
+)
+
+
+@app.command("curves", help=HELP, epilog=_EPILOG)
 def curves_command(
     loss: Annotated[
         list[str] | None,
@@ -49,17 +79,15 @@ def curves_command(
     dpi: int = typer.Option(100, "--dpi", min=30, max=600, help="Resolution (12 x 9 inches)."),
     as_json: bool = typer.Option(False, "--json", help="Print the curve data as JSON."),
 ) -> None:
-    """Plot loss and gradient magnitude against p_t (the probability of the true class) and
-    against the true-class logit, for the chosen losses. Gradients come from autograd through
-    the library's losses.
-    """
-    for path, hint in ((out, "--out"), (csv_path, "--csv")):
-        if path is not None and not path.resolve().parent.is_dir():
-            raise typer.BadParameter(
-                f"Could not write {str(path)!r}: the directory {str(path.parent)!r} does not "
-                f"exist.",
-                param_hint=hint,
-            )
+    """Plot loss and gradient against p_t (the help text is HELP above)."""
+    replacing = [
+        path
+        for path, option, what, ours, other in (
+            (out, "--out", "a figure crossent curves wrote", _our_png, ("--csv", csv_path)),
+            (csv_path, "--csv", "a CSV crossent curves wrote", _our_csv, ("--out", out)),
+        )
+        if check_output(path, option=option, what=what, ours=ours, others=dict([other]))
+    ]
     specs = (default_losses() if default else []) + list(loss or [])
     if not specs:
         raise typer.BadParameter("Nothing to plot: add --loss SPEC or drop --no-default.")
@@ -97,3 +125,5 @@ def curves_command(
         )
     con.print(table)
     con.print(f"wrote {out}" + (f" and {csv_path}" if csv_path is not None else ""))
+    if replacing:
+        con.print(f"(replaced {' and '.join(map(str, replacing))}, from an earlier run)")

@@ -13,19 +13,41 @@ from crossent.doctor import CHECKS, ERROR, INFO, WARNING, Diagnosis, TensorSumma
 
 _STYLE = {ERROR: "bold red", WARNING: "yellow", INFO: "cyan"}
 
-_EPILOG = (
-    "Exit status: 0 nothing wrong, 1 warnings only, 2 errors (a command-line or file error "
-    "also exits 2, with a message on stderr and no report).\n\n"
-    "Finding codes:\n\n"
-    + "\n\n".join(f"  {c.code} {c.name} ({c.severity}): {c.detects}" for c in CHECKS.values())
-    + "\n\nExamples:\n\n"
-    "  crossent doctor logits.npy labels.npy\n\n"
-    "  crossent doctor probs.pt targets.pt --loss ce --json\n\n"
-    '  crossent doctor "[[0.9, 0.1], [0.2, 0.8]]" "[0, 1]" --loss ce'
+_SEVERITY = {ERROR: "error", WARNING: "warning", INFO: "note"}
+
+# Typer keeps single line breaks of an epilog paragraph; no line is wider than 76 columns.
+_EPILOG = "\n\n".join(
+    [
+        "Exit status:",
+        "  0  nothing wrong, or notes only (advice such as class imbalance)\n"
+        "  1  warnings: likely mistakes (or, with --strict, notes too)\n"
+        "  2  errors: the loss would fail or compute something else; a command-line\n"
+        "     or file error also exits 2, with a message on stderr and no report",
+        "Finding codes:",
+        "\n".join(
+            f"  {c.code} {c.name} ({_SEVERITY[c.severity]})\n       {c.detects}"
+            for c in CHECKS.values()
+        ),
+        "Examples:",
+        "  crossent doctor logits.npy labels.npy\n"
+        "  crossent doctor probs.pt targets.pt --loss ce --json\n"
+        '  crossent doctor "[[0.9, 0.1], [0.2, 0.8]]" "[0, 1]" --loss ce',
+    ]
+)
+
+HELP = "\n\n".join(
+    [
+        "Diagnose model outputs and targets: the task, the loss that fits, the mistakes.",
+        "Infers the task and recommends a loss, then reports each mistake (double softmax, "
+        "wrong target format, out-of-range indices, silent broadcasting, NaN, saturation) and "
+        "each note (class imbalance, with the weights to use) with the numbers that triggered "
+        "it and the fix.",
+        "The files are only read, never changed.",
+    ]
 )
 
 
-@app.command("doctor", epilog=_EPILOG)
+@app.command("doctor", help=HELP, epilog=_EPILOG)
 def doctor_command(
     outputs: str = typer.Argument(
         ..., help='Model outputs: a .npy/.pt/.csv file or inline "[[2.1, -0.3], ...]".'
@@ -41,23 +63,29 @@ def doctor_command(
     probs: bool = typer.Option(
         False, "--probs", help="The outputs are meant as probabilities (the probability form)."
     ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Exit 1 on notes too (advice such as class imbalance)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the diagnosis as JSON."),
 ) -> None:
-    """Diagnose model outputs and targets: the task, the loss that fits and why, and the
-    mistakes (double softmax, wrong target format, out-of-range indices, silent broadcasting,
-    NaN, saturation, imbalance) with the numbers that triggered them and the fix.
-
-    The files are only read, never changed.
-    """
+    """Diagnose model outputs and targets (the help text is HELP above)."""
     output = load(outputs, name="outputs", param_hint="OUTPUTS")
     target = load(targets, name="targets", param_hint="TARGETS")
     with user_errors("--loss"):
         result = diagnose(output, target, loss, probs=probs)
+    code = exit_status(result, strict=strict)
     if as_json:
-        emit_json({**jsonable(result), "exit_code": result.exit_code})
+        emit_json({**jsonable(result), "exit_code": code})
     else:
-        render(result)
-    raise typer.Exit(code=result.exit_code)
+        render(result, exit_code=code)
+    raise typer.Exit(code=code)
+
+
+def exit_status(result: Diagnosis, *, strict: bool = False) -> int:
+    """The command's exit status: 2 errors, 1 warnings, 0 otherwise; notes give 1 if strict."""
+    if strict and result.exit_code == 0 and result.findings:
+        return 1
+    return result.exit_code
 
 
 def _describe(t: TensorSummary) -> str:
@@ -74,7 +102,7 @@ def _describe(t: TensorSummary) -> str:
     return text
 
 
-def render(result: Diagnosis) -> None:
+def render(result: Diagnosis, *, exit_code: int | None = None) -> None:
     out = console()
     out.print(f"[bold]outputs[/bold]  {escape(_describe(result.output))}")
     out.print(f"[bold]targets[/bold]  {escape(_describe(result.target))}")
@@ -117,7 +145,7 @@ def render(result: Diagnosis) -> None:
         for f in result.findings:
             style = _STYLE[f.severity]
             grid.add_row(
-                f"  [{style}]{f.severity.upper():7}[/{style}]",
+                f"  [{style}]{_SEVERITY[f.severity].upper():7}[/{style}]",
                 f"[bold]{f.code} {f.name}[/bold]: {escape(f.message)}\n"
                 f"[dim]fix:[/dim] {escape(f.fix)}",
             )
@@ -131,5 +159,5 @@ def render(result: Diagnosis) -> None:
     counts = {s: sum(f.severity == s for f in result.findings) for s in (ERROR, WARNING, INFO)}
     out.print(
         f"{counts[ERROR]} error(s), {counts[WARNING]} warning(s), {counts[INFO]} note(s): "
-        f"exit status {result.exit_code}"
+        f"exit status {result.exit_code if exit_code is None else exit_code}"
     )

@@ -29,16 +29,26 @@ _OPTION_FLAGS = (
 _EXAMPLES = """
 Examples:
 
-  crossent explain --rand 42 --shape 2x3 --target "[[0,1,1],[1,0,0]]" --loss bce --probs
+  crossent explain --rand 42 --shape 2x3 --target "[[0,1,1],[1,0,0]]" \\
+      --loss bce --probs
 
-  crossent explain --input "[[2.0, -1.0], [0.5, 3.0]]" --target "[[1,0],[1,1]]"
-  --loss focal --gamma 2 --alpha 0.25
+  crossent explain --input "[[2.0, -1.0], [0.5, 3.0]]" \\
+      --target "[[1,0],[1,1]]" --loss focal --gamma 2 --alpha 0.25
 
-  crossent explain --input logits.npy --target labels.npy --loss "focal:gamma=1" --json
+  crossent explain --input logits.npy --target labels.npy \\
+      --loss "focal:gamma=1" --json
 """
 
+HELP = "\n\n".join(
+    [
+        "Compute a loss step by step, and torch's value beside it.",
+        "Per element: the input, p, p_t, the formula with the numbers substituted and the "
+        "loss; then the per-sample means, the reduction, and the value torch computes.",
+    ]
+)
 
-@app.command("explain", epilog=_EXAMPLES)
+
+@app.command("explain", help=HELP, epilog=_EXAMPLES)
 def explain_command(
     input: str | None = typer.Option(
         None,
@@ -56,7 +66,7 @@ def explain_command(
         "bce",
         "--loss",
         "-l",
-        help=f'A loss name or spec ("focal:gamma=2,alpha=0.25"). '
+        help=f'A loss name or spec, e.g. focal or "focal:gamma=2, alpha=0.25". '
         f"Losses: {', '.join(sorted(LOSSES))}.",
     ),
     probs: bool = typer.Option(
@@ -98,9 +108,7 @@ def explain_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the explanation as JSON."),
 ) -> None:
-    """Compute a loss step by step: per element the input, p, p_t, the formula with the numbers
-    substituted and the loss; then per-sample means, the reduction, and torch's value beside it.
-    """
+    """Compute a loss step by step (the help text is HELP above)."""
     if dtype not in FLOAT_DTYPES:
         raise typer.BadParameter(
             f"Expected `dtype` to be float32 or float64, but got {dtype!r}.", param_hint="--dtype"

@@ -219,6 +219,13 @@ def load_builtin(name: str, *, imbalance: float = 50.0, data_seed: int = 0) -> D
 # --------------------------------------------------------------------------------------------
 
 
+MISSING_POLICIES = ("error", "drop", "mean")
+# A text column with at most this many distinct values reads as categories, not as an id.
+MAX_CATEGORIES = 20
+# Likely targets proposed when `--target` is missing or wrong: at most this many classes.
+MAX_PROPOSED_CLASSES = 10
+
+
 def _is_missing(value: str) -> bool:
     return value.strip().lower() in MISSING
 
@@ -248,12 +255,173 @@ def _binary_positive(values: list[str], column: str, positive: str | None, count
     return min(values, key=lambda v: (counts[v], v))
 
 
+@dataclass
+class CsvProblem:
+    """One problem of a CSV file: what is wrong, and the option or edit that fixes it.
+
+    ``flag`` is the command-line option that fixes it on its own (``--drop-text``,
+    ``--missing mean``), when there is one.
+    """
+
+    message: str
+    fix: str
+    flag: str | None = None
+
+
+@dataclass
+class _Column:
+    """What one column of a CSV file holds."""
+
+    name: str
+    values: list[str]  # stripped, one per data row
+    lines: list[int]  # the file's line number of each data row
+
+    def __post_init__(self) -> None:
+        self.missing = [i for i, v in enumerate(self.values) if _is_missing(v)]
+        present = [i for i, v in enumerate(self.values) if not _is_missing(v)]
+        self.numbers = {i: _to_float(self.values[i]) for i in present}
+        self.text = [i for i in present if self.numbers[i] is None]
+        self.nonfinite = [
+            i for i in present if self.numbers[i] is not None and not math.isfinite(self.numbers[i])
+        ]
+        self.distinct = sorted({self.values[i] for i in present})
+
+    @property
+    def present(self) -> int:
+        return len(self.values) - len(self.missing)
+
+    def at(self, rows: list[int], limit: int = 3) -> str:
+        """``"line 5"`` / ``"lines 5, 9, 12 and 40 more"``."""
+        shown = [str(self.lines[i]) for i in rows[:limit]]
+        more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+        return f"line{'s' if len(rows) > 1 else ''} {', '.join(shown)}{more}"
+
+    def examples(self, rows: list[int], limit: int = 3) -> str:
+        seen: list[str] = []
+        for i in rows:
+            if self.values[i] not in seen:
+                seen.append(self.values[i])
+            if len(seen) == limit:
+                break
+        return ", ".join(repr(v) if v else "empty" for v in seen)
+
+    def looks_like_target(self) -> bool:
+        return 2 <= len(self.distinct) <= MAX_PROPOSED_CLASSES and self.present > len(self.distinct)
+
+    def describe_values(self) -> str:
+        return f"{len(self.distinct)} values: {', '.join(self.distinct[:5])}" + (
+            ", ..." if len(self.distinct) > 5 else ""
+        )
+
+
+def _propose_targets(columns: dict[str, _Column], wrong: str | None, exclude: set[str]) -> str:
+    """A sentence naming the columns the user probably meant: close names, then columns with
+    few distinct values (binary first)."""
+    import difflib
+
+    names = [n for n in columns if n not in exclude]
+    parts = []
+    if wrong is not None:
+        lower = {n.lower(): n for n in names}
+        close = [lower[m] for m in difflib.get_close_matches(wrong.lower(), list(lower), n=3)]
+        if close:
+            parts.append("Did you mean " + " or ".join(f"`--target {n}`" for n in close) + "?")
+    likely = sorted(
+        (c for c in (columns[n] for n in names) if c.looks_like_target()),
+        key=lambda c: (len(c.distinct), names.index(c.name)),
+    )
+    if likely:
+        shown = "; ".join(f"{c.name!r} ({c.describe_values()})" for c in likely[:4])
+        parts.append(f"Columns with few distinct values, which could be labels: {shown}.")
+    if parts and wrong is not None and parts[0].startswith("Did"):
+        parts[0] = "d" + parts[0][1:]
+    return " ".join(parts)
+
+
+def _text_problem(column: _Column, n_rows: int) -> CsvProblem:
+    name = column.name
+    drop = f"--drop {_quote(name)}"
+    numeric = column.present - len(column.text)
+    if numeric >= 0.8 * column.present:
+        return CsvProblem(
+            f"Column {name!r} holds numbers except {len(column.text)} value(s) that are not "
+            f"({column.examples(column.text)} on {column.at(column.text)}).",
+            f"correct those cells (a number, or empty for a missing value), or leave the column "
+            f"out with `{drop}`.",
+            "--drop-text",
+        )
+    if len(column.distinct) <= min(MAX_CATEGORIES, column.present / 2):  # values repeat
+        return CsvProblem(
+            f"Column {name!r} holds categories ({len(column.distinct)}: "
+            f"{', '.join(map(repr, column.distinct[:6]))}"
+            f"{', ...' if len(column.distinct) > 6 else ''}), not numbers.",
+            f"encode it as numbers (one 0/1 column per category), or leave it out with `{drop}` "
+            f"(`--drop-text` leaves out every text column).",
+            "--drop-text",
+        )
+    return CsvProblem(
+        f"Column {name!r} holds text ({len(column.distinct)} different values in {n_rows} rows, "
+        f"e.g. {column.examples(column.text, 2)}): an id or free text, not a feature.",
+        f"leave it out with `{drop}` (`--drop-text` leaves out every text column).",
+        "--drop-text",
+    )
+
+
+def _quote(name: str) -> str:
+    return name if name.replace("_", "").replace("-", "").replace(".", "").isalnum() else repr(name)
+
+
+def format_problems(source: str, problems: list[CsvProblem]) -> str:
+    """One message for every problem of a file, each with its fix."""
+    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    lines = [f"{source} has {count}; nothing was run:"]
+    for k, p in enumerate(problems, start=1):
+        lines.append(f"  {k}. {p.message}")
+        lines.append(f"     Fix: {p.fix}")
+    flags = [p.flag for p in problems]
+    if len(problems) > 1 and all(flags):
+        unique = dict.fromkeys(f for f in flags if f)
+        if "--missing mean" in unique:  # it leaves out rows without a label, as drop does
+            unique.pop("--missing drop", None)
+        unique = " ".join(unique)
+        lines.append(f"To fix all of them at once, add: {unique}")
+    return "\n".join(lines)
+
+
+def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a CSV file, each with its line number in the file."""
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise CompareError(f"Expected `--csv` to be a readable file, but {str(path)!r} {what}.")
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            line = 1
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    rows.append((line, row))
+                line = reader.line_num + 1
+    except UnicodeDecodeError:
+        raise CompareError(
+            f"{str(path)!r} is not UTF-8 text: save it as a UTF-8 CSV file (a spreadsheet's "
+            f'"CSV UTF-8" format).'
+        ) from None
+    except csv.Error as exc:
+        raise CompareError(f"{str(path)!r} is not a readable CSV file: {exc}.") from None
+    except OSError as exc:
+        raise CompareError(f"Could not read {str(path)!r}: {exc.strerror or exc}.") from None
+    return rows
+
+
 def load_csv(
     path: str | Path,
     targets: list[str],
     *,
     drop: list[str] | tuple[str, ...] = (),
     positive: str | None = None,
+    drop_text: bool = False,
+    missing: str = "error",
 ) -> Dataset:
     """Read a CSV file with a header row: every column not in ``targets`` or ``drop`` is a
     numeric feature.
@@ -261,175 +429,311 @@ def load_csv(
     One target column with two values is a binary task (the positive class is 1 / true / yes,
     or else the rarer value; ``positive`` overrides), with more values a multi-class task.
     Several target columns make a multi-label task; each must hold 0/1 (or true/false).
+
+    Every problem of the file is found before anything is raised, and raised together in one
+    :class:`CompareError`, each with its fix: text or category columns, missing values,
+    unknown column names (with the likely target columns proposed), ragged rows, a target
+    that cannot be a label.
+
+    Args:
+        path: the CSV file (UTF-8, comma-separated, a header row).
+        targets: the label column(s).
+        drop: columns to leave out.
+        positive: the positive value of a binary target.
+        drop_text: leave out every feature column that holds text (ids, names, categories).
+        missing: what to do with a missing value (empty, ``NA``, ``nan``, ``?``, ...):
+            ``"error"`` (default), ``"drop"`` (leave out the rows that have one) or ``"mean"``
+            (fill a feature with the mean of the training split, computed per seed; rows
+            whose target is missing are left out).
     """
     path = Path(path)
-    if not targets:
-        raise CompareError("Expected at least one `--target COLUMN` with `--csv`, but got none.")
-    if not path.is_file():
+    if missing not in MISSING_POLICIES:
         raise CompareError(
-            f"Expected `--csv` to be a readable file, but {str(path)!r} does not exist."
+            f"Expected `--missing` to be one of {', '.join(MISSING_POLICIES)}, but got {missing!r}."
         )
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.reader(handle))
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    rows = _read_rows(path)
     if len(rows) < 2:
         raise CompareError(
             f"Expected a header row and data rows in {str(path)!r}, but it has {len(rows)} row(s)."
         )
-    header = [h.strip() for h in rows[0]]
-    data = rows[1:]
+    problems: list[CsvProblem] = []
+    header = [h.strip() for h in rows[0][1]]
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if duplicated:
-        raise CompareError(
-            f"Column names must be unique in {str(path)!r}, but {duplicated} repeat."
+        problems.append(
+            CsvProblem(
+                f"Column names repeat: {', '.join(map(repr, duplicated))}.",
+                "give every column of the header row its own name.",
+            )
         )
-    for column in [*targets, *drop]:
-        if column not in header:
-            raise CompareError(
-                f"Column {column!r} is not in {str(path)!r}. Its columns are: {', '.join(header)}."
+    ragged = [(line, len(row)) for line, row in rows[1:] if len(row) != len(header)]
+    if ragged:
+        shown = ", ".join(f"line {line} has {n}" for line, n in ragged[:3])
+        more = f" and {len(ragged) - 3} more rows" if len(ragged) > 3 else ""
+        problems.append(
+            CsvProblem(
+                f"{len(ragged)} row(s) do not have the header's {len(header)} fields ({shown}"
+                f"{more}).",
+                "check the separator (a comma) and quote fields that contain commas.",
+            )
+        )
+    data = [(line, row) for line, row in rows[1:] if len(row) == len(header)]
+    lines = [line for line, _ in data]
+    col = {h: i for i, h in enumerate(header)}
+    columns = {h: _Column(h, [row[col[h]].strip() for _, row in data], lines) for h in col}
+
+    known = [t for t in targets if t in columns]
+    if not targets:
+        proposal = _propose_targets(columns, None, set(drop))
+        problems.append(
+            CsvProblem(
+                "No `--target` column was given: compare needs the column to predict.",
+                "name it with `--target COLUMN` (repeat for several 0/1 labels)."
+                + (f" {proposal}" if proposal else ""),
+            )
+        )
+    for name in targets:
+        if name not in columns:
+            proposal = _propose_targets(columns, name, {*known, *drop})
+            problems.append(
+                CsvProblem(
+                    f"Target column {name!r} is not in {path.name}.",
+                    (proposal + " " if proposal else "")
+                    + f"{'Its' if proposal else 'name one of its'} columns: {', '.join(header)}.",
+                )
             )
     if len(set(targets)) != len(targets):
-        raise CompareError(f"Expected distinct `--target` columns, but got {targets}.")
-    for line, row in enumerate(data, start=2):
-        if len(row) != len(header):
-            raise CompareError(
-                f"Line {line} of {str(path)!r} has {len(row)} fields, but the header has "
-                f"{len(header)}."
-            )
-    features = [h for h in header if h not in targets and h not in drop]
-    if not features:
-        raise CompareError(
-            f"No feature columns are left in {str(path)!r} after the targets and `--drop`."
+        problems.append(
+            CsvProblem(f"A `--target` column is given twice: {targets}.", "name each once.")
         )
-    col = {h: i for i, h in enumerate(header)}
+    for name in drop:
+        if name not in columns:
+            import difflib
 
-    X = np.empty((len(data), len(features)), dtype=np.float64)
-    for j, name in enumerate(features):
-        for i, row in enumerate(data):
-            cell = row[col[name]]
-            if _is_missing(cell):
-                raise CompareError(
-                    f"Feature column {name!r} has a missing value ({cell!r}) on line {i + 2}. "
-                    f"Fill or remove such rows, or leave the column out with `--drop {name}`."
+            close = difflib.get_close_matches(name, header, n=2)
+            hint = f"did you mean {' or '.join(map(repr, close))}? Its" if close else "its"
+            problems.append(
+                CsvProblem(
+                    f"Column {name!r} of `--drop` is not in {path.name}.",
+                    f"{hint} columns are: {', '.join(header)}.",
                 )
-            number = _to_float(cell)
-            if number is None or not math.isfinite(number):
-                raise CompareError(
-                    f"Feature column {name!r} must be numeric, but line {i + 2} holds {cell!r}. "
-                    f"Encode it as numbers (e.g. one column per category) or leave it out with "
-                    f"`--drop {name}`."
-                )
-            X[i, j] = number
+            )
 
-    raw = {}
-    for name in targets:
-        values = [row[col[name]].strip() for row in data]
-        for i, v in enumerate(values):
-            if _is_missing(v):
-                raise CompareError(
-                    f"Target column {name!r} has a missing value ({v!r}) on line {i + 2}: "
-                    f"every sample needs a label."
+    features = [h for h in columns if h not in targets and h not in drop]
+    dropped_text = []
+    skip_rows: set[int] = set()
+    filled: dict[str, int] = {}
+    n_rows = len(data)
+    for name in features:
+        c = columns[name]
+        if c.present == 0:
+            problems.append(
+                CsvProblem(
+                    f"Column {name!r} has no values (every cell is missing).",
+                    f"leave it out with `--drop {_quote(name)}`.",
                 )
-        raw[name] = values
-
-    if len(targets) > 1:
-        y = np.empty((len(data), len(targets)), dtype=np.float64)
-        for j, name in enumerate(targets):
-            for i, v in enumerate(raw[name]):
-                low = v.lower()
-                if low in ("1", "1.0", "true"):
-                    y[i, j] = 1.0
-                elif low in ("0", "0.0", "false"):
-                    y[i, j] = 0.0
-                else:
-                    raise CompareError(
-                        f"With several `--target` columns (multi-label) each must hold 0/1, but "
-                        f"column {name!r} holds {v!r} on line {i + 2}."
+            )
+        elif c.text:
+            if not drop_text:
+                problems.append(_text_problem(c, n_rows))
+            dropped_text.append(name)  # left out; its missing values do not matter
+            continue
+        elif c.nonfinite:
+            problems.append(
+                CsvProblem(
+                    f"Column {name!r} holds {c.examples(c.nonfinite)} on {c.at(c.nonfinite)}.",
+                    "replace them with finite numbers or leave them empty (a missing value).",
+                )
+            )
+        if c.missing and c.present:
+            if missing == "error":
+                problems.append(
+                    CsvProblem(
+                        f"Column {name!r} has {len(c.missing)} missing value(s) "
+                        f"({c.examples(c.missing)} on {c.at(c.missing)}).",
+                        "`--missing mean` fills them with the training split's mean, "
+                        "`--missing drop` leaves out the rows that have one, "
+                        f"`--drop {_quote(name)}` leaves out the column.",
+                        "--missing mean",
                     )
-        dataset = Dataset(
-            name=path.name,
-            description=(
-                f"{path.name}: {len(data)} rows, {len(features)} features, labels "
-                f"{', '.join(targets)}."
-            ),
-            task="multilabel",
-            X=X,
-            y=y,
-            label_names=list(targets),
-            feature_names=features,
+                )
+            elif missing == "drop":
+                skip_rows.update(c.missing)
+            else:
+                filled[name] = len(c.missing)
+    features = [h for h in features if h not in dropped_text]
+    if not features and not problems:
+        problems.append(
+            CsvProblem(
+                f"No feature columns are left in {path.name} after the targets"
+                + (", `--drop`" if drop else "")
+                + (" and `--drop-text`" if dropped_text else "")
+                + ".",
+                "a model needs at least one numeric column besides the targets.",
+            )
         )
-    else:
-        name = targets[0]
-        values = raw[name]
-        counts: dict[str, int] = {}
-        for v in values:
-            counts[v] = counts.get(v, 0) + 1
-        distinct = sorted(counts)
-        if len(distinct) < 2:
-            raise CompareError(
-                f"Target column {name!r} holds only the value {distinct[0]!r}: the other class has "
-                f"no samples. A classifier needs at least two classes."
-            )
-        numbers = [_to_float(v) for v in distinct]
-        numeric = all(n is not None and math.isfinite(n) for n in numbers)
-        if len(distinct) == 2:
-            pos = _binary_positive(distinct, name, positive, counts)
-            y = np.array([[1.0 if v == pos else 0.0] for v in values])
-            dataset = Dataset(
-                name=path.name,
-                description=(
-                    f"{path.name}: {len(data)} rows, {len(features)} features; target {name!r}, "
-                    f"positive class {pos!r}."
-                ),
-                task="binary",
-                X=X,
-                y=y,
-                label_names=[f"{name}={pos}"],
-                feature_names=features,
-            )
-        else:
-            if positive is not None:
-                raise CompareError(
-                    f"`--positive` applies to a binary target, but column {name!r} has "
-                    f"{len(distinct)} classes."
+    for name in known:
+        c = columns[name]
+        if c.missing:
+            if missing == "error":
+                problems.append(
+                    CsvProblem(
+                        f"Target column {name!r} has {len(c.missing)} missing value(s) "
+                        f"({c.examples(c.missing)} on {c.at(c.missing)}): every sample needs a "
+                        f"label.",
+                        "`--missing drop` leaves out those rows (with `--missing mean` they are "
+                        "left out too: a label is never filled in).",
+                        "--missing drop",
+                    )
                 )
-            if numeric and not all(float(n).is_integer() for n in numbers):
-                raise CompareError(
-                    f"Target column {name!r} holds non-integer numbers (e.g. {distinct[0]!r}): it "
-                    f"looks like a regression target. Classes must be integers or names."
-                )
-            if len(distinct) > MAX_CLASSES:
-                raise CompareError(
-                    f"Target column {name!r} has {len(distinct)} distinct values; compare handles "
-                    f"at most {MAX_CLASSES} classes. Is it the right column?"
-                )
-            if numeric:
-                ints = sorted({int(float(v)) for v in distinct})
-                if ints[0] >= 0:
-                    missing = sorted(set(range(ints[-1] + 1)) - set(ints))
-                    if missing:
-                        raise CompareError(
-                            f"Class {missing[0]} of target column {name!r} has no samples (it "
-                            f"holds classes {', '.join(map(str, ints))}). Renumber the classes "
-                            f"0..{len(ints) - 1} or add samples of the missing class."
-                        )
-                distinct = sorted(distinct, key=lambda v: float(v))
-            index = {v: k for k, v in enumerate(distinct)}
-            y = np.array([index[v] for v in values], dtype=np.int64)
-            dataset = Dataset(
-                name=path.name,
-                description=(
-                    f"{path.name}: {len(data)} rows, {len(features)} features; target {name!r} "
-                    f"with {len(distinct)} classes."
-                ),
-                task="multiclass",
-                X=X,
-                y=y,
-                label_names=[str(v) for v in distinct],
-                feature_names=features,
-            )
+            else:
+                skip_rows.update(c.missing)
+
+    keep = [i for i in range(n_rows) if i not in skip_rows]
+    dataset = None
+    if known and len(known) == len(targets) and len(set(targets)) == len(targets):
+        try:
+            dataset = _targets(path, known, columns, keep, features, positive)
+        except _TargetError as exc:
+            problems.append(exc.problem)
+    if problems or dataset is None:  # dataset is None only with a target problem listed
+        raise CompareError(format_problems(str(path), problems))
+    X = np.empty((len(keep), len(features)), dtype=np.float64)
+    for j, name in enumerate(features):
+        numbers = columns[name].numbers
+        X[:, j] = [
+            np.nan if numbers.get(i) is None else numbers[i]  # NaN: filled per split (mean)
+            for i in keep
+        ]
+    dataset.X = X
+    dataset.feature_names = features
+    notes = []
+    if dropped_text:
+        notes.append(f"text columns left out (`--drop-text`): {', '.join(dropped_text)}")
+    if skip_rows:
+        notes.append(f"{len(skip_rows)} row(s) with a missing value left out")
+    if filled:
+        cells = ", ".join(f"{n} in {name}" for name, n in filled.items())
+        notes.append(f"missing values filled with the training split's mean ({cells})")
+    if notes:
+        text = "; ".join(notes)
+        dataset.description += " " + text[0].upper() + text[1:] + "."
     check_min_counts(dataset)
     return dataset
+
+
+class _TargetError(Exception):
+    """A target column that cannot be a label; :func:`load_csv` lists it with the others."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.problem = CsvProblem(message, fix)
+
+
+def _targets(
+    path: Path,
+    targets: list[str],
+    columns: dict[str, _Column],
+    keep: list[int],
+    features: list[str],
+    positive: str | None,
+) -> Dataset:
+    """The targets of the kept rows (X is filled in by the caller); a :class:`_TargetError`
+    for a target that cannot be a label."""
+    n = len(keep)
+    size = f"{path.name}: {n} rows, {len(features)} features"
+    raw = {name: [columns[name].values[i] for i in keep] for name in targets}
+    lines = columns[targets[0]].lines
+    empty = np.empty((n, 0))
+    if len(targets) > 1:
+        y = np.empty((n, len(targets)), dtype=np.float64)
+        for j, name in enumerate(targets):
+            for k, v in enumerate(raw[name]):
+                low = v.lower()
+                if low in ("1", "1.0", "true"):
+                    y[k, j] = 1.0
+                elif low in ("0", "0.0", "false"):
+                    y[k, j] = 0.0
+                else:
+                    raise _TargetError(
+                        f"With several `--target` columns (multi-label) each must hold 0/1, but "
+                        f"column {name!r} holds {v!r} on line {lines[keep[k]]}.",
+                        "give multi-label targets as 0/1 columns, or one `--target` column "
+                        "for classes.",
+                    )
+        return Dataset(
+            name=path.name,
+            description=f"{size}, labels {', '.join(targets)}.",
+            task="multilabel",
+            X=empty,
+            y=y,
+            label_names=list(targets),
+        )
+    name = targets[0]
+    values = raw[name]
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    distinct = sorted(counts)
+    if len(distinct) < 2:
+        raise _TargetError(
+            f"Target column {name!r} holds only the value {distinct[0] if distinct else ''!r}: "
+            f"the other class has no samples.",
+            "a classifier needs at least two classes: is it the right column?",
+        )
+    numbers = [_to_float(v) for v in distinct]
+    numeric = all(x is not None and math.isfinite(x) for x in numbers)
+    if len(distinct) == 2:
+        try:
+            pos = _binary_positive(distinct, name, positive, counts)
+        except CompareError as exc:
+            raise _TargetError(str(exc), "give one of the column's two values.") from None
+        return Dataset(
+            name=path.name,
+            description=f"{size}; target {name!r}, positive class {pos!r}.",
+            task="binary",
+            X=empty,
+            y=np.array([[1.0 if v == pos else 0.0] for v in values]).reshape(n, 1),
+            label_names=[f"{name}={pos}"],
+        )
+    if positive is not None:
+        raise _TargetError(
+            f"`--positive` applies to a binary target, but column {name!r} has "
+            f"{len(distinct)} classes.",
+            "leave out `--positive`.",
+        )
+    if numeric and not all(float(x).is_integer() for x in numbers):
+        raise _TargetError(
+            f"Target column {name!r} holds non-integer numbers (e.g. {distinct[0]!r}): it "
+            f"looks like a regression target.",
+            "classes must be integers or names: choose a label column.",
+        )
+    if len(distinct) > MAX_CLASSES:
+        raise _TargetError(
+            f"Target column {name!r} has {len(distinct)} distinct values; compare handles "
+            f"at most {MAX_CLASSES} classes.",
+            "is it the right column? " + _propose_targets(columns, None, set(targets)),
+        )
+    if numeric:
+        ints = sorted({int(float(v)) for v in distinct})
+        if ints[0] >= 0:
+            gap = sorted(set(range(ints[-1] + 1)) - set(ints))
+            if gap:
+                raise _TargetError(
+                    f"Class {gap[0]} of target column {name!r} has no samples (it holds "
+                    f"classes {', '.join(map(str, ints))}).",
+                    f"renumber the classes 0..{len(ints) - 1} or add samples of the missing class.",
+                )
+        distinct = sorted(distinct, key=lambda v: float(v))
+    index = {v: k for k, v in enumerate(distinct)}
+    return Dataset(
+        name=path.name,
+        description=f"{size}; target {name!r} with {len(distinct)} classes.",
+        task="multiclass",
+        X=empty,
+        y=np.array([index[v] for v in values], dtype=np.int64),
+        label_names=[str(v) for v in distinct],
+    )
 
 
 def check_min_counts(dataset: Dataset, minimum: int = 3) -> None:
@@ -458,12 +762,36 @@ def load_dataset(
     targets: list[str] | None = None,
     drop: list[str] | tuple[str, ...] = (),
     positive: str | None = None,
+    drop_text: bool = False,
+    missing: str = "error",
     imbalance: float = 50.0,
     data_seed: int = 0,
 ) -> Dataset:
-    """A built-in data set by name, or a CSV file (``csv_path`` with ``targets``)."""
+    """A built-in data set by name, or a CSV file (``csv_path`` with ``targets``; ``drop``,
+    ``positive``, ``drop_text`` and ``missing`` as in ``crossent.compare.data.load_csv``)."""
     if csv_path is not None:
-        return load_csv(csv_path, list(targets or []), drop=drop, positive=positive)
+        return load_csv(
+            csv_path,
+            list(targets or []),
+            drop=drop,
+            positive=positive,
+            drop_text=drop_text,
+            missing=missing,
+        )
     if targets:
         raise CompareError("`--target` needs `--csv PATH`: the built-in data sets have their own.")
+    given = [
+        name
+        for name, value in (
+            ("--drop", bool(drop)),
+            ("--positive", positive is not None),
+            ("--drop-text", drop_text),
+            ("--missing", missing != "error"),
+        )
+        if value
+    ]
+    if given:
+        raise CompareError(
+            f"`{given[0]}` applies to `--csv PATH`; the built-in data sets need no cleaning."
+        )
     return load_builtin(name or "digits-imbalanced", imbalance=imbalance, data_seed=data_seed)

@@ -60,11 +60,34 @@ def _pooled(result: CompareResult, loss: str, column: int | None) -> tuple[np.nd
     return np.concatenate(ys), np.concatenate(ps)
 
 
+def _table_ap(result: CompareResult, loss: str, column: int | None) -> float | None:
+    """The average precision the report's tables show for this panel: the mean over seeds of
+    each seed's AP (binary: the AP column; multi-label: the per-label table, or the micro
+    column for all labels). ``None`` for multi-class data, whose tables have no AP."""
+    if result.task == "binary":
+        return result.summary[loss]["average_precision"].mean
+    if result.task == "multilabel":
+        if column is None:
+            return result.summary[loss]["average_precision_micro"].mean
+        name = result.dataset.label_names[column]
+        runs = result.runs_of(loss)
+        return float(np.mean([r.per_label[name]["average_precision"] for r in runs]))
+    return None
+
+
 def pr_curves(result: CompareResult) -> bytes:
     """Precision-recall curves of the test predictions, every seed pooled, one line per loss.
 
     Binary: one panel; multi-label: one panel per label and one micro-averaged; multi-class:
-    the micro-averaged one-vs-rest curve."""
+    the micro-averaged one-vs-rest curve. The AP in each legend is the one the report's tables
+    show (the mean over seeds of each seed's AP), so figure and tables agree; multi-class
+    tables have no AP, and there the legend gives the pooled curve's own AP, labelled so.
+    Legends sit below their panels, where they cover no curve."""
+    return _png(pr_figure(result))
+
+
+def pr_figure(result: CompareResult):
+    """The matplotlib figure :func:`pr_curves` renders."""
     plt = _plt()
     colors = _colors(result)
     panels: list[tuple[str, int | None]]
@@ -78,20 +101,32 @@ def pr_curves(result: CompareResult) -> bytes:
     n = len(panels)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), squeeze=False)
+    legend_h = 0.22 * (len(result.losses) + 1) + 0.3
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(4.8 * cols, (4.0 + legend_h) * rows + 0.4),
+        squeeze=False,
+        layout="constrained",
+    )
+    seeds = len(result.seeds)
     for ax, (title, column) in zip(axes.flat, panels, strict=False):
         prevalence = None
         for spec in result.losses:
             y, p = _pooled(result, spec.label, column)
             precision, recall = M.precision_recall_curve(y, p)
-            ap = M.average_precision(y, p)
+            ap = _table_ap(result, spec.label, column)
+            if ap is None:
+                text = f"pooled AP {M.average_precision(y, p):.3f}"
+            else:
+                text = f"AP {ap:.3f}" + (" (mean of seeds)" if seeds > 1 else "")
             ax.step(
                 recall,
                 precision,
                 where="post",
                 color=colors[spec.label],
                 lw=1.6,
-                label=f"{spec.label} (AP {ap:.3f})",
+                label=f"{spec.label}: {text}",
             )
             prevalence = y.mean()
         if prevalence is not None:
@@ -102,17 +137,21 @@ def pr_curves(result: CompareResult) -> bytes:
         ax.set_xlim(0, 1.01)
         ax.set_ylim(0, 1.03)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    seeds = len(result.seeds)
-    fig.suptitle(
-        f"Precision-recall on the test split (test predictions of {seeds} seed(s) pooled; "
-        f"AP of the pooled curve)",
-        fontsize=11,
+    ap_source = (
+        "AP: the pooled curve's (multi-class tables have no AP)"
+        if result.task == "multiclass"
+        else "AP: as in the report's tables"
+        + (f", the mean of the {seeds} seeds' APs" if seeds > 1 else "")
     )
-    fig.tight_layout()
-    return _png(fig)
+    fig.suptitle(
+        f"Precision-recall on the test split\ncurves: the test predictions of {seeds} seed(s) "
+        f"pooled; {ap_source}",
+        fontsize=10,
+    )
+    return fig
 
 
 def reliability_diagrams(result: CompareResult) -> bytes:

@@ -16,10 +16,30 @@ from pathlib import Path
 
 from crossent import __version__
 from crossent.compare import metrics as M
+from crossent.compare.data import CompareError
 from crossent.compare.runner import CompareResult, config_dict
 from crossent.compare.stats import ALPHA, t_critical
 
-__all__ = ["format_cell", "metric_table", "verdict", "write_report"]
+__all__ = [
+    "REPORT_FILES",
+    "check_out_folder",
+    "earlier_report",
+    "format_cell",
+    "metric_table",
+    "verdict",
+    "write_report",
+]
+
+FIGURES = ("pr_curves", "reliability", "training_curves")
+# Every file a report consists of, relative to its folder.
+REPORT_FILES = (
+    "results.csv",
+    "summary.csv",
+    "results.json",
+    "report.md",
+    "report.html",
+    *(f"figures/{name}.png" for name in FIGURES),
+)
 
 NOISE_MARK = "†"
 
@@ -476,13 +496,78 @@ def results_json(result: CompareResult) -> dict:
     )
 
 
+def earlier_report(out: str | Path) -> list[str] | None:
+    """The files an earlier ``crossent compare`` wrote into the folder ``out``, as its
+    ``results.json`` lists them; ``None`` when ``out`` holds no report."""
+    path = Path(out) / "results.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not {"crossent_version", "verdict", "rows"} <= set(data):
+        return None
+    files = data.get("report_files")
+    if isinstance(files, list) and all(isinstance(f, str) for f in files):
+        return [f for f in files if f in REPORT_FILES]
+    return list(REPORT_FILES)  # a report from before the list was recorded
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def check_out_folder(out: str | Path, *, inputs: list[str | Path] | tuple = ()) -> bool:
+    """Check that a report can be written into the folder ``out`` without overwriting anything
+    but an earlier report: not a file, not one of ``inputs`` (the data the comparison reads),
+    no file of the report's names that ``crossent compare`` did not write. Returns whether an
+    earlier report is there (and will be replaced); raises :class:`CompareError` otherwise.
+    """
+    out = Path(out)
+    targets = [out / name for name in REPORT_FILES]
+    for given in map(Path, inputs):
+        if _same_file(out, given) or any(_same_file(t, given) for t in targets):
+            raise CompareError(
+                f"`--out {out}` would overwrite {str(given)!r}, the data this comparison reads; "
+                f"nothing was run or written. Give the report a folder of its own, e.g. "
+                f"`--out crossent-report`."
+            )
+    if out.exists() and not out.is_dir():
+        raise CompareError(
+            f"`--out` names the folder the report goes into, but {str(out)!r} is a file; "
+            f"nothing was run or written. Give a folder, e.g. `--out crossent-report`."
+        )
+    if not out.exists():
+        return False
+    earlier = earlier_report(out)
+    ours = set(earlier or ())
+    taken = [name for name, path in zip(REPORT_FILES, targets, strict=True) if path.exists()]
+    if (out / "figures").exists() and not (out / "figures").is_dir():
+        taken.append("figures")
+    foreign = [name for name in taken if name not in ours]
+    if foreign:
+        raise CompareError(
+            f"{str(out)!r} already holds {', '.join(foreign)}, which crossent compare did not "
+            f"write there; nothing was run or written. Give the report a new folder with `--out`, "
+            f"or move those files."
+        )
+    return bool(earlier) and bool(taken)
+
+
 def write_report(
     result: CompareResult, out: str | Path, *, figures: bool = True
 ) -> dict[str, Path]:
-    """Write every output file into ``out`` (created if needed); returns their paths."""
+    """Write every output file into ``out`` (created if needed); returns their paths.
+
+    Only an earlier report in ``out`` is replaced: :func:`check_out_folder` refuses a file of
+    the report's names that crossent did not write, and the comparison's own ``--csv`` data.
+    """
     from crossent.compare import figures as F
 
     out = Path(out)
+    check_out_folder(out, inputs=[result.config.csv] if result.config.csv else [])
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         "results.csv": out / "results.csv",
@@ -528,7 +613,9 @@ def write_report(
                         comp.significant if comp else "",
                     ]
                 )
-    paths["results.json"].write_text(json.dumps(results_json(result), indent=2) + "\n")
+    written = [name for name in REPORT_FILES if figures or not name.startswith("figures/")]
+    summary = {**results_json(result), "report_files": written}
+    paths["results.json"].write_text(json.dumps(summary, indent=2) + "\n")
     pngs: dict[str, bytes] = {}
     if figures:
         pngs = {

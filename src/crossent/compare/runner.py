@@ -37,6 +37,8 @@ class CompareConfig:
     targets: list[str] = field(default_factory=list)
     drop: list[str] = field(default_factory=list)
     positive: str | None = None
+    drop_text: bool = False
+    missing: str = "error"
     imbalance: float = 50.0
     data_seed: int = 0
     losses: list[str] = field(default_factory=list)
@@ -228,6 +230,8 @@ def run_compare(
             targets=config.targets,
             drop=config.drop,
             positive=config.positive,
+            drop_text=config.drop_text,
+            missing=config.missing,
             imbalance=config.imbalance,
             data_seed=config.data_seed,
         )

@@ -158,8 +158,17 @@ def standardize(X: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """Standardise every column with the mean and standard deviation of the training rows.
 
     Columns constant on the training rows (blank pixels) are centred and left unscaled.
+    Missing values (NaN, from ``crossent compare --missing mean``) are filled with the mean of
+    the training rows' values, so they become 0; the test rows tell nothing about the fill.
     Returns the standardised copy, the means and the scales.
     """
+    nan = np.isnan(X)
+    if nan.any():
+        present = ~nan[train]
+        count = present.sum(axis=0)
+        total = np.where(present, X[train], 0.0).sum(axis=0)
+        fill = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+        X = np.where(nan, fill, X)
     mean = X[train].mean(axis=0)
     std = X[train].std(axis=0)
     scale = np.where(std > 1e-12, std, 1.0)
