@@ -56,7 +56,9 @@ def compare(
         Opt(
             "--data",
             "--dataset",
-            help="Built-in data set: digits-imbalanced, digits-multilabel, digits, breast-cancer.",
+            help="Built-in data set: digits-imbalanced, digits-multilabel, digits, breast-cancer, "
+            "caravan (who buys caravan insurance, binary), digits-lt (long-tailed digits, "
+            "multi-class).",
         ),
     ] = "digits-imbalanced",
     csv: Annotated[
@@ -77,9 +79,14 @@ def compare(
         ),
     ] = None,
     imbalance: Annotated[
-        float,
-        Opt("--imbalance", help="digits-imbalanced: negatives per positive (zeros subsampled)."),
-    ] = 50.0,
+        float | None,
+        Opt(
+            "--imbalance",
+            help="digits-imbalanced: negatives per positive, zeros subsampled (default 50). "
+            "digits-lt: largest class / smallest class of the training rows (default 10).",
+            show_default=False,
+        ),
+    ] = None,
     loss: Annotated[list[str] | None, Opt("--loss", "-l", help=LOSS_HELP)] = None,
     seeds: Annotated[int, Opt(help="Number of seeds (splits x initialisations).")] = 3,
     first_seed: Annotated[int, Opt(help="The first seed; seeds are consecutive.")] = 0,

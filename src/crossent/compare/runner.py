@@ -37,7 +37,7 @@ class CompareConfig:
     targets: list[str] = field(default_factory=list)
     drop: list[str] = field(default_factory=list)
     positive: str | None = None
-    imbalance: float = 50.0
+    imbalance: float | None = None
     data_seed: int = 0
     losses: list[str] = field(default_factory=list)
     seeds: int = 3
@@ -259,7 +259,9 @@ def run_compare(
         splits: dict[int, dict[str, int]] = {}
         total = len(seeds) * len(losses)
         for seed in seeds:
-            split = stratified_split(dataset.task, dataset.y, config.split, seed)
+            split = stratified_split(
+                dataset.task, dataset.y, config.split, seed, train_rows=dataset.train_rows
+            )
             splits[seed] = split.sizes()
             data, X_test, y_val, y_test, y_train = _tensors(dataset, split, dist.device)
             resolve_auto(losses, dataset.task, y_train, dataset.n_outputs)
