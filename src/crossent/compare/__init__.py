@@ -1,19 +1,30 @@
 """``crossent compare``: which loss works on my data.
 
-Trains the same small model with each chosen loss on the same splits, initialisations and
-batches, over several seeds; evaluates the test predictions with the metrics that matter under
-imbalance; and writes a report (CSV, JSON, Markdown, self-contained HTML).
+Trains the same model with each chosen loss on the same splits, initialisations and batches,
+over several seeds; evaluates the test predictions with the metrics that matter under
+imbalance; and writes a report (CSV, JSON, Markdown, self-contained HTML) whose verdict says
+which loss to use for ranking, for decisions at a threshold and for calibrated probabilities.
+
+:func:`run_compare` is the command line's comparison: a built-in data set (Caravan insurance
+data by default) or a CSV file, and a small MLP.
 
 >>> from crossent.compare import CompareConfig
->>> CompareConfig().data
-'digits-imbalanced'
+>>> CompareConfig().data_name(), CompareConfig(losses=["ce", "poly1"]).data_name()
+('caravan', 'digits-lt')
 """
 
-from crossent.compare.data import BUILTIN_DATASETS, CompareError, Dataset, load_dataset
+from crossent.compare.data import (
+    BUILTIN_DATASETS,
+    DEFAULT_DATA,
+    CompareError,
+    Dataset,
+    load_dataset,
+)
 from crossent.compare.runner import CompareConfig, CompareResult, Progress, run_compare
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "DEFAULT_DATA",
     "CompareConfig",
     "CompareError",
     "CompareResult",
