@@ -96,7 +96,9 @@ class Dataset:
             rest = np.bincount(np.delete(self.y, self.train_rows), minlength=self.n_outputs)
             small, large = int(np.argmin(counts)), int(np.argmax(counts))
             held = (
-                f"{rest[0]} per class" if np.all(rest == rest[0]) else f"{int(rest.sum())} samples"
+                f"{rest[0]} per class"
+                if np.all(rest == rest[0])
+                else f"{int(rest.sum())} samples, {rest.min()} to {rest.max()} per class"
             )
             return (
                 f"training set of {len(counts)} classes from {counts[large]} (class "

@@ -199,8 +199,18 @@ def purpose_lines(result: CompareResult) -> list[str]:
         metrics = [m for m in metrics if m in result.columns]
         if not metrics:
             continue
-        if len({_standing(result, m) for m in metrics}) == 1:
+        standings = [_standing(result, m) for m in metrics]
+        if len(set(standings)) == 1:
             text = _judgement(result, metrics)  # the same standing on every metric: once
+        elif len(result.seeds) > 1 and not any(worse for _, _, worse in standings):
+            bests = ", ".join(
+                f"**{best}** {SHORT_NAMES.get(m, m)} {_value(result, best, m)}"
+                for m, (best, _, _) in zip(metrics, standings, strict=True)
+            )
+            text = (
+                f"any of them: no loss is worse than the best beyond the seed noise on "
+                f"{' or '.join(SHORT_NAMES.get(m, m) for m in metrics)} (best means: {bests})"
+            )
         else:
             text = "; ".join(f"{ON_METRIC[m]}, {_judgement(result, [m])}" for m in metrics)
         names = ", ".join(dict.fromkeys(SHORT_NAMES.get(m, m) for m in metrics))
