@@ -37,6 +37,9 @@ from crossent.compare.train import LoaderData, TrainData, TrainSettings
 
 __all__ = ["compare_models"]
 
+# One part of the data: (inputs, targets) tensors, or a DataLoader of such batches.
+Part = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
+
 
 TASK_WORDS = {
     "binary": "binary (one 0/1 label)",
@@ -121,9 +124,9 @@ def _prepare_targets(task: str) -> Callable[[torch.Tensor, torch.Tensor], tuple]
 
 def compare_models(
     model: Callable[[], nn.Module],
-    train,
-    val,
-    test,
+    train: Part,
+    val: Part,
+    test: Part,
     *,
     losses: Sequence[str] = (),
     seeds: int = 5,
@@ -155,24 +158,29 @@ def compare_models(
     Args:
         model: builds a fresh, untrained model returning logits: ``(batch, L)`` for L 0/1
             labels (L = 1 for binary data), ``(batch, K)`` for K classes.
-        train, val, test: each a pair ``(inputs, targets)`` of tensors -- inputs of any shape
-            ``(N, ...)`` -- or a DataLoader yielding such pairs (val and test unshuffled).
-            Targets: float 0/1 of shape ``(N,)`` or ``(N, L)`` for binary / multi-label data,
-            int64 class indices ``(N,)`` for multi-class data. With tensors, batches of
-            ``batch_size`` rows are drawn in a seeded order; a DataLoader's own batches are
-            used and its shuffling re-seeded each epoch.
+        train: the training data: a pair ``(inputs, targets)`` of tensors -- inputs of any
+            shape ``(N, ...)`` -- or a DataLoader yielding such pairs. Targets: float 0/1 of
+            shape ``(N,)`` or ``(N, L)`` for binary / multi-label data, int64 class indices
+            ``(N,)`` for multi-class data. With tensors, batches of ``batch_size`` rows are
+            drawn in a seeded order; a DataLoader's own batches are used and its shuffling
+            re-seeded each epoch.
+        val: the validation data (stopping, and the F1 thresholds), as ``train``; a
+            DataLoader should not shuffle.
+        test: the test data the metrics are computed on, as ``val``.
         losses: loss specs as on the command line (``"bce:pos_weight=auto"``); default: the
             task's four defaults. ``auto`` values come from the training targets.
         seeds: how many seeds, from ``first_seed`` on.
         task: ``"binary"``, ``"multilabel"`` or ``"multiclass"``; inferred from the targets'
             dtype and shape when ``None``.
         label_names: the name of each label (or class), for the report.
-        name, description: what the report calls the data and says about it.
-        lr, weight_decay: AdamW's settings (ignored when ``optimizer`` is given).
+        name: what the report calls the data.
+        description: what the report says about the data.
+        lr: AdamW's learning rate (ignored when ``optimizer`` is given).
+        weight_decay: AdamW's weight decay (ignored when ``optimizer`` is given).
         batch_size: rows per step with tensor data (a DataLoader has its own); ``None``:
             about 16 steps per epoch (:func:`crossent.compare.train.auto_batch_size`).
-        max_epochs, patience: the longest run, and how many epochs without a lower validation
-            loss end one.
+        max_epochs: the most epochs of one run.
+        patience: how many epochs without a lower validation loss end a run.
         optimizer: builds the optimizer from the model's parameters, e.g.
             ``lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9)``.
         metric: the report's primary metric (default: average precision, or macro-F1 for

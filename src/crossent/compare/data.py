@@ -151,11 +151,10 @@ DEFAULT_DATA = {"binary": "caravan", "multiclass": "digits-lt"}
 DEFAULT_IMBALANCE = {"digits-imbalanced": 50.0, "digits-lt": 10.0}
 
 CARAVAN_SOURCE = (
-    "The Insurance Company Benchmark (COIL 2000), UCI Machine Learning Repository "
-    "(https://doi.org/10.24432/C5630S), licensed CC BY 4.0; P. van der Putten and M. van "
-    "Someren (eds), CoIL Challenge 2000: The Insurance Company Case, Sentient Machine "
-    "Research, 2000. The copy shipped with crossent is the 5822 customers of the "
-    "challenge's training file as ISLP 0.6.0 distributes it (Caravan.csv)"
+    "The Insurance Company Benchmark (COIL 2000), UCI Machine Learning Repository, "
+    "https://doi.org/10.24432/C5630S, CC BY 4.0 (P. van der Putten and M. van Someren (eds), "
+    "CoIL Challenge 2000: The Insurance Company Case, 2000); shipped with crossent: the "
+    "challenge's training file, as the ISLP package distributes it"
 )
 # digits-lt holds out this many images of each digit for its balanced validation and test sets
 # (the scarcest digit has 174 images).
@@ -252,9 +251,10 @@ def load_caravan() -> Dataset:
         dataset = load_csv(path, ["Purchase"], positive="Yes")
     dataset.name = "caravan"
     dataset.description = (
-        f"{CARAVAN_SOURCE}: {dataset.n_samples} customers, {dataset.X.shape[1]} numeric "
-        f"features (socio-demographic ones derived from the postcode, and the other insurance "
-        f"products owned); positive = bought a caravan insurance policy (Purchase = Yes)."
+        f"{CARAVAN_SOURCE}. {dataset.n_samples} customers of an insurer, "
+        f"{dataset.X.shape[1]} numeric features (socio-demographic ones derived from the "
+        f"postcode, and the other insurance products owned); positive = bought a caravan "
+        f"insurance policy (Purchase = Yes)."
     )
     return dataset
 
@@ -606,8 +606,8 @@ def load_dataset(
     imbalance: float | None = None,
     data_seed: int = 0,
 ) -> Dataset:
-    """A built-in data set by name (``None``: :data:`DEFAULT_DATA`'s binary one), or a CSV file
-    (``csv_path`` with ``targets``)."""
+    """A built-in data set by name (``None``: ``caravan``), or a CSV file (``csv_path`` with
+    ``targets``)."""
     if csv_path is not None:
         return load_csv(csv_path, list(targets or []), drop=drop, positive=positive)
     if targets:
