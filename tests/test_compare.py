@@ -52,6 +52,11 @@ def _check_files(out, result):
     assert len(data["rows"]) == len(rows)
     assert set(data["summary"]) == {s.label for s in result.losses}
     assert data["verdict"].startswith(f"On {result.dataset.name}")
+    # The settings every run used, the batch size resolved, and how each run ended.
+    assert data["settings"]["batch_size"] == result.settings.batch_size >= 1
+    assert [h["val_loss_flattened"] for h in data["histories"]] == [
+        r.history.flattened for r in result.runs
+    ]
     html = (out / "report.html").read_text()
     # Self-contained: three figures inline, nothing linked.
     assert html.count('src="data:image/png;base64,') == 3

@@ -11,7 +11,7 @@ import html
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -564,6 +564,9 @@ def results_json(result: CompareResult) -> dict:
                 "counts": result.dataset.class_counts().tolist(),
             },
             "config": config_dict(result.config),
+            "settings": {**asdict(result.settings), "hidden": list(result.settings.hidden)},
+            "split": result.split,
+            "optimizer": result.optimizer,
             "model": result.model,
             "seeds": result.seeds,
             "splits": {str(k): v for k, v in result.splits.items()},
@@ -602,6 +605,7 @@ def results_json(result: CompareResult) -> dict:
                     "val_loss": r.history.val_loss,
                     "val_" + result.primary: r.history.val_score,
                     "best_epoch": r.history.best_epoch,
+                    "val_loss_flattened": r.history.flattened,
                 }
                 for r in result.runs
             ],
