@@ -23,7 +23,6 @@ from crossent.compare.distributed import DistInfo, resolve_device
 from crossent.compare.evaluate import metric_columns
 from crossent.compare.losses import parse_losses
 from crossent.compare.runner import (
-    EVAL_CHUNK,
     CompareConfig,
     CompareResult,
     Progress,
@@ -33,7 +32,7 @@ from crossent.compare.runner import (
     _SeedData,
     _targets_numpy,
 )
-from crossent.compare.train import LoaderData, TrainData, TrainSettings
+from crossent.compare.train import EVAL_CHUNK, LoaderData, TrainData, TrainSettings
 
 __all__ = ["compare_models"]
 

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,13 +43,11 @@ from crossent.compare.train import (
     TrainData,
     TrainSettings,
     predict,
+    predict_tensors,
     train_model,
 )
 
 __all__ = ["CompareConfig", "CompareResult", "Progress", "RunResult", "run_compare"]
-
-# Rows per forward pass when predicting from tensors (bounds the memory of image models).
-EVAL_CHUNK = 4096
 
 
 @dataclass
@@ -232,14 +231,12 @@ class Progress:
     done: bool  # the run finished (early stopping or the last epoch)
 
 
-def tensorboard_dir(root: str, loss: str, seed: int):
+def tensorboard_dir(root: str | Path, loss: str, seed: int) -> Path:
     """``root/<loss>/seed<seed>`` with the spec made safe for a folder name.
 
     >>> tensorboard_dir("tb", "focal:gamma=2,alpha=0.25", 1).as_posix()
     'tb/focal_gamma=2_alpha=0.25/seed1'
     """
-    from pathlib import Path
-
     return Path(root) / re.sub(r"[^A-Za-z0-9=._-]+", "_", loss) / f"seed{seed}"
 
 
@@ -265,23 +262,14 @@ def _targets_numpy(task: str, targets: torch.Tensor) -> np.ndarray:
     return t.long().numpy() if task == "multiclass" else t.double().numpy()
 
 
-def _predict_tensors(model: nn.Module, X: torch.Tensor, y: torch.Tensor):
-    model.eval()
-    with torch.no_grad():
-        logits = [model(X[i : i + EVAL_CHUNK]) for i in range(0, X.shape[0], EVAL_CHUNK)]
-    return torch.cat(logits), y
-
-
 def _evaluate_on(
     model: nn.Module, data: _SeedData, task: str, label_names: list[str], device
 ) -> tuple:
-    val_logits, val_targets = (
-        _predict_tensors(model, data.train.X_val, data.train.y_val)
-        if isinstance(data.train, TrainData)
-        else data.train.validation_logits(model)
-    )
+    model.eval()
+    with torch.no_grad():
+        val_logits, val_targets = data.train.validation_logits(model)
     if isinstance(data.test, tuple):
-        test_logits, test_targets = _predict_tensors(model, *data.test)
+        test_logits, test_targets = predict_tensors(model, *data.test)
     else:
         test_logits, test_targets = predict(model, data.test, device, data.prepare)
     y_test = _targets_numpy(task, test_targets)

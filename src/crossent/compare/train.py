@@ -39,8 +39,12 @@ __all__ = [
     "auto_batch_size",
     "batch_order",
     "predict",
+    "predict_tensors",
     "train_model",
 ]
+
+# Rows per forward pass when predicting from tensors (bounds the memory of image models).
+EVAL_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ class TrainData:
             yield self.X_train[batch], self.y_train[batch]
 
     def validation_logits(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        return model(self.X_val), self.y_val
+        return predict_tensors(model, self.X_val, self.y_val)
 
 
 @dataclass
@@ -148,6 +152,17 @@ class LoaderData:
 
     def validation_logits(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         return predict(model, self.val, self.device, self.prepare)
+
+
+def predict_tensors(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits on the rows of ``X``, :data:`EVAL_CHUNK` rows at a time, and ``y``
+    (evaluation mode, no gradient)."""
+    model.eval()
+    with torch.no_grad():
+        logits = [model(X[i : i + EVAL_CHUNK]) for i in range(0, X.shape[0], EVAL_CHUNK)]
+    return torch.cat(logits), y
 
 
 def predict(
