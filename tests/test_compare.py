@@ -52,6 +52,11 @@ def _check_files(out, result):
     assert len(data["rows"]) == len(rows)
     assert set(data["summary"]) == {s.label for s in result.losses}
     assert data["verdict"].startswith(f"On {result.dataset.name}")
+    # The settings every run used, the batch size resolved, and how each run ended.
+    assert data["settings"]["batch_size"] == result.settings.batch_size >= 1
+    assert [h["val_loss_flattened"] for h in data["histories"]] == [
+        r.history.flattened for r in result.runs
+    ]
     html = (out / "report.html").read_text()
     # Self-contained: three figures inline, nothing linked.
     assert html.count('src="data:image/png;base64,') == 3
@@ -162,18 +167,72 @@ def test_progress_reports_every_epoch_and_run():
     assert not any(c.significant for cs in result.comparisons.values() for c in cs)
 
 
-def test_metric_option_changes_what_early_stopping_follows():
+def test_metric_option_sets_the_primary_metric_and_stopping_follows_the_validation_loss():
     config = CompareConfig(
         data="breast-cancer", losses=["bce"], metric="brier", **{**TINY, "seeds": 1}
     )
     result = run_compare(config)
-    assert result.primary == "brier"
+    assert result.primary == "brier" and result.best() == "bce"
     h = result.runs[0].history
-    assert h.val_score[h.best_epoch - 1] == min(h.val_score)  # lower is better
+    # The kept epoch is the first lowest validation loss; the metric is only recorded.
+    assert h.best_epoch == int(np.argmin(h.val_loss)) + 1
+    assert len(h.val_score) == h.epochs_run and all(0 <= v < 0.25 for v in h.val_score)
     with pytest.raises(
         CompareError, match=r"`--metric` to be one of average_precision.*'accuracy'"
     ):
         run_compare(dataclasses.replace(config, metric="accuracy"))
+
+
+def test_runs_stop_when_the_validation_loss_has_flattened(tmp_path):
+    config = CompareConfig(
+        data="breast-cancer", losses=["bce", "asl"], seeds=2, hidden=(16,), patience=3
+    )
+    result = run_compare(config)
+    for run in result.runs:
+        h = run.history
+        assert h.flattened and h.epochs_run - h.best_epoch == config.patience
+        assert h.val_loss[h.best_epoch - 1] == min(h.val_loss)
+        assert min(h.val_loss[h.best_epoch :]) >= h.val_loss[h.best_epoch - 1]
+    assert "Warning" not in verdict(result)
+    # Cut off before the validation loss flattens: the report says so, run by run.
+    cut = run_compare(dataclasses.replace(config, max_epochs=2, patience=5))
+    assert all(not r.history.flattened and r.history.epochs_run == 2 for r in cut.runs)
+    text = verdict(cut)
+    assert (
+        "Warning: 4 of 4 runs stopped at the 2-epoch limit before their validation loss "
+        "flattened (bce seeds 0, 1; asl seeds 0, 1)" in text
+    )
+    write_report(cut, tmp_path)
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert {r["val_loss_flattened"] for r in rows} == {"False"}
+    assert "Warning: 4 of 4 runs" in (tmp_path / "report.md").read_text()
+
+
+def test_verdict_says_which_loss_to_use_for_what():
+    binary = run_compare(CompareConfig(data="breast-cancer", **TINY))
+    lines = verdict(binary).split("\n")
+    assert lines[0].startswith("On breast-cancer (binary, 569 samples, 30 features;")
+    assert lines[0].endswith("over 2 seeds:")
+    assert [line.split(" (")[0] for line in lines[1:4]] == [
+        "- **To rank** samples, most likely positive first",
+        "- **To decide** yes or no at a threshold",
+        "- **For calibrated probabilities**",
+    ]
+    ranking = lines[1]
+    best = binary.best("average_precision")
+    assert f"**{best}** (AP {binary.summary[best]['average_precision'].mean:.3f})" in ranking
+    assert lines[-1].startswith("Settings: MLP 30-16-1 (ReLU), AdamW (lr 0.003")
+    multiclass = run_compare(
+        CompareConfig(data="digits-lt", losses=["ce", "ce:weight=auto"], **TINY)
+    )
+    lines = verdict(multiclass).split("\n")
+    assert "training set of 10 classes from 94 (class '0') to 9 (class '9') samples" in lines[0]
+    assert lines[1].startswith("- **To predict the class** (macro-F1, accuracy): ")
+    assert lines[2].startswith("- **For calibrated probabilities** (NLL, ECE): ")
+    assert (
+        "the data set's own training set; the other rows split 0.5/0.5 validation/test" in lines[-1]
+    )
+    assert multiclass.splits[0] == {"train": 380, "val": 400, "test": 400}
 
 
 def test_loss_spec_errors():
@@ -360,3 +419,29 @@ def test_pr_figure_ap_is_the_tables_and_legends_cover_no_curve(data):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_cli_default_data_follows_the_losses(tmp_path):
+    # No --data: Caravan for binary losses, the long-tailed digits for multi-class ones.
+    result = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "--loss",
+            "ce",
+            "--loss",
+            "poly1",
+            "--seeds",
+            "1",
+            "--epochs",
+            "2",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["dataset"]["name"] == "digits-lt" and data["dataset"]["task"] == "multiclass"
+    assert CompareConfig().data_name() == "caravan"
+    assert CompareConfig(losses=["bce", "ce"]).data_name() == "caravan"  # the error says why

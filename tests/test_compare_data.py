@@ -59,6 +59,77 @@ def test_digits_and_breast_cancer():
     assert b.task == "binary" and b.label_names == ["malignant"] and int(b.y.sum()) == 212
 
 
+def test_caravan_is_shipped_and_read_as_its_csv(tmp_path):
+    import gzip
+    from importlib.resources import files
+
+    d = load_builtin("caravan")
+    assert d.task == "binary" and d.X.shape == (5822, 85) and d.label_names == ["Purchase=Yes"]
+    assert int(d.y.sum()) == 348  # 6.0% bought caravan insurance
+    assert d.feature_names[:2] == ["MOSTYPE", "MAANTHUI"] and d.feature_names[-1] == "ABYSTAND"
+    assert "CC BY 4.0" in d.description and "COIL 2000" in d.description
+    # The default data set is the file `--csv Caravan.csv --target Purchase --positive Yes`
+    # reads: the same numbers either way.
+    packaged = files("crossent.compare") / "datasets" / "caravan.csv.gz"
+    plain = tmp_path / "Caravan.csv"
+    plain.write_bytes(gzip.decompress(packaged.read_bytes()))
+    from_csv = load_csv(plain, ["Purchase"], positive="Yes")
+    assert np.array_equal(from_csv.X, d.X) and np.array_equal(from_csv.y, d.y)
+    assert load_dataset().name == "caravan"
+    # Its source and license travel with it.
+    notice = (files("crossent.compare") / "datasets" / "README.md").read_text(encoding="utf-8")
+    assert "CC BY 4.0" in notice and "Caravan" in notice
+
+
+def test_digits_lt_is_long_tailed_with_balanced_validation_and_test():
+    d = load_builtin("digits-lt")
+    assert d.task == "multiclass" and d.n_outputs == 10
+    counts = np.bincount(d.y[d.train_rows], minlength=10)
+    n_max = counts[0]
+    # Long-tailed CIFAR-10's profile: n_c = int(n_max * IF^(-c / (C - 1))), IF = 10.
+    assert counts.tolist() == [int(n_max * 10 ** (-c / 9)) for c in range(10)]
+    assert counts[0] / counts[-1] == pytest.approx(10, rel=0.1)
+    held = np.delete(d.y, d.train_rows)
+    assert np.bincount(held).tolist() == [80] * 10
+    splits = [
+        stratified_split("multiclass", d.y, (0.6, 0.2, 0.2), seed, train_rows=d.train_rows)
+        for seed in (0, 1)
+    ]
+    for s in splits:
+        assert np.array_equal(s.train, np.sort(d.train_rows))  # fixed under every seed
+        assert np.bincount(d.y[s.val]).tolist() == [40] * 10
+        assert np.bincount(d.y[s.test]).tolist() == [40] * 10
+        assert len(np.intersect1d(s.val, s.test)) == 0 == len(np.intersect1d(s.train, s.test))
+    assert not np.array_equal(splits[0].test, splits[1].test)  # each seed re-splits the rest
+    steep = load_builtin("digits-lt", imbalance=50)
+    assert np.bincount(steep.y[steep.train_rows])[-1] == int(n_max / 50)
+    assert "imbalance factor 10" in d.description and "Cui et al." in d.description
+    assert "from 94 (class '0') to 9 (class '9')" in d.prevalence_text()
+
+
+@pytest.mark.parametrize(
+    "name,imbalance,error",
+    [
+        ("digits-lt", 0.5, r"`--imbalance` to be a number >= 1, but got 0.5"),
+        ("digits-lt", 500, r"`--imbalance` to be at most 94 for digits-lt"),
+        ("caravan", 10, r"`--imbalance` applies to digits-imbalanced and digits-lt"),
+    ],
+)
+def test_imbalance_errors(name, imbalance, error):
+    with pytest.raises(CompareError, match=error):
+        load_builtin(name, imbalance=imbalance)
+
+
+def test_csv_gzip(tmp_path):
+    import gzip
+
+    text = "a,b,label\n" + _rows(12, lambda i: f"{i},{i % 3},{int(i % 4 == 0)}\n")
+    path = tmp_path / "data.csv.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    d = load_csv(path, ["label"])
+    assert d.X.shape == (12, 2) and int(d.y.sum()) == 3
+
+
 def test_unknown_builtin_and_target_without_csv():
     with pytest.raises(CompareError, match=r"`--data` to be one of .*digits-imbalanced.*'mnist'"):
         load_builtin("mnist")

@@ -1,4 +1,5 @@
-"""Data sets for ``crossent compare``: four real ones that scikit-learn ships (offline), and CSV.
+"""Data sets for ``crossent compare``: real ones that ship with crossent or scikit-learn (nothing
+is downloaded), and CSV files.
 
 A :class:`Dataset` holds float64 features ``X`` (N, D) and targets in one of two layouts:
 
@@ -12,6 +13,7 @@ Every problem is checked here, once, with an error that names the column, the va
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "DEFAULT_DATA",
     "CompareError",
     "Dataset",
     "check_min_counts",
@@ -50,6 +53,10 @@ class Dataset:
         label_names: the positive class of each label (binary / multi-label), or the class
             names (multi-class).
         feature_names: one per column of ``X``.
+        train_rows: rows that form the training set under every seed (``None``: each seed
+            draws a stratified one); the other rows are split into validation and test.
+            ``digits-lt`` fixes its long-tailed training set this way.
+        inputs: what one sample is, for reports (default: ``"<D> features"``).
     """
 
     name: str
@@ -59,6 +66,8 @@ class Dataset:
     y: np.ndarray
     label_names: list[str]
     feature_names: list[str] = field(default_factory=list)
+    train_rows: np.ndarray | None = None
+    inputs: str = ""
 
     @property
     def n_outputs(self) -> int:
@@ -67,7 +76,11 @@ class Dataset:
 
     @property
     def n_samples(self) -> int:
-        return int(self.X.shape[0])
+        return int(self.y.shape[0])
+
+    def inputs_text(self) -> str:
+        """``"85 features"``, or what ``inputs`` says."""
+        return self.inputs or f"{self.X.shape[1]} features"
 
     def class_counts(self) -> np.ndarray:
         """Positives per label (binary / multi-label) or samples per class (multi-class)."""
@@ -78,6 +91,21 @@ class Dataset:
     def prevalence_text(self) -> str:
         counts = self.class_counts()
         n = self.n_samples
+        if self.task == "multiclass" and self.train_rows is not None:
+            counts = np.bincount(self.y[self.train_rows], minlength=self.n_outputs)
+            rest = np.bincount(np.delete(self.y, self.train_rows), minlength=self.n_outputs)
+            small, large = int(np.argmin(counts)), int(np.argmax(counts))
+            held = (
+                f"{rest[0]} per class"
+                if np.all(rest == rest[0])
+                else f"{int(rest.sum())} samples, {rest.min()} to {rest.max()} per class"
+            )
+            return (
+                f"training set of {len(counts)} classes from {counts[large]} (class "
+                f"{self.label_names[large]!r}) to {counts[small]} (class "
+                f"{self.label_names[small]!r}) samples, {counts[large] / counts[small]:.1f}:1; "
+                f"validation and test from {held}"
+            )
         if self.task == "multiclass" and len(counts) > 4:
             small, large = int(np.argmin(counts)), int(np.argmax(counts))
             return (
@@ -109,11 +137,28 @@ DIGIT_ATTRIBUTES = {
 }
 
 BUILTIN_DATASETS = {
+    "caravan": "who buys caravan insurance: 5822 customers, 85 features, 6% positive (binary)",
+    "digits-lt": "the ten digits, long-tailed training set, balanced test set (multi-class)",
     "digits-imbalanced": "digit 0 against the other nine, zeros subsampled (binary, imbalanced)",
     "digits-multilabel": "attributes of each digit: even, prime, >=5, closed loop (multi-label)",
     "digits": "the ten digits (multi-class)",
     "breast-cancer": "Wisconsin diagnostic breast cancer, malignant vs benign (binary)",
 }
+# What `crossent compare` runs without `--data`: the binary default, or the multi-class one when
+# every `--loss` is a softmax loss.
+DEFAULT_DATA = {"binary": "caravan", "multiclass": "digits-lt"}
+# `--imbalance` of the data sets that take one, when not given.
+DEFAULT_IMBALANCE = {"digits-imbalanced": 50.0, "digits-lt": 10.0}
+
+CARAVAN_SOURCE = (
+    "The Insurance Company Benchmark (COIL 2000), UCI Machine Learning Repository, "
+    "https://doi.org/10.24432/C5630S, CC BY 4.0 (P. van der Putten and M. van Someren (eds), "
+    "CoIL Challenge 2000: The Insurance Company Case, 2000); shipped with crossent: the "
+    "challenge's training file, as the ISLP package distributes it"
+)
+# digits-lt holds out this many images of each digit for its balanced validation and test sets
+# (the scarcest digit has 174 images).
+DIGITS_LT_HELD_OUT = 80
 
 
 def _sklearn_datasets():
@@ -126,21 +171,119 @@ def _sklearn_datasets():
     return datasets
 
 
-def load_builtin(name: str, *, imbalance: float = 50.0, data_seed: int = 0) -> Dataset:
+def _check_imbalance(imbalance: float, *, at_least: float | None = None) -> None:
+    """``imbalance`` is a finite number > 0, or >= ``at_least``."""
+    number = isinstance(imbalance, (int, float)) and not isinstance(imbalance, bool)
+    if not (number and math.isfinite(imbalance)) or (
+        imbalance < at_least if at_least is not None else imbalance <= 0
+    ):
+        bound = f">= {at_least:g}" if at_least is not None else "> 0"
+        raise CompareError(f"Expected `--imbalance` to be a number {bound}, but got {imbalance!r}.")
+
+
+def _digits_long_tailed(
+    X: np.ndarray,
+    digit: np.ndarray,
+    features: list[str],
+    source: str,
+    imbalance: float,
+    data_seed: int,
+) -> Dataset:
+    """digits-lt: a long-tailed training set built as long-tailed CIFAR-10 is (Cui et al. 2019),
+    with balanced validation and test sets.
+
+    First :data:`DIGITS_LT_HELD_OUT` images of each digit are held out (each seed splits them
+    into validation and test, so both stay balanced); of the remaining images digit ``c``
+    keeps ``int(n_max * IF ** (-c / 9))`` for training, where ``n_max`` is the number left of
+    the scarcest digit and ``IF`` the imbalance factor. The training set is the same under
+    every seed.
+    """
+    _check_imbalance(imbalance, at_least=1.0)
+    classes = 10
+    rng = np.random.default_rng([data_seed, 1])
+    shuffled = [rng.permutation(np.flatnonzero(digit == c)) for c in range(classes)]
+    held_out = np.concatenate([rows[:DIGITS_LT_HELD_OUT] for rows in shuffled])
+    pools = [rows[DIGITS_LT_HELD_OUT:] for rows in shuffled]
+    n_max = min(len(rows) for rows in pools)
+    largest = n_max  # the rarest digit keeps at least one training image
+    if imbalance > largest:
+        raise CompareError(
+            f"Expected `--imbalance` to be at most {largest:g} for digits-lt ({n_max} training "
+            f"images of the most frequent digit, and at least 1 of the rarest), but got "
+            f"{imbalance!r}."
+        )
+    counts = [int(n_max * imbalance ** (-c / (classes - 1))) for c in range(classes)]
+    kept = np.concatenate([rows[:n] for rows, n in zip(pools, counts, strict=True)])
+    index = np.sort(np.r_[kept, held_out])
+    profile = ", ".join(map(str, counts))
+    return Dataset(
+        name="digits-lt",
+        description=(
+            f"{source}, long-tailed as long-tailed CIFAR-10 is built (Cui et al., Class-Balanced "
+            f"Loss Based on Effective Number of Samples, CVPR 2019): digit c keeps "
+            f"int({n_max} x {imbalance:g}^(-c/9)) training images, imbalance factor "
+            f"{imbalance:g}: {profile} images of the digits 0 to 9 (subsampling seed "
+            f"{data_seed}), the same under every seed. {DIGITS_LT_HELD_OUT} other images of "
+            f"each digit are held out and split by each seed into balanced validation and test "
+            f"sets, so the test metrics weigh every digit equally."
+        ),
+        task="multiclass",
+        X=X[index],
+        y=digit[index],
+        label_names=[str(d) for d in range(classes)],
+        feature_names=features,
+        train_rows=np.searchsorted(index, np.sort(kept)),
+    )
+
+
+def load_caravan() -> Dataset:
+    """The Insurance Company Benchmark (COIL 2000): which customers bought caravan insurance.
+
+    5822 customers of a Dutch insurer, 85 numeric features (43 socio-demographic ones derived
+    from the postcode, 42 on the other insurance products owned), 348 buyers (6.0%). Shipped
+    with crossent as a gzip-compressed CSV (``crossent/compare/datasets/caravan.csv.gz``) and
+    read exactly as ``--csv Caravan.csv --target Purchase --positive Yes`` reads the file, so
+    both commands give the same numbers. Source and license: :data:`CARAVAN_SOURCE`.
+    """
+    from importlib.resources import as_file, files
+
+    with as_file(files("crossent.compare") / "datasets" / "caravan.csv.gz") as path:
+        dataset = load_csv(path, ["Purchase"], positive="Yes")
+    dataset.name = "caravan"
+    dataset.description = (
+        f"{CARAVAN_SOURCE}. {dataset.n_samples} customers of an insurer, "
+        f"{dataset.X.shape[1]} numeric features (socio-demographic ones derived from the "
+        f"postcode, and the other insurance products owned); positive = bought a caravan "
+        f"insurance policy (Purchase = Yes)."
+    )
+    return dataset
+
+
+def load_builtin(name: str, *, imbalance: float | None = None, data_seed: int = 0) -> Dataset:
     """One of :data:`BUILTIN_DATASETS`.
 
     Args:
         name: the data set's name.
-        imbalance: for ``digits-imbalanced``, negatives per positive after subsampling the
-            positives (50 keeps 32 of the 178 zeros against 1619 other digits). A value at or
-            below the natural ratio (9.1) keeps every positive.
-        data_seed: which positives the subsampling keeps. The data set is the same for every
+        imbalance: ``digits-imbalanced``: negatives per positive after subsampling the
+            positives (default 50, which keeps 32 of the 178 zeros against 1619 other digits;
+            a value at or below the natural ratio, 9.1, keeps every positive).
+            ``digits-lt``: the imbalance factor, largest class / smallest class of the training
+            rows (default 10). Other data sets take none.
+        data_seed: which images the subsampling keeps. The data set is the same for every
             training seed; seeds vary the splits, initialisation and batches.
     """
-    datasets = _sklearn_datasets()
     if name not in BUILTIN_DATASETS:
         known = ", ".join(BUILTIN_DATASETS)
         raise CompareError(f"Expected `--data` to be one of {known}, but got {name!r}.")
+    if imbalance is not None and name not in DEFAULT_IMBALANCE:
+        raise CompareError(
+            f"`--imbalance` applies to {' and '.join(DEFAULT_IMBALANCE)}, but the data is {name}."
+        )
+    if imbalance is None:
+        imbalance = DEFAULT_IMBALANCE.get(name, 0.0)
+    if name == "caravan":
+        return load_caravan()
+    datasets = _sklearn_datasets()
     if name == "breast-cancer":
         bunch = datasets.load_breast_cancer()
         # scikit-learn codes malignant as 0; the condition of interest is the positive class.
@@ -172,6 +315,8 @@ def load_builtin(name: str, *, imbalance: float = 50.0, data_seed: int = 0) -> D
             label_names=[str(d) for d in range(10)],
             feature_names=features,
         )
+    if name == "digits-lt":
+        return _digits_long_tailed(X, digit, features, source, imbalance, data_seed)
     if name == "digits-multilabel":
         y = np.stack(
             [np.isin(digit, members) for members in DIGIT_ATTRIBUTES.values()], axis=1
@@ -190,8 +335,7 @@ def load_builtin(name: str, *, imbalance: float = 50.0, data_seed: int = 0) -> D
             feature_names=features,
         )
     # digits-imbalanced
-    if not (isinstance(imbalance, (int, float)) and math.isfinite(imbalance) and imbalance > 0):
-        raise CompareError(f"Expected `--imbalance` to be a number > 0, but got {imbalance!r}.")
+    _check_imbalance(imbalance)
     positives = np.flatnonzero(digit == 0)
     negatives = np.flatnonzero(digit != 0)
     n_keep = min(len(positives), max(3, round(len(negatives) / imbalance)))
@@ -395,7 +539,8 @@ def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
         raise CompareError(f"Expected `--csv` to be a readable file, but {str(path)!r} {what}.")
     rows: list[tuple[int, list[str]]] = []
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        opener = gzip.open if path.suffix == ".gz" else open  # data.csv.gz is read as it is
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             line = 1
             for row in reader:
@@ -764,11 +909,12 @@ def load_dataset(
     positive: str | None = None,
     drop_text: bool = False,
     missing: str = "error",
-    imbalance: float = 50.0,
+    imbalance: float | None = None,
     data_seed: int = 0,
 ) -> Dataset:
-    """A built-in data set by name, or a CSV file (``csv_path`` with ``targets``; ``drop``,
-    ``positive``, ``drop_text`` and ``missing`` as in ``crossent.compare.data.load_csv``)."""
+    """A built-in data set by name (``None``: ``caravan``), or a CSV file (``csv_path`` with
+    ``targets``; ``drop``, ``positive``, ``drop_text`` and ``missing`` as in
+    ``crossent.compare.data.load_csv``)."""
     if csv_path is not None:
         return load_csv(
             csv_path,
@@ -794,4 +940,4 @@ def load_dataset(
         raise CompareError(
             f"`{given[0]}` applies to `--csv PATH`; the built-in data sets need no cleaning."
         )
-    return load_builtin(name or "digits-imbalanced", imbalance=imbalance, data_seed=data_seed)
+    return load_builtin(name or DEFAULT_DATA["binary"], imbalance=imbalance, data_seed=data_seed)

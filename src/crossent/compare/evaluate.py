@@ -13,10 +13,11 @@ __all__ = ["Evaluation", "evaluate", "metric_columns", "primary_metric", "probab
 
 
 def primary_metric(task: str) -> str:
-    """The metric the verdict and early stopping use unless ``--metric`` says otherwise:
-    average precision (PR-AUC, macro over labels) for binary / multi-label data -- the
-    ranking quality of the rare class, blind to the many easy negatives -- and macro-F1 for
-    multi-class data, which weighs every class equally whatever its size."""
+    """The report's primary metric (its comparison table, ``best`` in results.json and the
+    validation metric recorded each epoch) unless ``--metric`` says otherwise: average
+    precision (PR-AUC, macro over labels) for binary / multi-label data -- the ranking quality
+    of the rare class, blind to the many easy negatives -- and macro-F1 for multi-class data,
+    which weighs every class equally whatever its size."""
     return "macro_f1" if task == "multiclass" else "average_precision"
 
 
@@ -69,5 +70,5 @@ def evaluate(
 
 
 def score(task: str, y: np.ndarray, logits: torch.Tensor, metric: str) -> float:
-    """One metric of ``logits`` on ``y`` (validation), for early stopping."""
+    """One metric of ``logits`` on ``y`` (the validation data, recorded each epoch)."""
     return evaluate(task, y, logits).metrics[metric]

@@ -228,8 +228,9 @@ def reliability_diagrams(result: CompareResult) -> bytes:
 
 
 def training_curves(result: CompareResult) -> bytes:
-    """Per loss: its training and validation loss (top) and the monitored validation metric
-    (bottom), one line per seed, a dot at the epoch whose weights were kept."""
+    """Per loss: its training and validation loss (top) and the primary metric on the
+    validation split (bottom), one line per seed, a dot at the epoch whose weights were kept
+    (the lowest validation loss)."""
     plt = _plt()
     colors = _colors(result)
     n = len(result.losses)
@@ -262,6 +263,7 @@ def training_curves(result: CompareResult) -> bytes:
             bottom.plot(epochs, h.val_score, color=color, lw=1.2, alpha=alpha)
             b = h.best_epoch
             if b:
+                top.plot([b], [h.val_loss[b - 1]], "o", color="black", ms=3.5)
                 bottom.plot([b], [h.val_score[b - 1]], "o", color="black", ms=3.5)
         top.set_title(spec.label, fontsize=9)
         top.set_yscale("log")
@@ -274,7 +276,7 @@ def training_curves(result: CompareResult) -> bytes:
             top.legend(fontsize=8)
     fig.suptitle(
         f"Training curves, one line per seed ({len(result.seeds)}); black dot = epoch kept "
-        f"(early stopping on validation {title})",
+        f"(lowest validation loss)",
         fontsize=11,
     )
     fig.tight_layout()

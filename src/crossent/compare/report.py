@@ -11,8 +11,10 @@ import html
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from crossent import __version__
 from crossent.compare import metrics as M
@@ -114,66 +116,189 @@ def _auto_summary(result: CompareResult, loss: str) -> str:
     return f"{autos[0]} (seed {result.seeds[0]}; each seed's training split gives its own)"
 
 
-def verdict(result: CompareResult) -> str:
-    """One paragraph: the best loss on the primary metric, whether its lead exceeds the seed
-    noise, the calibration picture, and the settings used."""
-    p = result.primary
-    title = M.METRICS[p].title
-    best = result.best(p)
-    s = result.summary[best][p]
-    n = len(result.seeds)
-    data = result.dataset
-    auto = _auto_summary(result, best)
-    auto = f" ({auto})" if auto else ""
-    tied = [
-        k for k, v in result.summary.items() if k != best and v[p].mean == s.mean and v[p].n == s.n
-    ]
-    who = f"**{best}**{auto} has" if not tied else f"**{best}**{auto} and {', '.join(tied)} share"
-    parts = [
-        f"On {data.name} ({_task_text(result)}, {data.n_samples} samples, "
-        f"{data.X.shape[1]} features; {data.prevalence_text()}), {who} the best "
-        f"mean test {title}: {_fmt(s.mean)}"
-        + (f" ± {_fmt(s.std)} over {n} seeds." if n > 1 else " (one seed).")
-    ]
-    others = [c for c in result.comparisons[p]]
-    if n < 2:
-        parts.append("With one seed, no difference can be told apart from seed noise.")
-    elif others:
-        worse = [c.loss for c in others if c.significant]
-        close = [c.loss for c in others if not c.significant and c.loss not in tied]
-        equal = [c.loss for c in others if c.mean_difference == 0 and c.std_difference == 0]
-        if worse:
-            parts.append(
-                f"It beats {', '.join(worse)} by more than the seed noise (paired t-test, "
-                f"p < {ALPHA:g})."
-            )
-        if equal and len(equal) == len(others):
-            parts.append(
-                f"Every loss scores exactly the same on every seed: {title} does not separate "
-                f"the losses on this data."
-            )
-        elif close:
-            parts.append(
-                f"{'Their' if tied else 'Its'} lead over {', '.join(close)} is within the seed "
-                f"noise: on {title} these are "
-                f"not distinguishable with {n} seeds."
-            )
-    if "ece" in result.columns and p != "ece":
-        cal = result.best("ece")
-        cal_worse = significantly_worse(result, "ece")
-        text = f"Best calibrated: {cal} (ECE {_fmt(result.summary[cal]['ece'].mean, 4)})"
-        if cal_worse:
-            text += f"; {', '.join(sorted(cal_worse))} worse beyond the noise"
-        parts.append(text + ".")
-    cfg = result.config
-    parts.append(
-        f"Settings: {result.model}, AdamW (lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}), "
-        f"batch {cfg.batch_size}, up to {cfg.max_epochs} epochs with early stopping on "
-        f"validation {title} (patience {cfg.patience}), stratified "
-        f"{'/'.join(f'{f:g}' for f in cfg.split)} train/validation/test split, seeds "
-        f"{', '.join(map(str, result.seeds))}, {result.world_size} process(es) on {result.device}."
+# What the model is for, and the metrics that measure it (the first one leads).
+PURPOSES = {
+    "binary": (
+        ("To rank", "samples, most likely positive first", ("average_precision",)),
+        ("To decide", "yes or no at a threshold", ("f1", "f1_at_0.5")),
+        ("For calibrated probabilities", "", ("ece", "brier")),
+    ),
+    "multiclass": (
+        ("To predict the class", "", ("macro_f1", "accuracy")),
+        ("For calibrated probabilities", "", ("nll", "ece")),
+    ),
+}
+SHORT_NAMES = {
+    "average_precision": "AP",
+    "f1": "F1",
+    "f1_at_0.5": "F1",
+    "ece": "ECE",
+    "brier": "Brier",
+    "macro_f1": "macro-F1",
+    "accuracy": "accuracy",
+    "nll": "NLL",
+}
+# How a clause about one metric starts when the metrics of a purpose disagree.
+ON_METRIC = {
+    "f1": "with the threshold chosen on validation data",
+    "f1_at_0.5": "at the fixed threshold 0.5",
+    "ece": "on ECE",
+    "brier": "on the Brier score",
+    "macro_f1": "on macro-F1",
+    "accuracy": "on accuracy",
+    "nll": "on NLL",
+}
+
+
+def _names(items: list[str]) -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _standing(result: CompareResult, metric: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """The best loss on ``metric``, the losses within the seed noise of it, those worse."""
+    best = result.best(metric)
+    worse = tuple(c.loss for c in result.comparisons[metric] if c.significant)
+    within = tuple(s.label for s in result.losses if s.label != best and s.label not in worse)
+    return best, within, worse
+
+
+def _value(result: CompareResult, loss: str, metric: str) -> str:
+    return _fmt(result.summary[loss][metric].mean, _digits(metric))
+
+
+def _judgement(result: CompareResult, metrics: list[str]) -> str:
+    """Which loss to use, in words, from its standing on ``metrics`` (the same on each), with
+    the numbers behind it."""
+    best, within, worse = _standing(result, metrics[0])
+    values = ", ".join(f"{SHORT_NAMES.get(m, m)} {_value(result, best, m)}" for m in metrics)
+    lead = f"**{best}** ({values})"
+    if len(result.seeds) < 2 or not (within or worse):
+        return f"{lead} has the best mean"
+    if not within:
+        return f"use {lead}: every other loss is worse beyond the seed noise"
+    others = _names(list(within))
+    if not worse:
+        return (
+            f"any of them: {lead} has the best mean, but {others} "
+            f"{'is' if len(within) == 1 else 'are'} within the seed noise of it"
+        )
+    return (
+        f"{lead} or {others}, within the seed noise of each other; {_names(list(worse))} "
+        f"{'is' if len(worse) == 1 else 'are'} worse beyond it"
     )
-    return " ".join(parts)
+
+
+def _positive_rate_note(result: CompareResult) -> str:
+    """Binary data: losses whose F1 at 0.5 is near zero predict (almost) no positives there."""
+    if result.task != "binary" or "f1_at_0.5" not in result.columns:
+        return ""
+    prevalence = float(np.mean([r.test_targets.mean() for r in result.runs]))
+    shy = []
+    for spec in result.losses:
+        runs = result.runs_of(spec.label)
+        rate = float(np.mean([(r.test_probs >= 0.5).mean() for r in runs]))
+        if rate < prevalence / 5:
+            shy.append((spec.label, rate))
+    if not shy:
+        return ""
+    rates = _names([f"{rate:.1%}" for _, rate in shy])
+    return (
+        f" At 0.5, {_names([loss for loss, _ in shy])} "
+        f"{'predicts' if len(shy) == 1 else 'predict'} almost no positives ({rates} of the "
+        f"test samples; {prevalence:.1%} are positive): use "
+        f"{'its' if len(shy) == 1 else 'their'} scores with a threshold chosen on validation "
+        f"data."
+    )
+
+
+def purpose_lines(result: CompareResult) -> list[str]:
+    """One sentence per use of the model: which loss to choose for it, and why."""
+    lines = []
+    for title, what, metrics in PURPOSES["multiclass" if result.task == "multiclass" else "binary"]:
+        metrics = [m for m in metrics if m in result.columns]
+        if not metrics:
+            continue
+        standings = [_standing(result, m) for m in metrics]
+        if len(set(standings)) == 1:
+            text = _judgement(result, metrics)  # the same standing on every metric: once
+        elif len(result.seeds) > 1 and not any(worse for _, _, worse in standings):
+            bests = ", ".join(
+                f"**{best}** {SHORT_NAMES.get(m, m)} {_value(result, best, m)}"
+                for m, (best, _, _) in zip(metrics, standings, strict=True)
+            )
+            text = (
+                f"any of them: no loss is worse than the best beyond the seed noise on "
+                f"{' or '.join(SHORT_NAMES.get(m, m) for m in metrics)} (best means: {bests})"
+            )
+        else:
+            text = "; ".join(f"{ON_METRIC[m]}, {_judgement(result, [m])}" for m in metrics)
+        names = ", ".join(dict.fromkeys(SHORT_NAMES.get(m, m) for m in metrics))
+        note = _positive_rate_note(result) if "f1_at_0.5" in metrics else ""
+        lines.append(f"**{title}**{' ' + what if what else ''} ({names}): {text}.{note}")
+    return lines
+
+
+def warnings(result: CompareResult) -> list[str]:
+    """What makes this comparison less trustworthy than it looks."""
+    out = []
+    limit = result.settings.max_epochs
+    open_runs = result.unflattened()
+    if open_runs:
+        which = "; ".join(
+            f"{s.label} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+            for s in result.losses
+            if (seeds := [r.seed for r in open_runs if r.loss == s.label])
+        )
+        out.append(
+            f"Warning: {len(open_runs)} of {len(result.runs)} runs stopped at the {limit}-epoch "
+            f"limit before their validation loss flattened ({which}): they are not trained to "
+            f"their best, and longer training could change this verdict. Raise the limit "
+            f"(`--epochs`, or `max_epochs`)."
+        )
+    return out
+
+
+def settings_text(result: CompareResult) -> str:
+    cfg = result.settings
+    return (
+        f"Settings: {result.model}, {result.optimizer}, batch {_batch_text(result)}, at most "
+        f"{cfg.max_epochs} epochs; each run keeps the epoch of its lowest validation loss and "
+        f"stops after {cfg.patience} epochs without a new low; {result.split}; seeds "
+        f"{', '.join(map(str, result.seeds))}; {result.world_size} process(es) on "
+        f"{result.device}."
+    )
+
+
+def _batch_text(result: CompareResult) -> str:
+    size = result.settings.batch_size
+    if size is None:
+        return "size of the caller's DataLoader"
+    return f"{size}" + (" (about 16 steps per epoch)" if result.config.batch_size is None else "")
+
+
+def verdict(result: CompareResult) -> str:
+    """Which loss to use for what: one line on the data, one per use of the model (ranking,
+    decisions at a threshold, calibrated probabilities; for multi-class data the predicted
+    class and calibrated probabilities), the warnings, and the settings. Lines are separated
+    by newlines; ``**`` marks the loss to use."""
+    head, purposes, notes = _verdict_parts(result)
+    return "\n".join([head, *(f"- {line}" for line in purposes), *notes])
+
+
+def _verdict_parts(result: CompareResult) -> tuple[str, list[str], list[str]]:
+    data = result.dataset
+    n = len(result.seeds)
+    head = (
+        f"On {data.name} ({_task_text(result)}, {data.n_samples} samples, "
+        f"{data.inputs_text()}; {data.prevalence_text()}), over {n} seed{'s' if n > 1 else ''}:"
+    )
+    notes = []
+    if n < 2:
+        notes.append("With one seed, no difference can be told apart from seed noise.")
+    notes += warnings(result)
+    notes.append(settings_text(result))
+    return head, purpose_lines(result), notes
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,11 +400,13 @@ def render_html(blocks: list[Block], title: str) -> str:
 
 def _blocks(result: CompareResult, figures: dict[str, bytes]) -> list[Block]:
     data = result.dataset
-    cfg = result.config
     p = result.primary
+    head, purposes, notes = _verdict_parts(result)
     blocks = [
         Block("h1", f"crossent compare: {data.name}"),
-        Block("p", verdict(result)),
+        Block("p", head),
+        Block("list", items=purposes),
+        *(Block("p", note) for note in notes),
         Block("h2", "Test metrics (mean ± sd over seeds)"),
     ]
     macro = [c for c in result.columns if not c.endswith("_micro")]
@@ -385,14 +512,24 @@ def _blocks(result: CompareResult, figures: dict[str, bytes]) -> list[Block]:
                 data.description,
                 f"Task: {_task_text(result)}; {data.prevalence_text()}.",
                 f"Split (seed {result.seeds[0]}): {sizes['train']} train / {sizes['val']} "
-                f"validation / "
-                f"{sizes['test']} test, stratified"
+                f"validation / {sizes['test']} test: {result.split}"
                 + (" (iterative stratification)" if result.task == "multilabel" else "")
-                + f"{test_info}. Features standardised with the training split's mean and sd.",
-                f"Model: {result.model}; AdamW lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, "
-                f"batch size {cfg.batch_size}, at most {cfg.max_epochs} epochs, early stopping on "
-                f"validation {M.METRICS[p].title} (patience {cfg.patience}; ties broken by the "
-                f"lower validation loss), weights of the best epoch kept.",
+                + f"{test_info}."
+                + (
+                    " Features standardised with the training split's mean and sd."
+                    if data.X is not None
+                    else ""
+                ),
+                f"Model: {result.model}; {result.optimizer}, batch size {_batch_text(result)}, at "
+                f"most {result.settings.max_epochs} epochs. Each run follows its own loss on the "
+                f"validation split, keeps the weights of the epoch where it was lowest, and stops "
+                f"after {result.settings.patience} epochs without a new low"
+                + (
+                    f" (all {len(result.runs)} runs stopped that way)."
+                    if not result.unflattened()
+                    else f" ({len(result.unflattened())} of {len(result.runs)} runs reached the "
+                    f"epoch limit first)."
+                ),
                 "Within a seed every loss starts from the same initial weights and sees the same "
                 "batches in the same order.",
                 f"Seeds: {', '.join(map(str, result.seeds))}. Processes: {result.world_size} "
@@ -442,11 +579,14 @@ def results_json(result: CompareResult) -> dict:
                 "description": result.dataset.description,
                 "task": result.task,
                 "samples": result.dataset.n_samples,
-                "features": int(result.dataset.X.shape[1]),
+                "inputs": result.dataset.inputs_text(),
                 "labels": result.dataset.label_names,
                 "counts": result.dataset.class_counts().tolist(),
             },
             "config": config_dict(result.config),
+            "settings": {**asdict(result.settings), "hidden": list(result.settings.hidden)},
+            "split": result.split,
+            "optimizer": result.optimizer,
             "model": result.model,
             "seeds": result.seeds,
             "splits": {str(k): v for k, v in result.splits.items()},
@@ -485,6 +625,7 @@ def results_json(result: CompareResult) -> dict:
                     "val_loss": r.history.val_loss,
                     "val_" + result.primary: r.history.val_score,
                     "best_epoch": r.history.best_epoch,
+                    "val_loss_flattened": r.history.flattened,
                 }
                 for r in result.runs
             ],
@@ -561,7 +702,7 @@ def write_report(
 ) -> dict[str, Path]:
     """Write every output file into ``out`` (created if needed); returns their paths.
 
-    Only an earlier report in ``out`` is replaced: :func:`check_out_folder` refuses a file of
+    Only an earlier report in ``out`` is replaced: ``check_out_folder`` refuses a file of
     the report's names that crossent did not write, and the comparison's own ``--csv`` data.
     """
     from crossent.compare import figures as F

@@ -50,22 +50,19 @@ def check_fractions(fractions) -> np.ndarray:
 
 
 def _split_single(classes: np.ndarray, fractions: np.ndarray, rng: np.random.Generator):
-    parts: list[list[np.ndarray]] = [[], [], []]
+    """Cut each class's shuffled rows in ``fractions`` (two or three parts; every part but the
+    first gets at least one row of each class, the first the rest)."""
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
     for c in np.unique(classes):
         idx = rng.permutation(np.flatnonzero(classes == c))
         n = len(idx)
         # Validation and test get at least one sample of each class, training the rest (>= 1).
-        n_val = max(1, round(fractions[1] * n))
-        n_test = max(1, round(fractions[2] * n))
-        while n - n_val - n_test < 1:
-            if n_val >= n_test:
-                n_val -= 1
-            else:
-                n_test -= 1
-        n_train = n - n_val - n_test
-        parts[0].append(idx[:n_train])
-        parts[1].append(idx[n_train : n_train + n_val])
-        parts[2].append(idx[n_train + n_val :])
+        held = [max(1, round(f * n)) for f in fractions[1:]]
+        while n - sum(held) < 1:
+            held[int(np.argmax(held))] -= 1  # the larger part gives one up (validation on ties)
+        bounds = np.cumsum([n - sum(held), *held])
+        for part, piece in zip(parts, np.split(idx, bounds[:-1]), strict=True):
+            part.append(piece)
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
@@ -126,23 +123,34 @@ def iterative_stratification(
     return [np.flatnonzero(assignment == k) for k in range(len(fractions))]
 
 
-def stratified_split(task: str, y: np.ndarray, fractions, seed: int) -> Split:
+def stratified_split(
+    task: str, y: np.ndarray, fractions, seed: int, *, train_rows: np.ndarray | None = None
+) -> Split:
     """Split the rows of targets ``y`` into train / validation / test, fixed by ``seed``.
 
     ``y`` is (N, L) 0/1 for binary and multi-label tasks, (N,) class indices for multi-class.
     Every part receives positives and negatives of every label (or samples of every class);
     where stratification cannot achieve that, a :class:`CompareError` says which label.
+
+    ``train_rows`` fixes the training set (the same under every seed, e.g. a long-tailed one);
+    the other rows are split into validation and test in the ratio of the last two
+    fractions, and the first fraction is not used.
     """
     f = check_fractions(fractions)
     rng = np.random.default_rng([seed, 0])
+    rows = np.arange(len(y))
+    if train_rows is not None:
+        rows = np.setdiff1d(rows, train_rows)
+        f = f[1:] / f[1:].sum()
+    y = np.asarray(y)[rows]
     if task == "multiclass":
-        parts = _split_single(np.asarray(y), f, rng)
+        parts = _split_single(y, f, rng)
     elif task == "binary":
-        parts = _split_single(np.asarray(y)[:, 0].astype(np.int64), f, rng)
+        parts = _split_single(y[:, 0].astype(np.int64), f, rng)
     else:
-        parts = iterative_stratification(np.asarray(y), f, rng)
-        Y = np.asarray(y) > 0
-        for part, name in zip(parts, PARTS, strict=True):
+        parts = iterative_stratification(y, f, rng)
+        Y = y > 0
+        for part, name in zip(parts, PARTS, strict=False):
             positives = Y[part].sum(axis=0)
             for j in np.flatnonzero((positives == 0) | (positives == len(part))):
                 raise CompareError(
@@ -151,6 +159,9 @@ def stratified_split(task: str, y: np.ndarray, fractions, seed: int) -> Split:
                     f"gets none. Use more data or larger `--split` fractions for validation "
                     f"and test."
                 )
+    parts = [rows[part] for part in parts]
+    if train_rows is not None:
+        parts.insert(0, np.sort(np.asarray(train_rows)))
     return Split(*parts)
 
 
