@@ -208,13 +208,28 @@ def check_nonnegative_tensor(name: str, tensor: torch.Tensor | None) -> None:
         raise ValueError(f"Expected `{name}` to be >= 0 everywhere, but it holds {bad!r}.")
 
 
+def _outside_unit_interval(tensor: torch.Tensor, ignore: float | None = None) -> float | None:
+    """The first value of ``tensor`` outside [0, 1] (NaN included) that is not ``ignore``, or
+    ``None``. In the common case -- every value inside -- one reduction (``aminmax``) and one
+    read on the host, no tensor of the input's size: the check costs a read of the data."""
+    values = tensor
+    if ignore is not None:
+        values = torch.where(tensor == ignore, torch.zeros((), dtype=tensor.dtype), tensor)
+    low, high = torch.aminmax(values)
+    if bool((low >= 0) & (high <= 1)):  # a NaN fails both comparisons
+        return None
+    bad = (values < 0) | (values > 1)
+    if values.is_floating_point():
+        bad = bad | torch.isnan(values)
+    return values[bad].flatten()[0].item()
+
+
 def check_probabilities(name: str, tensor: torch.Tensor) -> None:
     """Probabilities must lie in [0, 1] (a value check, eager only)."""
     if not value_checks_enabled() or tensor.numel() == 0:
         return
-    bad = (tensor < 0) | (tensor > 1) | torch.isnan(tensor)
-    if bool(bad.any()):
-        value = tensor[bad].flatten()[0].item()
+    value = _outside_unit_interval(tensor)
+    if value is not None:
         raise ValueError(
             f"Expected `{name}` to hold probabilities in [0, 1], but it holds {value!r}. "
             f"If these are logits (raw scores), use the logits form of the loss "
@@ -362,13 +377,8 @@ def check_unit_targets(name: str, target: torch.Tensor, ignore_index: float | No
     outside, such as a focal factor ``(1 - p_t)^gamma`` (a value check, eager only)."""
     if not value_checks_enabled() or target.numel() == 0 or target.dtype == torch.bool:
         return
-    bad = (target < 0) | (target > 1)
-    if target.is_floating_point():
-        bad = bad | torch.isnan(target)
-    if ignore_index is not None:
-        bad = bad & (target != ignore_index)
-    if bool(bad.any()):
-        value = target[bad].flatten()[0].item()
+    value = _outside_unit_interval(target, ignore_index)
+    if value is not None:
         raise ValueError(
             f"Expected `target` to hold values in [0, 1] for {name}, whose factor "
             f"(1 - p_t)^gamma is undefined outside, but it holds {value!r}. Rescale the "
