@@ -18,7 +18,7 @@ from crossent import _validation as V
 from crossent._precision import compute_dtype, grad_dtype
 from crossent._reduction import plan_reduction
 from crossent.kernels._function import FusedLoss
-from crossent.losses._options import KernelOptions
+from crossent.losses._options import KernelOptions, _cached_scalar
 
 __all__ = [
     "COMPILE_MIN_NUMEL",
@@ -250,11 +250,6 @@ def _run_compiled(
     return out, denominator, grad
 
 
-@functools.lru_cache(maxsize=512)
-def _cached_scalar(value: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.full((), value, dtype=dtype, device=device)
-
-
 # The eager closed form makes a few dozen temporaries the size of what it is given; on a large
 # input it runs over slices of this many elements (rows of dimension 0), so they stay small
 # (and in cache) and the extra memory is the gradient buffer alone.
@@ -304,15 +299,6 @@ def _unbatched(fn: Callable, input: torch.Tensor, target: torch.Tensor, options,
     return out, denominator, None if grad is None else grad.squeeze(0)
 
 
-def _bind(fn: Callable, target: torch.Tensor, options, call: dict) -> Callable:
-    """``input -> fn(input, target, options, **call)``: what :class:`FusedLoss` computes."""
-    return functools.partial(_call_with, fn, target, options, tuple(call.items()))
-
-
-def _call_with(fn, target, options, call, input):
-    return fn(input, target, options, **dict(call))
-
-
 def run_fused(
     path: str,
     family: KernelFamily,
@@ -360,7 +346,8 @@ def _run_fused(path, family, input, target, options, reduction, process_group):
         fn = functools.partial(_unbatched, fn)
     if need_grad:
         class_dim = 1 if family.classes else None
-        compute = _bind(fn, target, options, call)
+        # what FusedLoss computes: input -> fn(input, target, options, **call)
+        compute = functools.partial(fn, target=target, options=options, **call)
         out, denominator = FusedLoss.apply(input, compute, class_dim, path == "triton")
     else:
         out, denominator, _ = fn(input, target, options, **call)
