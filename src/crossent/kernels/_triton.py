@@ -468,7 +468,12 @@ def _ignore_value(target: torch.Tensor, ignore_index: float | None) -> float | N
 
 def _scale_args(mean_denominator: torch.Tensor | None, mean_count: int, like: torch.Tensor):
     """Kernel arguments ``(scale_ptr, sc_hi, sc_lo)`` and ``SCALE`` for a mean's denominator
-    folded into the pass (see ``_grad_scale``): a 0-dim tensor, else a count (0: none)."""
+    folded into the pass (see ``_grad_scale``): a 0-dim tensor, else a count (0: none). A
+    count that is symbolic -- traced by torch.compile with dynamic shapes -- is written into a
+    0-dim tensor on the device: it reaches the kernel through memory, so the compiled graph
+    does not specialise on the batch size."""
+    if isinstance(mean_count, torch.SymInt):
+        mean_denominator = torch.full((), mean_count, dtype=torch.float64, device=like.device)
     if mean_denominator is not None:
         return (mean_denominator.reshape(()), 0.0, 0.0), 2
     if mean_count:
@@ -476,17 +481,13 @@ def _scale_args(mean_denominator: torch.Tensor | None, mean_count: int, like: to
     return (like, 0.0, 0.0), 0
 
 
-def _denominator_args(mean_denominator, like: torch.Tensor, cdt: torch.dtype) -> tuple:
-    """A launcher's ``mean_denominator`` (``None``, a number or a 0-dim tensor) as the ops'
-    ``(mean_denominator: Tensor | None, mean_count: int)``. A count that is symbolic (a size
-    under torch.compile with dynamic shapes) becomes a 0-dim tensor: it reaches the kernel
-    through memory, so the graph does not specialise on the batch size."""
+def _denominator_args(mean_denominator) -> tuple:
+    """A launcher's ``mean_denominator`` (``None``, a count or a 0-dim tensor) as the ops'
+    ``(mean_denominator: Tensor | None, mean_count: int)``."""
     if mean_denominator is None:
         return None, 0
     if isinstance(mean_denominator, torch.Tensor):
         return mean_denominator, 0
-    if isinstance(mean_denominator, (torch.SymInt, torch.SymFloat)):
-        return torch.full((), mean_denominator, dtype=cdt, device=like.device), 0
     return None, mean_denominator
 
 
@@ -589,8 +590,7 @@ def _launch_binary(
 ):
     reduce, need_grad = flags["REDUCE"], flags["NEED_GRAD"]
     has_ignore = ignore_index is not None
-    cdt = compute_dtype(input.dtype, kind == 1)
-    denominator, count = _denominator_args(mean_den, input, cdt)
+    denominator, count = _denominator_args(mean_den)
     out, grad = _run(
         _binary_op,
         _binary_loss,
@@ -1096,7 +1096,8 @@ def _softmax_loss(
     grad = torch.empty_like(x, dtype=grad_dtype(x.dtype)) if need_grad else None
     rows = torch.empty((2, n_rows), dtype=cdt, device=x.device)
     terms = bool(gamma or epsilon or alpha_kind)
-    block, num_warps = _row_launch(n_classes, cdt, bool(probs or smoothing), terms)
+    # (a traced class count is made concrete here: the block size is a compile-time constant)
+    block, num_warps = _row_launch(int(n_classes), cdt, bool(probs or smoothing), terms)
     scale_args, scale_kind = _scale_args(mean_denominator, mean_count, x)
     if n_rows:
         _k(_cross_entropy_kernel)[(n_rows,)](
@@ -1143,7 +1144,7 @@ def softmax_family(input, target, options, *, mean_denominator, reduce, need_gra
     o = options
     alpha = o.alpha
     alpha_kind = 0 if alpha is None else 2 if isinstance(alpha, torch.Tensor) else 1
-    denominator, count = _denominator_args(mean_denominator, input, compute_dtype(input.dtype))
+    denominator, count = _denominator_args(mean_denominator)
     out, grad = _run(
         _softmax_op,
         _softmax_loss,
