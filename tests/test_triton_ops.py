@@ -162,7 +162,7 @@ def test_make_fx_traces_the_losses_to_the_ops(gpu_route):
     targets = [str(node.target) for node in graph.graph.nodes if node.op == "call_function"]
     assert "crossent.softmax_loss.default" in targets
     assert "crossent.binary_loss.default" in targets
-    ce, focal = [node for node in graph.graph.nodes if node.op == "output"][0].args[0]
+    ce, focal = next(node for node in graph.graph.nodes if node.op == "output").args[0]
     assert ce.meta["val"].shape == () and list(focal.meta["val"].shape) == list(x.shape)
 
 
@@ -248,9 +248,7 @@ def test_no_host_read_on_the_triton_path():
     """tests/_helpers/host_reads.py under the interpreter: every loss forward and backward
     without a read of a tensor's value (or a tensor made from host data) in crossent's
     kernel, dispatch and reduction code."""
-    env = dict(
-        os.environ, TRITON_INTERPRET="1", PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}"
-    )
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}")
     proc = subprocess.run(
         [sys.executable, "-m", "tests._helpers.host_reads"],
         cwd=ROOT,
