@@ -26,9 +26,12 @@ Backends -- every loss function takes ``backend=`` (``None``: the environment va
 ``"auto"`` (default)
     ``"reference"`` when a target or weight requires a gradient (the fused paths
     differentiate the input only); ``"triton"`` for CUDA tensors (``"fused"`` without
-    triton); on CPU ``"compiled"`` from :data:`COMPILE_MIN_NUMEL` elements on and
-    ``"fused"`` below, where a compile would cost more than it saves; ``"fused"`` inside a
-    user's ``torch.compile`` (the closed form is traced into their graph).
+    triton), also inside a user's ``torch.compile``: the kernels are registered operators
+    (``crossent::binary_loss``, ``crossent::softmax_loss``, ``crossent::scale_``) that
+    Inductor launches from the compiled graph; on CPU ``"compiled"`` from
+    :data:`COMPILE_MIN_NUMEL` elements on and ``"fused"`` below, where a compile would cost
+    more than it saves, and ``"fused"`` inside a user's ``torch.compile`` (the closed form is
+    traced into their graph).
 
 Results of every backend equal the reference to the dtype tolerance table, gradients included.
 """
