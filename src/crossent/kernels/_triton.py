@@ -24,6 +24,11 @@ Two kernels and a reduction stage:
   with the mean's denominator folded into the forward, ``SCALE``), so backward costs a launch,
   not a pass, and never synchronises with the host.
 
+The launches are registered operators (``torch.library.triton_op``, at the end of this
+module): ``crossent::binary_loss``, ``crossent::softmax_loss`` and ``crossent::scale_``, so
+that ``torch.compile`` traces a loss on CUDA without a graph break and launches these kernels
+from its graph. Nothing in a launch reads a tensor's value on the host.
+
 The math is the closed form of :mod:`crossent.kernels._math`; see its docstrings. Scalars
 (gamma, alpha, ...) are passed as two float32 numbers ``hi + lo``, so float64 inputs keep
 float64 options (Triton passes Python floats as float32), and a new value is not a recompile
