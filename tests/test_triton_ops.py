@@ -6,6 +6,8 @@ on CUDA launches the kernels from the compiled graph. Without a GPU:
 
 * the ops' meta implementations (their bodies, run on fake tensors) are checked for the
   shapes and dtypes eager mode returns, and ``make_fx`` traces a public loss to the ops;
+* Inductor's own copy of each kernel's source (what it compiles under torch.compile) is
+  compiled for sm_90;
 * a function calling the losses is compiled (``fullgraph=True``, AOTAutograd with the eager
   backend: Inductor needs a GPU to compile Triton kernels) with Triton's launcher replaced by
   a recorder: the compiled graph launches exactly the kernels eager mode launches, with the
@@ -237,6 +239,43 @@ def test_compiled_with_dynamic_shapes_reuses_one_graph(gpu_route, recorded_launc
     assert [launch[1][0] for launch in kernels] == [6, 9]
     assert all(dict(launch[2])["SCALE"] == 2 for launch in kernels)
     torch._dynamo.reset()
+
+
+def test_inductor_source_of_every_kernel_compiles_for_a_gpu(tmp_path):
+    """Inductor does not import a user's kernel: it writes the kernel's source and everything
+    it calls (jit functions, constexpr globals) into its own module, under its own imports
+    (``libdevice`` from its helpers). That module, for each kernel, compiled for sm_90 with
+    the argument types and flags of a real launch -- what a GPU would compile under
+    torch.compile."""
+    import functools
+    import importlib.util
+
+    from torch._inductor.codegen.triton import TritonKernel
+    from torch._inductor.codegen.wrapper import (
+        user_defined_triton_kernel_transitive_closure_source_code as closure_source,
+    )
+
+    from tests.test_triton_compile import _compile, _launches, _through_backward
+
+    x, t, y, w = _inputs()
+    calls = [
+        functools.partial(_through_backward, CF.cross_entropy, x, t, weight=w),
+        functools.partial(_through_backward, CF.sigmoid_focal_loss, x, y),
+    ]
+    first = {}
+    for launch in _launches(calls).values():
+        first.setdefault(launch[0].__name__, launch)
+    kernels = {"_binary_kernel", "_cross_entropy_kernel", "_sum_rows_kernel", "_scale_kernel"}
+    assert set(first) == kernels
+    for name, (kernel, signature, constexprs, warps) in first.items():
+        source = TritonKernel.gen_common_triton_imports() + "\n@triton.jit\n"
+        source += closure_source(kernel)
+        path = tmp_path / f"inductor_{name}.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _compile((getattr(module, name), signature, constexprs, warps), "sm90")
 
 
 # --------------------------------------------------------------------------------------------
