@@ -212,10 +212,17 @@ def test_offsets_past_two_to_the_31_elements():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=[False, True], ids=["unchecked", "checked"])
+def value_checks(request):
+    """With the value checks switched off (the kernel, dispatch and reduction path alone) and
+    on (on a GPU they are device-side assertions: nothing to read on the host either)."""
+    previous = crossent.set_value_checks(request.param)
+    yield request.param
+    crossent.set_value_checks(previous)
+
+
 @pytest.fixture
 def no_value_checks():
-    # the checks that read values (class indices, probabilities) synchronise by design: these
-    # tests are about the kernel, dispatch and reduction path around them
     previous = crossent.set_value_checks(False)
     yield
     crossent.set_value_checks(previous)
@@ -265,7 +272,7 @@ GPU_PATH_CASES = [
 
 @pytest.mark.parametrize("upstream", [1.0, 3.0])
 @pytest.mark.parametrize("case", GPU_PATH_CASES)
-def test_forward_and_backward_never_synchronise(case, upstream, no_value_checks):
+def test_forward_and_backward_never_synchronise(case, upstream, value_checks):
     call = _gpu_path_cases()[case]
     x = torch.randn(64, 33, device=CUDA, requires_grad=True)
     (call(x) * upstream).backward()  # warm-up: the kernels compile and load here
@@ -281,7 +288,7 @@ def test_forward_and_backward_never_synchronise(case, upstream, no_value_checks)
 
 
 @pytest.mark.parametrize("case", GPU_PATH_CASES)
-def test_forward_and_backward_are_captured_by_a_cuda_graph(case, no_value_checks):
+def test_forward_and_backward_are_captured_by_a_cuda_graph(case, value_checks):
     call = _gpu_path_cases()[case]
     static_x = torch.randn(64, 33, device=CUDA, requires_grad=True)
     side = torch.cuda.Stream()
