@@ -20,8 +20,11 @@ Memory (the bound): the extra memory of a forward plus backward is
   copy of ``linear_weight`` (the matmuls run in float32);
 * one block's working set: the logits block, its gradient and the closed form's temporaries,
   ``k`` tensors of ``B x V`` elements, with ``B = max(1, BLOCK_ELEMENTS // V)`` rows (or the
-  caller's ``batch_chunk_size``). ``k`` is about 4 for cross entropy and up to about 15 for
-  the focal losses on the eager path, 2-3 compiled or on Triton.
+  caller's ``batch_chunk_size``): ``BLOCK_ELEMENTS`` is 2**23 on CPU (the logits block and
+  its gradient: 64 MiB in float32) and 2**25 on GPUs (256 MiB). ``k`` is 2-3 where the
+  closed form is compiled (``"compiled"``, the CPU default for large blocks) or a Triton
+  kernel (CUDA), about 4 for cross entropy and up to about 15 for the focal losses on the
+  eager ``"fused"`` path.
 
 Neither term grows with ``N x V``: the full logits (``N x V x 4`` bytes, 2 GB at
 ``N = 4096, V = 128k``) and their gradient (as much again) are never held. ``reduction=
@@ -55,16 +58,18 @@ from crossent.kernels._function import _is_exactly_one, _keep_graph
 
 __all__ = ["BLOCK_ELEMENTS", "BLOCK_ELEMENTS_DEVICE", "LinearLossFunction", "Plan", "block_rows"]
 
-# Elements of one (B, V) block tensor: 8 MiB in float32 on CPU (the block and the closed
-# form's temporaries stay in the caches' neighbourhood), 64 MiB on a GPU (fewer, larger
+# The memory budget of one block's logits and their gradient together, in float32 elements:
+# 2 x 2**23 elements = 64 MiB on CPU (rows ~ 262 at V = 32000: large enough that the three
+# matmuls per block run near full speed), 2 x 2**25 = 256 MiB on a GPU (fewer, larger
 # matmuls and launches).
-BLOCK_ELEMENTS = 1 << 21
-BLOCK_ELEMENTS_DEVICE = 1 << 24
+BLOCK_ELEMENTS = 1 << 23
+BLOCK_ELEMENTS_DEVICE = 1 << 25
 
 
 def block_rows(n_rows: int, n_classes: int, device: torch.device, batch_chunk_size: int | None):
     """Rows per block: ``batch_chunk_size`` if given, else as many as keep one ``(B, V)``
-    tensor within the block budget (at least one row)."""
+    tensor within ``BLOCK_ELEMENTS`` (the logits and their gradient within twice that; at
+    least one row)."""
     if batch_chunk_size is not None:
         return max(1, min(batch_chunk_size, n_rows))
     budget = BLOCK_ELEMENTS if device.type == "cpu" else BLOCK_ELEMENTS_DEVICE

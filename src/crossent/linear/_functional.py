@@ -239,7 +239,8 @@ def linear_cross_entropy(
             chunking off as it does in torch: the block size then comes from the memory
             budget.
         batch_chunk_size: rows per block; ``None`` (default): as many as keep one block of
-            logits within 2**21 elements on CPU, 2**24 on GPUs.
+            logits within 2**23 elements on CPU (with its gradient 64 MiB in float32),
+            2**25 on GPUs.
         process_group: the group ``"global_mean"`` reduces over; ``None``: the default group.
         backend: how each block's loss is computed (``"fused"``, ``"compiled"``, ``"triton"``,
             ``"reference"``: the unfused ``F.linear`` then the loss, or ``"auto"``); see
