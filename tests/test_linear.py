@@ -344,3 +344,21 @@ def test_triton_kernels_under_the_interpreter():
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.strip().endswith("cases passed"), proc.stdout
+
+
+@pytest.mark.distributed
+def test_ddp_global_mean_equals_one_process_on_the_whole_batch(tmp_path):
+    """Two gloo ranks with uneven rows and ignored targets: DDP-averaged gradients and the
+    rank-averaged value of ``"global_mean"`` equal one process's ``"mean"`` on the whole batch
+    (a per-rank ``"mean"`` does not, so the check can fail)."""
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    from tests._helpers.distributed import run_distributed
+    from tests._helpers.linear_ddp import global_mean_checks
+
+    ranks = run_distributed(global_mean_checks, tmp_path, timeout_s=240)
+    for rank, result in enumerate(ranks):
+        for loss in ("ce", "focal"):
+            good, naive = result[loss, "global_mean"], result[loss, "mean"]
+            assert good["grad"] <= 1e-6 and good["value"] <= 1e-6, (rank, loss, good)
+            assert naive["grad"] > 1e-3, (rank, loss, naive)
