@@ -52,5 +52,8 @@ def main(family: str, argv: list[str] | None = None) -> None:
         command = "python " + " ".join(
             shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]
         )
-        RESULTS_MD.write_text(bench.render_markdown(bench.read_csv(RESULTS_CSV), command=command))
+        old = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
+        new = bench.render_markdown(bench.read_csv(RESULTS_CSV), command=command)
+        # the fused linear + loss section (bench_linear.py) is kept as it is
+        RESULTS_MD.write_text(bench.with_linear_section(new, bench.linear_section_of(old)))
         print(f"appended to {RESULTS_CSV.name}, rendered {RESULTS_MD.name}")

@@ -362,3 +362,35 @@ def test_ddp_global_mean_equals_one_process_on_the_whole_batch(tmp_path):
             good, naive = result[loss, "global_mean"], result[loss, "mean"]
             assert good["grad"] <= 1e-6 and good["value"] <= 1e-6, (rank, loss, good)
             assert naive["grad"] > 1e-3, (rank, loss, naive)
+
+
+def test_linear_bench_quick_run_and_its_results_section():
+    """``crossent bench --family linear --quick``: every provider of both cases, the targets
+    checked as ratios, and a RESULTS.md section that re-rendering the rest keeps."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from crossent import bench as B
+    from crossent.cli import app
+
+    runner = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"})
+    result = runner.invoke(
+        app, ["bench", "--family", "linear", "--quick", "--repeats", "1", "--warmup", "0", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    providers = {(r["loss"], r["provider"]) for r in data["rows"]}
+    assert ("linear_cross_entropy", "torch-chunked-512") in providers
+    assert ("linear_sigmoid_focal", "unfused-torchvision-style") in providers
+    assert all(r["total_ms"] > 0 and r["grad_bytes"] > 0 for r in data["rows"])
+    assert {c["target"].split(":")[1].strip().split()[0] for c in data["targets"]} <= {
+        "time",
+        "peak",
+    }
+    section = B.render_linear_markdown(data["rows"])
+    assert section.startswith(B.LINEAR_SECTION[0]) and "torch-chunked-512" in section
+    text = B.with_linear_section("# results\n\nrest\n", section)
+    assert B.linear_section_of(text) == section
+    rerendered = B.with_linear_section("# results\n\nnew rest\n", B.linear_section_of(text))
+    assert "new rest" in rerendered and B.linear_section_of(rerendered) == section
