@@ -149,23 +149,22 @@ def test_probability_targets_and_smoothing_follow_torch():
 
 
 @pytest.mark.parametrize("lead", [(), (2, 3)], ids=["unbatched", "leading_dims"])
-@pytest.mark.parametrize("name", ["ce", "focal"])
+@pytest.mark.parametrize("name", ["ce", "focal", "bce"])
 def test_unbatched_and_leading_dimensions(name, lead):
-    if name == "focal" and lead == ():
+    """Inputs of size (H) and (..., H): the leading dimensions are rows, also for the
+    per-element weights of the sigmoid losses."""
+    if name != "ce" and lead == ():
         lead = (1,)
     tensors, t, opts, loss = _case(name, torch.float64, lead=lead, bias=False)
     x, w = tensors
     for reduction in ("mean", "none"):
         ours = crossent.linear_loss(x, w, t, loss=loss, reduction=reduction, **opts)
-        ref = _unfused(
-            loss,
-            x.reshape(-1, H),
-            w,
-            None,
-            t.reshape(-1, *t.shape[len(lead) :]),
-            reduction=reduction,
-            **opts,
-        )
+        if name == "ce":  # crossent's cross entropy wants the classes in dimension 1
+            ref = _unfused(
+                loss, x.reshape(-1, H), w, None, t.reshape(-1), reduction=reduction, **opts
+            )
+        else:  # elementwise: the logits' own size
+            ref = _unfused(loss, x, w, None, t, reduction=reduction, **opts)
         torch.testing.assert_close(ours, ref.reshape(ours.shape), rtol=1e-10, atol=0.0)
         assert ours.shape == (() if reduction == "mean" else ref.reshape(ours.shape).shape)
         if reduction == "none":
@@ -253,7 +252,7 @@ def test_inside_a_users_torch_compile():
     tensors, t, _, _ = _case("ce", torch.float32)
     x, w, b = tensors
 
-    @torch.compile(backend="aot_eager")
+    @torch.compile(backend="aot_eager", fullgraph=True)
     def step(x, w, b, t):
         return crossent.linear_cross_entropy(x, w, t, linear_bias=b, batch_chunk_size=4)
 

@@ -954,8 +954,8 @@ LINEAR_CONFIG: dict[str, Any] = {
         {"loss": "sigmoid_focal", "n": 2048, "h": 256, "v": 50000},
     ],
     "dtype": "float32",
-    "warmup": 2,
-    "repeats": 5,
+    "warmup": 1,
+    "repeats": 3,
 }
 LINEAR_QUICK_CONFIG: dict[str, Any] = {
     "cases": [

@@ -78,16 +78,22 @@ def _rows_first(
 
 
 def _rows_first_options(options: Any, lead: tuple[int, ...], n: int) -> Any:
-    """Tensor options of the sigmoid losses with the logits' rank (one value per row, or per
-    element) reshaped with the logits to ``(N, ...)`` rows."""
+    """Tensor options that vary along the rows (``options._row_tensors``: a per-element or
+    per-row weight) with the input's leading dimensions flattened into ``n`` rows, as the
+    logits are. Class vectors and broadcast weights are left as they are."""
     if len(lead) == 1:
         return options
     import dataclasses
 
     changes = {}
+    k = len(lead)
     for name in options._row_tensors:
         t = getattr(options, name)
-        if isinstance(t, torch.Tensor) and t.dim() == len(lead) + 1:
+        if not isinstance(t, torch.Tensor) or t.dim() < k:
+            continue
+        if tuple(t.shape[:k]) == lead:  # one value per row (and class)
+            changes[name] = t.reshape(n, *t.shape[k:])
+        elif t.dim() == k + 1:  # the logits' rank, broadcast along some leading dimension
             changes[name] = t.expand(*lead, t.shape[-1]).reshape(n, t.shape[-1])
     return dataclasses.replace(options, **changes) if changes else options
 
@@ -119,8 +125,7 @@ def compute(
     options = definition.options_from(**keywords)
     # The logits' size and dtype without their memory: what the loss's checks look at.
     proxy = input.new_empty(()).expand(n, n_classes)
-    if definition.family != "softmax":
-        options = _rows_first_options(options, lead, n)
+    options = _rows_first_options(options, lead, n)
     options = definition.check(proxy, target_rows, options, False)
     path = select_backend(backend, proxy, target_rows, *options.tensors())
     if path == "reference":
