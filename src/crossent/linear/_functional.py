@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from crossent import _validation as V
 from crossent._precision import compute_dtype, output_dtype
 from crossent._reduction import plan_reduction
-from crossent.kernels._dispatch import _run_compiled, select_backend
+from crossent.kernels._dispatch import (
+    _EAGER_CHUNK_WHILE_COMPILING,
+    _chunked,
+    _run_compiled,
+    requested_backend,
+    select_backend,
+)
 from crossent.linear._chunked import Plan, block_rows, run_plan
 from crossent.losses import CE, LossDefinition, run
 
@@ -151,7 +157,16 @@ def compute(
         import functools
 
         flat = not family.classes and len(options.tensors()) == 0
-        kernel = functools.partial(_run_compiled, family.closed_form(options), flat)
+        closed_form = family.closed_form(options)
+        # backend="auto" never waits for a compile: while the block's graph compiles in a
+        # background thread, the eager closed form computes the blocks (over slices of the
+        # block, so its temporaries stay small)
+        background = None
+        if requested_backend(backend) == "auto":
+            background = functools.partial(
+                _chunked, closed_form, _EAGER_CHUNK_WHILE_COMPILING, flat
+            )
+        kernel = functools.partial(_run_compiled, closed_form, flat, background)
     else:
         kernel = family.closed_form(options)
     grad_enabled = torch.is_grad_enabled()
