@@ -20,6 +20,17 @@ from crossent import bench  # noqa: E402
 CONFIG = HERE / "config.json"
 RESULTS_CSV = HERE / "results.csv"
 RESULTS_MD = HERE / "RESULTS.md"
+RESULTS_SMALL_CSV = HERE / "results_small.csv"
+
+
+def render_results(command: str = "") -> None:
+    """RESULTS.md from every run in results.csv, then the small suite's latest run."""
+    old = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
+    text = bench.render_markdown(bench.read_csv(RESULTS_CSV), command=command)
+    if RESULTS_SMALL_CSV.exists():
+        text += "\n" + bench.render_small_markdown(bench.read_small_csv(RESULTS_SMALL_CSV))
+    # the fused linear + loss section (bench_linear.py) is kept as it is
+    RESULTS_MD.write_text(bench.with_linear_section(text, bench.linear_section_of(old)))
 
 
 def main(family: str, argv: list[str] | None = None) -> None:
@@ -52,8 +63,5 @@ def main(family: str, argv: list[str] | None = None) -> None:
         command = "python " + " ".join(
             shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]
         )
-        old = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
-        new = bench.render_markdown(bench.read_csv(RESULTS_CSV), command=command)
-        # the fused linear + loss section (bench_linear.py) is kept as it is
-        RESULTS_MD.write_text(bench.with_linear_section(new, bench.linear_section_of(old)))
+        render_results(command)
         print(f"appended to {RESULTS_CSV.name}, rendered {RESULTS_MD.name}")

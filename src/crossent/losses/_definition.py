@@ -36,7 +36,7 @@ from crossent.kernels._dispatch import (
     select_backend,
 )
 from crossent.losses._options import KernelOptions
-from crossent.losses._small import SMALL_NUMEL
+from crossent.losses._small import SMALL_NUMEL, cached_options
 
 _SMALL_REDUCTIONS = ("none", "mean", "sum")
 
@@ -142,7 +142,7 @@ class LossDefinition:
                 return out
         if self.probs_function_name is not None:
             keywords["probs"] = probs
-        options = self.check(input, target, self.options_from(**keywords), probs)
+        options = self.check(input, target, cached_options(self, keywords), probs)
         return run(
             self.kernel, self.reference, input, target, options, reduction, process_group, backend
         )
