@@ -25,10 +25,12 @@ RESULTS_SMALL_CSV = HERE / "results_small.csv"
 
 def render_results(command: str = "") -> None:
     """RESULTS.md from every run in results.csv, then the small suite's latest run."""
+    old = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
     text = bench.render_markdown(bench.read_csv(RESULTS_CSV), command=command)
     if RESULTS_SMALL_CSV.exists():
         text += "\n" + bench.render_small_markdown(bench.read_small_csv(RESULTS_SMALL_CSV))
-    RESULTS_MD.write_text(text)
+    # the fused linear + loss section (bench_linear.py) is kept as it is
+    RESULTS_MD.write_text(bench.with_linear_section(text, bench.linear_section_of(old)))
 
 
 def main(family: str, argv: list[str] | None = None) -> None:

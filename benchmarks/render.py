@@ -1,7 +1,8 @@
-"""Re-render RESULTS.md from results.csv (the latest runs, newest first)."""
+"""Re-render RESULTS.md from results.csv (the latest runs, newest first) and results_small.csv;
+the fused linear + loss section (bench_linear.py) is kept as it is."""
 
-from common import RESULTS_CSV, RESULTS_MD, bench
+from common import RESULTS_MD, render_results
 
 if __name__ == "__main__":
-    RESULTS_MD.write_text(bench.render_markdown(bench.read_csv(RESULTS_CSV)))
+    render_results()
     print(f"rendered {RESULTS_MD}")

@@ -2,7 +2,8 @@
 
 The public API is exactly what ``__all__`` lists: the functional losses (also in
 :mod:`crossent.functional`), their modules (also in :mod:`crossent.nn`), the class-weight
-tools (also in :mod:`crossent.weights`) and :class:`GradientAccumulator` (exact means under
+tools (also in :mod:`crossent.weights`), the fused linear + loss functions (also in
+:mod:`crossent.linear`) and :class:`GradientAccumulator` (exact means under
 gradient accumulation, also in :mod:`crossent.accumulation`).
 """
 
@@ -19,6 +20,7 @@ from crossent.functional import (
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
+from crossent.linear import linear_cross_entropy, linear_loss
 from crossent.nn import (
     AsymmetricLoss,
     BCELoss,
@@ -26,6 +28,8 @@ from crossent.nn import (
     BinaryFocalLoss,
     CrossEntropyLoss,
     FocalLoss,
+    LinearCrossEntropyLoss,
+    LinearLoss,
     PolyFocalLoss,
     PolyLoss,
     SoftmaxFocalLoss,
@@ -42,6 +46,8 @@ __all__ = [
     "CrossEntropyLoss",
     "FocalLoss",
     "GradientAccumulator",
+    "LinearCrossEntropyLoss",
+    "LinearLoss",
     "PolyFocalLoss",
     "PolyLoss",
     "SoftmaxFocalLoss",
@@ -53,6 +59,8 @@ __all__ = [
     "class_counts",
     "class_weights",
     "cross_entropy",
+    "linear_cross_entropy",
+    "linear_loss",
     "poly1_cross_entropy",
     "poly1_focal_loss",
     "pos_weight",

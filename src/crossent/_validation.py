@@ -24,6 +24,7 @@ __all__ = [
     "BACKENDS",
     "REDUCTIONS",
     "check_backend",
+    "check_batch_chunk_size",
     "check_broadcastable",
     "check_class_indices",
     "check_class_target",
@@ -32,6 +33,7 @@ __all__ = [
     "check_floating_input",
     "check_ignore_index",
     "check_label_smoothing",
+    "check_linear",
     "check_number",
     "check_probabilities",
     "check_process_group",
@@ -454,3 +456,66 @@ def check_process_group(process_group: object, reduction: str) -> None:
             f'{reduction!r}. Pass reduction="global_mean" to average over the group, or drop '
             f"`process_group`."
         )
+
+
+# ---- fused linear + loss (crossent.linear) ---------------------------------------------------
+
+
+def check_linear(
+    input: object, linear_weight: object, linear_bias: object, *, autocast: bool = False
+) -> None:
+    """The operands of a fused linear + loss: ``input`` of size ``(..., H)``, ``linear_weight``
+    of size ``(V, H)``, ``linear_bias`` of size ``(V,)`` or None; floating point, on one
+    device, of one dtype (unless ``autocast`` casts them, as it would for ``F.linear``)."""
+    input = check_floating_input("input", input)
+    linear_weight = check_floating_input("linear_weight", linear_weight)
+    if input.dim() == 0:
+        raise ValueError(
+            "Expected `input` to have a feature dimension, i.e. size (H) or (N, H) (or "
+            f"(..., H)), but got size {input.shape}."
+        )
+    if linear_weight.dim() != 2:
+        raise ValueError(
+            "Expected `linear_weight` to be 2-D, of size (num_classes, in_features), but got "
+            f"size {linear_weight.shape}. Pass the head's `weight` (nn.Linear stores it as "
+            f"(out_features, in_features))."
+        )
+    if input.shape[-1] != linear_weight.shape[1]:
+        raise ValueError(
+            f"Expected the last dimension of `input` ({input.shape[-1]}) to equal "
+            f"`linear_weight`'s in_features ({linear_weight.shape[1]}), but `input` has size "
+            f"{input.shape} and `linear_weight` {linear_weight.shape}."
+        )
+    tensors = [("linear_weight", linear_weight)]
+    if linear_bias is not None:
+        linear_bias = check_floating_input("linear_bias", linear_bias)
+        if linear_bias.shape != linear_weight.shape[:1]:
+            raise ValueError(
+                f"Expected `linear_bias` to have size ({linear_weight.shape[0]},) (one value "
+                f"per class of `linear_weight`), but got size {linear_bias.shape}."
+            )
+        tensors.append(("linear_bias", linear_bias))
+    for name, tensor in tensors:
+        if tensor.device != input.device:
+            raise ValueError(
+                f"Expected `{name}` on the input's device ({input.device}), but it is on "
+                f"{tensor.device}. Move it with `.to(input.device)`."
+            )
+        if tensor.dtype != input.dtype and not autocast:
+            raise TypeError(
+                f"Expected `{name}` to have the input's dtype ({input.dtype}), as F.linear "
+                f"requires outside torch.autocast, but got {tensor.dtype}. Cast one of them, "
+                f"e.g. `{name}.to(input.dtype)`."
+            )
+
+
+def check_batch_chunk_size(value: object) -> int | None:
+    """``batch_chunk_size`` of the fused linear + loss: a positive integer, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"Expected `batch_chunk_size` to be a positive integer or None (chosen from a "
+            f"memory budget), but got {_fmt(value)}."
+        )
+    return value

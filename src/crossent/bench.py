@@ -940,6 +940,287 @@ def load_config(path: str | Path | None, *, quick: bool = False) -> dict[str, An
 
 
 # --------------------------------------------------------------------------------------------
+# Fused linear + loss (``crossent bench --family linear``, benchmarks/bench_linear.py)
+# --------------------------------------------------------------------------------------------
+#
+# A classifier head and its loss: ``loss(F.linear(x, W), t)`` for large label spaces, where
+# the (N, V) logits and their gradient dominate a step's memory. One forward+backward of
+# ``x`` (N, H) and ``W`` (V, H), both requiring gradients; providers run in turn in every
+# round as above. Peak extra memory as :func:`peak_extra_bytes` (VmHWM on Linux CPUs,
+# ``max_memory_allocated`` on CUDA), the gradients of x and W included.
+
+LINEAR_CONFIG: dict[str, Any] = {
+    "cases": [
+        {"loss": "cross_entropy", "n": 4096, "h": 512, "v": 32000},
+        {"loss": "sigmoid_focal", "n": 2048, "h": 256, "v": 50000},
+    ],
+    "dtype": "float32",
+    "warmup": 1,
+    "repeats": 3,
+}
+LINEAR_QUICK_CONFIG: dict[str, Any] = {
+    "cases": [
+        {"loss": "cross_entropy", "n": 64, "h": 16, "v": 300},
+        {"loss": "sigmoid_focal", "n": 32, "h": 16, "v": 200},
+    ],
+    "dtype": "float32",
+    "warmup": 1,
+    "repeats": 2,
+}
+# torch's chunked path with the block size its documentation's example uses
+TORCH_CHUNK = 512
+LINEAR_SECTION = ("<!-- linear: written by benchmarks/bench_linear.py -->", "<!-- /linear -->")
+
+
+def _linear_providers(loss: str, backend: str | None) -> dict[str, Callable]:
+    import crossent
+
+    if loss == "cross_entropy":
+        chunked = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=TORCH_CHUNK)
+        return {
+            "crossent-linear": lambda x, w, t: crossent.linear_cross_entropy(
+                x, w, t, backend=backend
+            ),
+            f"torch-chunked-{TORCH_CHUNK}": lambda x, w, t: F.linear_cross_entropy(
+                x, w, t, options=chunked
+            ),
+            "unfused-torch": lambda x, w, t: F.cross_entropy(F.linear(x, w), t),
+        }
+    if loss == "sigmoid_focal":
+        return {
+            "crossent-linear": lambda x, w, t: crossent.linear_loss(
+                x, w, t, loss="focal", gamma=2.0, alpha=0.25, backend=backend
+            ),
+            "unfused-crossent": lambda x, w, t: crossent.sigmoid_focal_loss(
+                F.linear(x, w), t, gamma=2.0, alpha=0.25, backend=backend
+            ),
+            "unfused-torchvision-style": lambda x, w, t: torchvision_style_focal(F.linear(x, w), t),
+        }
+    raise ValueError(
+        f'Expected a linear benchmark loss "cross_entropy" or "sigmoid_focal", but got {loss!r}.'
+    )
+
+
+def _linear_inputs(case: dict[str, Any], dtype: torch.dtype, device: torch.device):
+    g = torch.Generator().manual_seed(0)
+    n, h, v = int(case["n"]), int(case["h"]), int(case["v"])
+    x = torch.randn(n, h, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    w = (torch.randn(v, h, generator=g) / h**0.5).to(device=device, dtype=dtype).requires_grad_()
+    if case["loss"] == "cross_entropy":
+        t = torch.randint(0, v, (n,), generator=g).to(device)
+    else:  # multi-label: about 5 positives per row
+        t = (torch.rand(n, v, generator=g) < 5.0 / v).to(device=device, dtype=dtype)
+    return x, w, t
+
+
+def _linear_step(fn: Callable, x, w, t, device: torch.device) -> tuple[float, float]:
+    x.grad = w.grad = None
+    _sync(device)
+    t0 = time.perf_counter()
+    loss = fn(x, w, t)
+    _sync(device)
+    t1 = time.perf_counter()
+    loss.backward()
+    _sync(device)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def _linear_peak(fn: Callable, x, w, t, device: torch.device) -> tuple[int | None, str]:
+    """:func:`peak_extra_bytes` for a provider of three operands."""
+    x.grad = w.grad = None
+    return peak_extra_bytes(lambda xx, _: fn(xx, w, t), x, t, device)
+
+
+def run_linear(
+    config: dict[str, Any] | None = None,
+    *,
+    providers: Iterable[str] | None = None,
+    backend: str | None = None,
+    device: str | torch.device | None = None,
+    memory: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The fused linear + loss cases of ``config`` (:data:`LINEAR_CONFIG` by default): one row
+    per case and provider, with the :data:`FIELDS` of the CSV (``size`` is ``NxHxV``,
+    ``grad_bytes`` the bytes of the full logits, ``N x V`` elements)."""
+    from crossent.kernels import wait_for_compiles
+
+    config = {**LINEAR_CONFIG, **(config or {})}
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, str(config.get("dtype", "float32")))
+    warmup, repeats = int(config["warmup"]), int(config["repeats"])
+    wanted = None if providers is None else set(providers)
+    info = machine_info(device)
+    stamp = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    run_id = f"{stamp.strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}"
+    rows = []
+    for case in config["cases"]:
+        chosen = {
+            p: fn
+            for p, fn in _linear_providers(case["loss"], backend).items()
+            if wanted is None or p in wanted
+        }
+        x, w, t = _linear_inputs(case, dtype, device)
+        label = f"{case['n']}x{case['h']}x{case['v']}"
+        if progress:
+            progress(f"linear {case['loss']} {label}: {', '.join(chosen)}")
+        times: dict[str, list[tuple[float, float]]] = {p: [] for p in chosen}
+        for round_ in range(warmup + repeats):
+            if round_ == warmup:
+                wait_for_compiles()  # the timed rounds see the compiled graphs
+            for p, fn in chosen.items():
+                step = _linear_step(fn, x, w, t, device)
+                if round_ >= warmup:
+                    times[p].append(step)
+        for p, fn in chosen.items():
+            row = dict.fromkeys(FIELDS)
+            row.update(info, run_id=run_id, date=stamp.isoformat())
+            row.update(
+                dtype=str(dtype).replace("torch.", ""),
+                loss=f"linear_{case['loss']}",
+                size=label,
+                numel=int(case["n"]) * int(case["v"]),
+                provider=p,
+                backend=backend or "auto",
+                repeats=repeats,
+                grad_bytes=int(case["n"]) * int(case["v"]) * x.element_size(),
+            )
+            for key, values in (
+                ("fwd", [a for a, _ in times[p]]),
+                ("bwd", [b for _, b in times[p]]),
+                ("total", [a + b for a, b in times[p]]),
+            ):
+                med, lo, hi = _quantiles(values)
+                row[f"{key}_ms"], row[f"{key}_p25_ms"], row[f"{key}_p75_ms"] = med, lo, hi
+            if memory:
+                row["peak_extra_bytes"], row["peak_method"] = _linear_peak(fn, x, w, t, device)
+            else:
+                row["peak_method"] = "skipped"
+            rows.append(row)
+        del x, w, t
+        gc.collect()
+    return rows
+
+
+def linear_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fused linear + loss targets on these rows: for cross entropy, peak extra memory at
+    most torch's chunked path's and time at most 1.1x its; for the sigmoid focal loss, peak at
+    most 0.2x the unfused crossent loss's and time at most 1.1x its."""
+    checks = []
+    pairs = (
+        ("linear_cross_entropy", f"torch-chunked-{TORCH_CHUNK}", 1.0),
+        ("linear_sigmoid_focal", "unfused-crossent", 0.2),
+    )
+    for loss, baseline, peak_ratio in pairs:
+        for row in rows:
+            if row["loss"] != loss or row["provider"] != "crossent-linear":
+                continue
+            base = next(
+                (
+                    r
+                    for r in rows
+                    if r["loss"] == loss and r["size"] == row["size"] and r["provider"] == baseline
+                ),
+                None,
+            )
+            if base is None:
+                continue
+            ratio = row["total_ms"] / base["total_ms"]
+            checks.append(
+                {
+                    "target": f"{loss} {row['size']}: time vs {baseline}",
+                    "wanted": "<= 1.10x",
+                    "measured": f"{ratio:.2f}x",
+                    "met": ratio <= 1.1,
+                }
+            )
+            if row.get("peak_extra_bytes") is not None and base.get("peak_extra_bytes"):
+                peak = row["peak_extra_bytes"] / base["peak_extra_bytes"]
+                checks.append(
+                    {
+                        "target": f"{loss} {row['size']}: peak extra memory vs {baseline}",
+                        "wanted": f"<= {peak_ratio:.2f}x",
+                        "measured": f"{peak:.2f}x",
+                        "met": peak <= peak_ratio,
+                    }
+                )
+    return checks
+
+
+def render_linear_markdown(rows: Sequence[dict[str, Any]], *, command: str = "") -> str:
+    """The fused linear + loss section of RESULTS.md: one table per run (newest first)."""
+    lines = [
+        LINEAR_SECTION[0],
+        "## Fused linear + loss",
+        "",
+        "One forward+backward of `loss(F.linear(x, W), t)` with `x` (N, H) and `W` (V, H) both "
+        "requiring gradients, float32 (`crossent bench --family linear`, "
+        "`benchmarks/bench_linear.py`). *Peak extra*: the rise of the peak resident set (CPU) "
+        "or of `max_memory_allocated` (CUDA) over one step, the gradients of `x` and `W` "
+        "included, in MiB and in units of the full logits (`N x V x 4` bytes).",
+        "",
+    ]
+    if command:
+        lines += [f"Reproduce: `{command}`", ""]
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_run.setdefault(row["run_id"], []).append(row)
+    for run_id in sorted(by_run, reverse=True):
+        run_rows = by_run[run_id]
+        first = run_rows[0]
+        lines += [
+            f"### Run {run_id}",
+            "",
+            f"{first.get('machine')}; {first.get('cpu')}, {first.get('cores')} cores, torch "
+            f"threads {first.get('threads')}, load average {first.get('load')} at the start; "
+            f"device {first.get('device')}; torch {first.get('torch')}; crossent "
+            f"{first.get('crossent')} ({first.get('commit')}); {first.get('repeats')} timed "
+            "rounds.",
+            "",
+            "| loss | N x H x V | provider | forward ms | backward ms | fwd+bwd ms | peak extra |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in run_rows:
+            peak = row.get("peak_extra_bytes")
+            peak_text = "-"
+            if peak not in (None, ""):
+                peak_text = f"{peak / 2**20:.0f} MiB ({peak / row['grad_bytes']:.2f} logits)"
+            lines.append(
+                f"| {row['loss']} | {row['size']} | {row['provider']} | {_fmt_ms(row, 'fwd')} "
+                f"| {_fmt_ms(row, 'bwd')} | {_fmt_ms(row, 'total')} | {peak_text} |"
+            )
+        checks = linear_targets(run_rows)
+        if checks:
+            lines += ["", "| target | wanted | measured | met |", "|---|---|---|---|"]
+            for c in checks:
+                met = "yes" if c["met"] else "no"
+                lines.append(f"| {c['target']} | {c['wanted']} | {c['measured']} | {met} |")
+        lines.append("")
+    lines.append(LINEAR_SECTION[1])
+    return "\n".join(lines) + "\n"
+
+
+def linear_section_of(text: str) -> str:
+    """The fused linear + loss section of a RESULTS.md text, markers included ("" if none)."""
+    start, end = LINEAR_SECTION
+    if start not in text or end not in text.split(start, 1)[1]:
+        return ""
+    return start + text.split(start, 1)[1].split(end, 1)[0] + end + "\n"
+
+
+def with_linear_section(text: str, section: str) -> str:
+    """``text`` (RESULTS.md) with its fused linear + loss section replaced by ``section``,
+    placed at the end ("" removes it). The scripts that re-render the rest of the file carry
+    the old section over with :func:`linear_section_of`."""
+    old = linear_section_of(text)
+    if old:
+        text = text.replace(old.rstrip("\n"), "").rstrip("\n") + "\n"
+    if not section:
+        return text
+    return text.rstrip("\n") + "\n\n" + section
+
+
+# --------------------------------------------------------------------------------------------
 # The small suite: a training loop's batch (32-512 rows), where a loss costs its Python and its
 # operator calls rather than its arithmetic
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ __all__ = [
     "BinaryFocalLoss",
     "CrossEntropyLoss",
     "FocalLoss",
+    "LinearCrossEntropyLoss",
+    "LinearLoss",
     "PolyFocalLoss",
     "PolyLoss",
     "SoftmaxFocalLoss",
@@ -219,3 +221,118 @@ class PolyLoss(_Loss):
     """
 
     definition = POLY1
+
+
+# --------------------------------------------------------------------------------------------
+# Fused linear + loss (crossent.linear): the head's weight is an argument of forward
+# --------------------------------------------------------------------------------------------
+
+_LINEAR_CALL_OPTIONS = ("reduction", "process_group", "backend", "batch_chunk_size", "options")
+
+
+class LinearLoss(nn.Module):
+    """Module form of :func:`crossent.linear_loss`: a loss of a linear head, chunked.
+
+    ``loss`` names the loss (``"focal"``, ``"asl"``, ``"ce"``, ...); the other keywords are
+    that loss's options and those of :func:`crossent.linear_loss` (``reduction``,
+    ``batch_chunk_size``, ``process_group``, ``backend``), validated here. Tensor options
+    (``weight``, ``pos_weight``, a per-class ``alpha``) are buffers. The head stays the
+    caller's: ``forward(input, linear_weight, target, linear_bias=None)`` takes its weight
+    (and bias), so a tied embedding or any ``nn.Linear`` can be passed.
+
+    >>> import torch, crossent
+    >>> _ = torch.manual_seed(0)
+    >>> head, loss_fn = torch.nn.Linear(4, 10), crossent.nn.LinearLoss("focal", gamma=2.0)
+    >>> x, y = torch.randn(6, 4), (torch.rand(6, 10) < 0.2).float()
+    >>> bool(torch.isclose(loss_fn(x, head.weight, y, head.bias), crossent.FocalLoss()(head(x), y)))
+    True
+    """
+
+    def __init__(self, loss: str = "ce", **options: Any) -> None:
+        super().__init__()
+        from crossent.linear._functional import _definition
+
+        self.loss = loss
+        self.definition = _definition(loss)
+        loss_options = {k: v for k, v in options.items() if k not in _LINEAR_CALL_OPTIONS}
+        self._check(loss_options)
+        self._options: dict[str, Any] = {}
+        self._buffer_options: list[str] = []
+        for name, value in options.items():
+            if isinstance(value, torch.Tensor):
+                self.register_buffer(name, value)
+                self._buffer_options.append(name)
+            else:
+                self._options[name] = value
+
+    def _check(self, loss_options: dict[str, Any]) -> None:
+        if self.definition.probs_function_name is not None:
+            loss_options = {**loss_options, "probs": False}
+        self.definition.options_from(**loss_options)  # a bad value fails here, not at forward
+
+    def _call_options(self) -> dict[str, Any]:
+        tensors = {name: getattr(self, name) for name in self._buffer_options}
+        return {**self._options, **tensors}
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        linear_weight: torch.Tensor,
+        target: torch.Tensor,
+        linear_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        from crossent.linear import linear_loss
+
+        return linear_loss(
+            input,
+            linear_weight,
+            target,
+            loss=self.loss,
+            linear_bias=linear_bias,
+            **self._call_options(),
+        )
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in {"loss": self.loss, **self._options}.items())
+
+
+class LinearCrossEntropyLoss(LinearLoss):
+    """Module form of :func:`crossent.linear_cross_entropy` (same keyword options).
+
+    Unlike :class:`torch.nn.LinearCrossEntropyLoss`, which owns an ``nn.Linear``, it stores
+    options only (as every crossent module does): ``forward(input, linear_weight, target,
+    linear_bias=None)`` takes the head's weight, so the head -- a tied embedding, a sharded
+    layer -- stays where the model keeps it.
+
+    >>> import torch, crossent
+    >>> _ = torch.manual_seed(0)
+    >>> head, loss_fn = torch.nn.Linear(4, 10), crossent.nn.LinearCrossEntropyLoss()
+    >>> x, t = torch.randn(6, 4), torch.tensor([0, 3, 9, 1, -100, 2])
+    >>> fused = loss_fn(x, head.weight, t, head.bias)
+    >>> bool(torch.isclose(fused, crossent.cross_entropy(head(x), t)))
+    True
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__("ce", **options)
+
+    def _check(self, loss_options: dict[str, Any]) -> None:
+        if loss_options.get("ignore_index", -100) is None:
+            loss_options = {**loss_options, "ignore_index": -100}
+        super()._check(loss_options)
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        linear_weight: torch.Tensor,
+        target: torch.Tensor,
+        linear_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        from crossent.linear import linear_cross_entropy
+
+        return linear_cross_entropy(
+            input, linear_weight, target, linear_bias=linear_bias, **self._call_options()
+        )
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self._options.items())

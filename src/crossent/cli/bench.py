@@ -51,7 +51,9 @@ def bench(
         str,
         typer.Option(
             help="elementwise, cross_entropy or all (the losses of each family); small: every "
-            "loss at 32 x 10 and 256 x 80 on one CPU thread, in microseconds per call."
+            "loss at 32 x 10 and 256 x 80 on one CPU thread, in microseconds per call; linear: "
+            "the fused linear + loss cases (crossent.linear against torch's chunked and the "
+            "unfused head + loss)."
         ),
     ] = "all",
     losses: Annotated[
@@ -126,6 +128,9 @@ def bench(
     if family == "small":
         _bench_small(B, quick, _names(losses), repeats, csv_path, markdown, as_json)
         return
+    if family == "linear":
+        _bench_linear(B, quick, providers, backend, device, repeats, warmup, memory, as_json)
+        return
     try:
         families = FAMILIES if family == "all" else (check_choice("family", family, FAMILIES),)
         if backend is not None:
@@ -190,6 +195,37 @@ def bench(
         mark = "met" if check["met"] else "MISSED"
         console.print(f"{mark}: {check['target']}: {check['measured']} (wanted {check['wanted']})")
     _write_files(B, rows, csv_path, markdown, console)
+
+
+def _bench_linear(B, quick, providers, backend, device, repeats, warmup, memory, as_json) -> None:
+    """``--family linear``: the fused linear + loss cases (``crossent.bench.run_linear``)."""
+    from rich.console import Console
+
+    from crossent._validation import check_backend
+
+    cfg = dict(B.LINEAR_QUICK_CONFIG if quick else B.LINEAR_CONFIG)
+    if repeats is not None:
+        cfg["repeats"] = repeats
+    if warmup is not None:
+        cfg["warmup"] = warmup
+    console = Console(highlight=False, soft_wrap=False, stderr=as_json)
+    try:
+        rows = B.run_linear(
+            cfg,
+            providers=_names(providers),
+            backend=None if backend is None else check_backend(backend),
+            device=device,
+            memory=memory,
+            progress=lambda msg: console.print(f"[dim]running {msg}[/dim]"),
+        )
+    except (ValueError, TypeError) as e:
+        raise typer.BadParameter(str(e)) from None
+    if as_json:
+        from crossent.cli._common import emit_json
+
+        emit_json({"rows": rows, "targets": B.linear_targets(rows)})
+        return
+    console.print(B.render_linear_markdown(rows), markup=False)
 
 
 def _write_files(B, rows, csv_path: Path | None, markdown: Path | None, console) -> None:
