@@ -259,11 +259,12 @@ def class_dim_of(input: torch.Tensor) -> int:
     return 0 if input.dim() == 1 else 1
 
 
-def check_class_target(input: torch.Tensor, target: object) -> bool:
+def check_class_target(input: torch.Tensor, target: object, *, shard: bool = False) -> bool:
     """A multi-class target: class indices (integer dtype, the input's size without the class
     dimension) or class probabilities (floating dtype, the input's size).
 
-    Returns True for class indices, False for class probabilities.
+    ``shard``: the input is one rank's slice of the classes (``vocab_group``), which may hold
+    no class at all. Returns True for class indices, False for class probabilities.
     """
     target = check_tensor("target", target)
     class_dim = class_dim_of(input)
@@ -273,7 +274,7 @@ def check_class_target(input: torch.Tensor, target: object) -> bool:
             f"(a floating-point dtype), but got {target.dtype}. For one-hot targets "
             f"pass `target.float()`; for indices, `target.long()`."
         )
-    if input.shape[class_dim] == 0:
+    if input.shape[class_dim] == 0 and not shard:
         raise ValueError(
             f"Expected `input` to have at least one class along dimension {class_dim}, but got "
             f"size {input.shape}."
