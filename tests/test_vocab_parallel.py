@@ -97,7 +97,8 @@ def test_errors_are_clear_and_raised_on_every_rank(ranks):
 def test_global_mean_over_data_parallel_replicas(spawned):
     """2 replicas x 2 vocab ranks: ``reduction="global_mean"`` with ``process_group`` (the
     replicas) and ``vocab_group`` gives DDP the one-process gradient; one all-reduce more
-    than "mean" (the denominator over the replicas)."""
+    than "mean" (the denominator over the replicas). Without ``process_group`` (the default
+    group: every rank) the value is the same: each vocab rank adds the same denominator."""
     extra = {"cross_entropy": 2, "softmax_focal_loss": 3, "binary_cross_entropy_with_logits": 1}
     for rank, result in enumerate(spawned):
         for name, _, _ in GRID_CASES:
@@ -105,6 +106,7 @@ def test_global_mean_over_data_parallel_replicas(spawned):
             assert r["value_error"] <= RTOL, (rank, name, r)
             assert r["grad_error"] <= RTOL, (rank, name, r)
             assert r["all_reduces"] == extra[name] + 1, (rank, name, r)
+            assert r["default_group_error"] <= RTOL, (rank, name, r)
 
 
 def test_vocab_group_needs_an_initialised_process_group():

@@ -388,6 +388,15 @@ def grid_checks(rank: int, vocab_group, dp_group) -> dict[str, Any]:
                 **options,
             )
         value.backward()
+        # the default group (all four ranks): the vocab ranks' equal denominators cancel
+        default = fn(
+            xs.detach(),
+            shard_target,
+            weight=None if weight is None else weight[classes],
+            reduction="global_mean",
+            vocab_group=vocab_group,
+            **options,
+        )
         values = [torch.empty_like(value) for _ in range(2)]
         dist.all_gather(values, value.detach(), group=dp_group)
         out[name] = {
@@ -396,5 +405,6 @@ def grid_checks(rank: int, vocab_group, dp_group) -> dict[str, Any]:
             # DDP would average the replicas' gradients: each is 2x its share of the mean's
             "grad_error": _rel(xs.grad / 2, xr.grad[rows, classes]),
             "all_reduces": launched.count("all_reduce"),
+            "default_group_error": _rel(default, value),
         }
     return out
