@@ -88,6 +88,11 @@ def test_errors_are_clear_and_raised_on_every_rank(ranks):
             "got 'reference'"
         ), rank
         assert "but got 'compiled'" in m["compiled_backend"], rank
+        assert m["not_a_group"] == (
+            "TypeError: Expected `vocab_group` to be a torch.distributed process group (such "
+            "as torch.distributed.new_group(ranks) or torch.distributed.group.WORLD), but got "
+            "list."
+        ), rank
         assert m["weight_requires_grad"].startswith(
             "ValueError: Expected only `input` to require a gradient with `vocab_group`"
         ), rank

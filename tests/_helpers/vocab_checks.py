@@ -224,6 +224,9 @@ def _check_errors(rank: int, world: int, group) -> dict[str, str]:
         "compiled_backend": lambda: crossent.sigmoid_focal_loss(
             x, torch.zeros_like(x), vocab_group=group, backend="compiled"
         ),
+        "not_a_group": lambda: crossent.cross_entropy(
+            x, torch.tensor([0, 1, 2, 3]), vocab_group=[0, 1]
+        ),
         "weight_requires_grad": lambda: crossent.cross_entropy(
             x.requires_grad_(),
             torch.tensor([0, 1, 2, 3]),

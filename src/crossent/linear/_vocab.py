@@ -32,7 +32,7 @@ into one tensor per round):
    :func:`crossent.kernels._math.softmax_family`), which need the global ``p_c``.
 
 Cross entropy and, for class indices without label smoothing, the softmax focal loss and
-Poly-1 cross entropy are therefore closed forms of rows statistics (two all-reduces); the
+Poly-1 cross entropy are therefore closed forms of row statistics (two all-reduces); the
 per-class focal terms take three. Softcapping (elementwise, before everything), a
 ``z_loss`` (``lse^2`` of a valid row) and per-sample weights (scaling a row) fit this scheme:
 each is a function of the shard's logits or of the row statistics above.
@@ -93,6 +93,12 @@ class VocabLayout:
 def _rank_and_size(group: Any) -> tuple[int, int]:
     import torch.distributed as dist
 
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(
+            f"Expected `vocab_group` to be a torch.distributed process group (such as "
+            f"torch.distributed.new_group(ranks) or torch.distributed.group.WORLD), but got "
+            f"{type(group).__name__}."
+        )
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     if world < 1 or rank < 0:
