@@ -36,6 +36,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def _seed():
     torch.manual_seed(0)
     yield
+    # backend="auto" compiles new configurations in a background thread: let a test's
+    # compiles finish inside that test (not during the next one, whose graph counts or
+    # timings they would change)
+    from crossent.kernels import wait_for_compiles
+
+    wait_for_compiles()
 
 
 BACKENDS = ("reference", "fused", "compiled", "triton")

@@ -779,15 +779,17 @@ def test_soft_target_gradients_fall_back_to_the_reference():
         assert_close(ours, ref)
 
 
-def test_compile_failure_falls_back_to_the_eager_closed_form(monkeypatch):
-    def broken(fn, key):
-        def raise_(*args, **kwargs):
-            raise RuntimeError("no C++ compiler")
+def _broken_compile(monkeypatch):
+    def raise_(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
 
-        return raise_
-
-    monkeypatch.setattr(_dispatch, "_get_compiled", broken)
+    monkeypatch.setattr(_dispatch._Compiled, "fn", property(lambda self: raise_))
+    monkeypatch.setattr(_dispatch, "_compiled", {})
     monkeypatch.setattr(_dispatch, "_compile_error", None)
+
+
+def test_compile_failure_falls_back_to_the_eager_closed_form(monkeypatch):
+    _broken_compile(monkeypatch)
     x = torch.randn(6, 3, requires_grad=True)
     y = torch.rand(6, 3)
     with pytest.warns(RuntimeWarning, match="torch.compile failed.*no C\\+\\+ compiler"):
@@ -799,6 +801,65 @@ def test_compile_failure_falls_back_to_the_eager_closed_form(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once, then silent
         CF.sigmoid_focal_loss(x, y, backend="compiled")
+
+
+class _GatedCompile:
+    """A stand-in for torch.compile whose "compile" waits for the test to open a gate, and
+    which counts the calls that ran compiled code."""
+
+    def __init__(self):
+        import threading
+
+        self.gate = threading.Event()
+        self.compiled_calls = 0
+        self.recompile_next = False
+
+    def __call__(self, fn, **kwargs):
+        compiled = set()
+
+        def run(*args, **call):
+            if not compiled:  # the first call compiles: blocked until the gate opens
+                assert self.gate.wait(60)
+                compiled.add(True)
+            elif self.recompile_next:  # dynamo's "fail_on_recompile" stance, as it raises
+                self.recompile_next = False
+                raise RuntimeError("Detected recompile when torch.compile stance is ...")
+            self.compiled_calls += 1
+            return fn(*args, **call)
+
+        return run
+
+
+def test_auto_never_waits_for_a_compile(monkeypatch):
+    # backend="auto" above COMPILE_MIN_NUMEL: the call that meets a new configuration runs the
+    # eager closed form while the graph compiles in the background; once it is ready the
+    # compiled graph serves; a call it would have to recompile for runs eagerly again.
+    gated = _GatedCompile()
+    monkeypatch.setattr(torch, "compile", gated)
+    monkeypatch.setattr(_dispatch, "_compiled", {})
+    x = torch.randn(K.COMPILE_MIN_NUMEL // 16, 16, requires_grad=True)
+    y = (torch.rand(x.shape) < 0.3).float()
+    ref, ref_grad = _exact(CF.sigmoid_focal_loss, x, y)
+    for _ in range(2):  # the compile is blocked: both calls are eager and exact
+        ours, grad = _value_and_grad(CF.sigmoid_focal_loss, x, y)
+        assert_close(ours, ref)
+        assert_close(grad, ref_grad)
+    assert gated.compiled_calls == 0 and not K.wait_for_compiles(timeout=0)
+    gated.gate.set()
+    assert K.wait_for_compiles(timeout=60)
+    warmed = gated.compiled_calls  # the background thread's own call
+    ours, grad = _value_and_grad(CF.sigmoid_focal_loss, x, y)
+    assert gated.compiled_calls == warmed + 1
+    assert_close(ours, ref)
+    assert_close(grad, ref_grad)
+    gated.recompile_next = True  # the graph's guards refuse this call: eager, recompiled
+    ours, grad = _value_and_grad(CF.sigmoid_focal_loss, x, y)
+    assert_close(ours, ref)
+    assert_close(grad, ref_grad)
+    assert K.wait_for_compiles(timeout=60)
+    # explicitly asked for, "compiled" waits for its compile instead (said once, in the log)
+    _value_and_grad(CF.sigmoid_focal_loss, x, y, gamma=3.0, backend="compiled")
+    assert gated.compiled_calls > warmed + 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -821,6 +882,7 @@ def test_compiled_bce_auto_large_input_and_no_recompile_for_new_shapes():
     ref, ref_grad = _exact(CF.binary_cross_entropy_with_logits, x, y, reduction="none")
     assert_close(ours, ref)
     assert_close(grad, ref_grad)
+    assert K.wait_for_compiles(timeout=600)  # "auto" compiled it in the background
     graphs = _graphs()
     for shape in [(300, 7), (5, 11, 13), (70001,)]:  # new sizes, ranks: the same 1-D graph
         x = torch.randn(shape)
@@ -875,6 +937,25 @@ def test_compiled_focal_every_option_and_no_recompile_for_new_values():
         assert_close(ours, ref)
         assert_close(grad, ref_grad)
     assert _graphs() == graphs  # new batch sizes and new option values: no recompile
+
+
+@pytest.mark.slow
+def test_compiled_focal_new_integer_gamma_and_alpha_do_not_recompile():
+    # an integer gamma (the default 2) runs by repeated squaring over its binary digits, given
+    # to the graph as 0-dim bool tensors: gamma=2 then 3 had made two of them the same cached
+    # tensor object, and dynamo recompiled (seconds) on the aliasing
+    x = torch.randn(20, 5)
+    y = (torch.rand(20, 5) < 0.3).float()
+    _value_and_grad(CF.sigmoid_focal_loss, x, y, gamma=2.0, alpha=0.25, backend="compiled")
+    graphs = _graphs()
+    for gamma, alpha in [(3.0, 0.25), (1.0, 0.5), (4.0, 0.75), (2.0, 0.5)]:
+        ours, grad = _value_and_grad(
+            CF.sigmoid_focal_loss, x, y, gamma=gamma, alpha=alpha, backend="compiled"
+        )
+        ref, ref_grad = _exact(CF.sigmoid_focal_loss, x, y, gamma=gamma, alpha=alpha)
+        assert_close(ours, ref)
+        assert_close(grad, ref_grad)
+    assert _graphs() == graphs
 
 
 @pytest.mark.slow

@@ -59,9 +59,12 @@ _value_checks = os.environ.get("CROSSENT_VALUE_CHECKS", "1").strip().lower() not
 def set_value_checks(enabled: bool) -> bool:
     """Turn the data-reading input checks on or off; returns the previous setting.
 
-    The checks that read tensor values (probabilities in [0, 1], class indices in range) need a
-    host synchronisation. They are on by default in eager mode and always skipped while
-    ``torch.compile`` traces (a data-dependent ``raise`` would break the graph).
+    The checks that read tensor values (probabilities in [0, 1], class indices in range) are on
+    by default in eager mode and always skipped while ``torch.compile`` traces (a
+    data-dependent ``raise`` would break the graph). On CPU they read one reduction of the
+    data on the host; on a GPU they never synchronise: each is an assertion on the device
+    (``torch._assert_async``), which fails a later synchronising call with the check's
+    message. Turning them off removes that small reduction kernel too.
 
     >>> import crossent
     >>> previous = crossent.set_value_checks(False)
@@ -199,16 +202,38 @@ def check_finite_option(name: str, value: object) -> float:
     return check_number(name, value)
 
 
+def on_device(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s values are checked on its device: on an accelerator reading them on
+    the host would synchronise (and break CUDA-graph capture), so a value check is an
+    asynchronous device-side assertion (``torch._assert_async``) that fails the next
+    synchronising call with the check's message -- as torch's own CUDA kernels report an
+    index out of range -- instead of a ``ValueError`` naming the offending value."""
+    return tensor.device.type not in ("cpu", "meta")
+
+
+def _assert_on_device(ok: torch.Tensor, message: str) -> None:
+    torch._assert_async(
+        ok,
+        message + " (checked on the device, which cannot name the value: run the same call "
+        "on CPU tensors to see it)",
+    )
+
+
 def check_nonnegative_tensor(name: str, tensor: torch.Tensor | None) -> None:
     """Weights must be >= 0 (a value check, eager only)."""
-    if tensor is None or not value_checks_enabled():
+    if tensor is None or not value_checks_enabled() or not tensor.numel():
         return
-    if tensor.numel() and bool((tensor < 0).any()):
+    if on_device(tensor):
+        _assert_on_device(~(tensor < 0).any(), f"Expected `{name}` to be >= 0 everywhere")
+        return
+    if bool((tensor < 0).any()):
         bad = tensor[tensor < 0].flatten()[0].item()
         raise ValueError(f"Expected `{name}` to be >= 0 everywhere, but it holds {bad!r}.")
 
 
-def _outside_unit_interval(tensor: torch.Tensor, ignore: float | None = None) -> float | None:
+def _outside_unit_interval(
+    tensor: torch.Tensor, message: str, ignore: float | None = None
+) -> float | None:
     """The first value of ``tensor`` outside [0, 1] (NaN included) that is not ``ignore``, or
     ``None``. In the common case -- every value inside -- one reduction (``aminmax``) and one
     read on the host, no tensor of the input's size: the check costs a read of the data."""
@@ -216,6 +241,9 @@ def _outside_unit_interval(tensor: torch.Tensor, ignore: float | None = None) ->
     if ignore is not None:
         values = torch.where(tensor == ignore, torch.zeros((), dtype=tensor.dtype), tensor)
     low, high = torch.aminmax(values)
+    if on_device(values):  # on the device: no host read, the assertion is the check
+        _assert_on_device((low >= 0) & (high <= 1), message)
+        return None
     if bool((low >= 0) & (high <= 1)):  # a NaN fails both comparisons
         return None
     bad = (values < 0) | (values > 1)
@@ -228,10 +256,11 @@ def check_probabilities(name: str, tensor: torch.Tensor) -> None:
     """Probabilities must lie in [0, 1] (a value check, eager only)."""
     if not value_checks_enabled() or tensor.numel() == 0:
         return
-    value = _outside_unit_interval(tensor)
+    expected = f"Expected `{name}` to hold probabilities in [0, 1]"
+    value = _outside_unit_interval(tensor, expected)
     if value is not None:
         raise ValueError(
-            f"Expected `{name}` to hold probabilities in [0, 1], but it holds {value!r}. "
+            f"{expected}, but it holds {value!r}. "
             f"If these are logits (raw scores), use the logits form of the loss "
             f"(e.g. `binary_cross_entropy_with_logits` or `sigmoid_focal_loss`)."
         )
@@ -378,29 +407,44 @@ def check_unit_targets(name: str, target: torch.Tensor, ignore_index: float | No
     outside, such as a focal factor ``(1 - p_t)^gamma`` (a value check, eager only)."""
     if not value_checks_enabled() or target.numel() == 0 or target.dtype == torch.bool:
         return
-    value = _outside_unit_interval(target, ignore_index)
+    expected = (
+        f"Expected `target` to hold values in [0, 1] for {name}, whose factor "
+        f"(1 - p_t)^gamma is undefined outside"
+    )
+    value = _outside_unit_interval(target, expected, ignore_index)
     if value is not None:
         raise ValueError(
-            f"Expected `target` to hold values in [0, 1] for {name}, whose factor "
-            f"(1 - p_t)^gamma is undefined outside, but it holds {value!r}. Rescale the "
+            f"{expected}, but it holds {value!r}. Rescale the "
             f"targets, or mark positions to skip with `ignore_index`."
         )
 
 
 def check_class_indices(target: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:
-    """Class indices must lie in [0, C) unless they equal ``ignore_index`` (a value check)."""
+    """Class indices must lie in [0, C) unless they equal ``ignore_index`` (a value check). In
+    the common case one reduction (``aminmax``) and two reads on the host; on an accelerator an
+    assertion on the device (:func:`on_device`)."""
     if not value_checks_enabled() or target.numel() == 0:
+        return
+    ignored = "" if ignore_index is None else f" or equal to `ignore_index` ({ignore_index})"
+    expected = (
+        f"Expected `target` to hold class indices in [0, {num_classes - 1}] for an input "
+        f"with C = {num_classes} classes{ignored}"
+    )
+    if on_device(target):
+        ok = (target >= 0) & (target < num_classes)
+        if ignore_index is not None:
+            ok = ok | (target == ignore_index)
+        _assert_on_device(ok.all(), expected)
+        return
+    low, high = torch.aminmax(target)
+    if low.item() >= 0 and high.item() < num_classes:
         return
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         bad = bad & (target != ignore_index)
     if bool(bad.any()):
         value = target[bad].flatten()[0].item()
-        ignored = "" if ignore_index is None else f" or equal to `ignore_index` ({ignore_index})"
-        raise ValueError(
-            f"Expected `target` to hold class indices in [0, {num_classes - 1}] for an input "
-            f"with C = {num_classes} classes{ignored}, but it holds {value}."
-        )
+        raise ValueError(f"{expected}, but it holds {value}.")
 
 
 def check_process_group(process_group: object, reduction: str) -> None:

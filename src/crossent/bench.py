@@ -70,6 +70,7 @@ __all__ = [
     "render_markdown",
     "resolve_loss",
     "run",
+    "run_small",
     "targets",
 ]
 
@@ -936,3 +937,278 @@ def load_config(path: str | Path | None, *, quick: bool = False) -> dict[str, An
     if quick:
         config = {**config, **QUICK_CONFIG}
     return config
+
+
+# --------------------------------------------------------------------------------------------
+# The small suite: a training loop's batch (32-512 rows), where a loss costs its Python and its
+# operator calls rather than its arithmetic
+# --------------------------------------------------------------------------------------------
+
+SMALL_SIZES: list[list[int]] = [[32, 10], [256, 80]]
+SMALL_FIELDS = [
+    "run_id",
+    "date",
+    "machine",
+    "cpu",
+    "threads",
+    "load",
+    "torch",
+    "crossent",
+    "commit",
+    "case",
+    "size",
+    "provider",
+    "rounds",
+    "calls",
+    "fwd_us",
+    "fwd_p25_us",
+    "fwd_p75_us",
+    "total_us",
+    "total_p25_us",
+    "total_p75_us",
+]
+
+
+def _plain_asl(x, y, gamma_pos=0.0, gamma_neg=4.0, clip=0.05):
+    """The asymmetric loss as its paper's code writes it (reduction="mean")."""
+    p = torch.sigmoid(x)
+    p_m = (p - clip).clamp(min=0)
+    pos = y * torch.log(p.clamp(min=1e-8)) * (1 - p) ** gamma_pos
+    neg = (1 - y) * torch.log((1 - p_m).clamp(min=1e-8)) * p_m**gamma_neg
+    return -(pos + neg).mean()
+
+
+def _plain_poly1(x, t, epsilon=1.0):
+    """Poly-1 cross entropy as its paper writes it: ``CE + epsilon (1 - p_t)``."""
+    ce = F.cross_entropy(x, t, reduction="none")
+    p_t = F.softmax(x, dim=1).gather(1, t.unsqueeze(1)).squeeze(1)
+    return (ce + epsilon * (1 - p_t)).mean()
+
+
+def _small_cases() -> dict[str, tuple[str, Callable, str, Callable]]:
+    """case -> (target kind, crossent's call, baseline name, the baseline's call)."""
+    import crossent
+
+    def weighted_ce(fn):
+        return lambda x, t, w: fn(x, t, weight=w, ignore_index=-100, label_smoothing=0.1)
+
+    return {
+        "cross_entropy": ("index", crossent.cross_entropy, "torch", F.cross_entropy),
+        "cross_entropy+options": (
+            "index_weighted",
+            weighted_ce(crossent.cross_entropy),
+            "torch",
+            weighted_ce(F.cross_entropy),
+        ),
+        "cross_entropy (probabilities)": (
+            "probs",
+            crossent.cross_entropy,
+            "torch",
+            F.cross_entropy,
+        ),
+        "bce_with_logits": (
+            "multilabel",
+            crossent.binary_cross_entropy_with_logits,
+            "torch",
+            F.binary_cross_entropy_with_logits,
+        ),
+        "bce_with_logits+pos_weight": (
+            "multilabel_weighted",
+            lambda x, y, w: crossent.binary_cross_entropy_with_logits(x, y, pos_weight=w),
+            "torch",
+            lambda x, y, w: F.binary_cross_entropy_with_logits(x, y, pos_weight=w),
+        ),
+        "binary_cross_entropy": (
+            "multilabel_probs",
+            crossent.binary_cross_entropy,
+            "torch",
+            F.binary_cross_entropy,
+        ),
+        "sigmoid_focal": (
+            "multilabel",
+            crossent.sigmoid_focal_loss,
+            "torchvision-style",
+            torchvision_style_focal,
+        ),
+        "softmax_focal": ("index", crossent.softmax_focal_loss, "eager-focal", eager_softmax_focal),
+        "asl": ("multilabel", crossent.asymmetric_loss, "plain formula", _plain_asl),
+        "poly1": ("index", crossent.poly1_cross_entropy, "plain formula", _plain_poly1),
+    }
+
+
+def _small_inputs(kind: str, n: int, c: int, g: torch.Generator):
+    x = torch.randn(n, c, generator=g).requires_grad_(True)
+    if kind.startswith("index"):
+        t = torch.randint(0, c, (n,), generator=g)
+        if kind == "index_weighted":
+            t[::7] = -100
+            return x, (t, torch.rand(c, generator=g) + 0.5)
+        return x, (t,)
+    if kind == "probs":
+        return x, (torch.softmax(torch.randn(n, c, generator=g), dim=1),)
+    y = (torch.rand(n, c, generator=g) < 0.3).float()
+    if kind == "multilabel_probs":
+        return torch.rand(n, c, generator=g).clamp(0.01, 0.99).requires_grad_(True), (y,)
+    if kind == "multilabel_weighted":
+        return x, (y, torch.rand(c, generator=g) + 0.5)
+    return x, (y,)
+
+
+def run_small(
+    *,
+    cases: Iterable[str] | None = None,
+    sizes: Sequence[Sequence[int]] = tuple(SMALL_SIZES),
+    rounds: int = 40,
+    calls: int = 25,
+    threads: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Time crossent against torch on small CPU inputs, one thread: forward alone (under
+    ``torch.no_grad``, as in evaluation) and forward+backward, in microseconds per call.
+
+    Every provider runs ``calls`` calls per round, side by side, for ``rounds`` rounds after
+    as many warm-up rounds; a time is the median (and interquartile range) over the rounds of
+    a round's mean call. Rows have :data:`SMALL_FIELDS`."""
+    table = _small_cases()
+    names = list(table) if cases is None else list(cases)
+    for name in names:
+        if name not in table:
+            raise ValueError(f"Unknown small case {name!r}; the cases: {', '.join(table)}.")
+    info = machine_info(torch.device("cpu"))
+    stamp = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    run_id = f"{stamp.strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}-small"
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    try:
+        for name in names:
+            kind, ours, baseline, theirs = table[name]
+            for n, c in sizes:
+                if progress is not None:
+                    progress(f"{name} {n}x{c}")
+                x, rest = _small_inputs(kind, n, c, torch.Generator().manual_seed(0))
+                providers = {"crossent": ours, baseline: theirs}
+                fwd = {p: [] for p in providers}
+                total = {p: [] for p in providers}
+                for r in range(2 * rounds):
+                    for p, fn in providers.items():
+                        with torch.no_grad():
+                            t0 = time.perf_counter()
+                            for _ in range(calls):
+                                fn(x, *rest)
+                            t1 = time.perf_counter()
+                        for _ in range(calls):
+                            x.grad = None
+                            fn(x, *rest).backward()
+                        t2 = time.perf_counter()
+                        if r >= rounds:  # the first half warms up
+                            fwd[p].append((t1 - t0) / calls)
+                            total[p].append((t2 - t1) / calls)
+                for p in providers:
+                    f_med, f_lo, f_hi = _quantiles(fwd[p])
+                    t_med, t_lo, t_hi = _quantiles(total[p])
+                    rows.append(
+                        {
+                            "run_id": run_id,
+                            "date": stamp.isoformat(),
+                            **{k: info[k] for k in ("machine", "cpu", "load", "torch")},
+                            "crossent": info["crossent"],
+                            "commit": info["commit"],
+                            "threads": threads,
+                            "case": name,
+                            "size": f"{n}x{c}",
+                            "provider": p,
+                            "rounds": rounds,
+                            "calls": calls,
+                            "fwd_us": f_med * 1e3,
+                            "fwd_p25_us": f_lo * 1e3,
+                            "fwd_p75_us": f_hi * 1e3,
+                            "total_us": t_med * 1e3,
+                            "total_p25_us": t_lo * 1e3,
+                            "total_p75_us": t_hi * 1e3,
+                        }
+                    )
+    finally:
+        torch.set_num_threads(previous_threads)
+    return rows
+
+
+def small_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """crossent over the baseline of each (case, size): forward and forward+backward."""
+    out = []
+    for row in rows:
+        if row["provider"] != "crossent":
+            continue
+        base = next(
+            r
+            for r in rows
+            if r["case"] == row["case"] and r["size"] == row["size"] and r is not row
+        )
+        out.append(
+            {
+                "case": row["case"],
+                "size": row["size"],
+                "baseline": base["provider"],
+                "fwd_us": row["fwd_us"],
+                "base_fwd_us": base["fwd_us"],
+                "fwd_ratio": row["fwd_us"] / base["fwd_us"],
+                "total_us": row["total_us"],
+                "base_total_us": base["total_us"],
+                "total_ratio": row["total_us"] / base["total_us"],
+            }
+        )
+    return out
+
+
+def render_small_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The small suite's latest run as a Markdown section."""
+    if not rows:
+        return ""
+    latest = max(r["run_id"] for r in rows)
+    rows = [r for r in rows if r["run_id"] == latest]
+    first = rows[0]
+    lines = [
+        f"## Small inputs: run {latest}",
+        "",
+        f"{first['machine']}; {first['cpu']}, torch threads {first['threads']}, load average "
+        f"{first.get('load') or '?'} at the start; torch {first['torch']}; crossent "
+        f"{first['crossent']} ({first.get('commit') or 'no git revision'}); float32 on CPU; "
+        f"{first['rounds']} timed rounds of {first['calls']} calls per provider, side by side.",
+        "Microseconds per call, median over the rounds. *Forward*: the loss alone, under "
+        "`torch.no_grad()`; *fwd+bwd*: the loss and `backward()`. *Ratio*: crossent's time over "
+        "the baseline's (torch's own function where torch has the loss, else the plain "
+        "formula); at most 1.25 is the goal where torch has the loss, at most 1 elsewhere.",
+        "Produced by `python benchmarks/bench_small.py` (or `crossent bench --family small`).",
+        "",
+        "| case | size | baseline | forward us (crossent / baseline) | ratio "
+        "| fwd+bwd us (crossent / baseline) | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in small_ratios(rows):
+        lines.append(
+            f"| {r['case']} | {r['size']} | {r['baseline']} | {r['fwd_us']:.0f} / "
+            f"{r['base_fwd_us']:.0f} | {r['fwd_ratio']:.2f} | {r['total_us']:.0f} / "
+            f"{r['base_total_us']:.0f} | {r['total_ratio']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def append_small_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SMALL_FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_small_csv(path: str | Path) -> list[dict[str, Any]]:
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in SMALL_FIELDS:
+            if key.endswith("_us"):
+                row[key] = float(row[key])
+    return rows

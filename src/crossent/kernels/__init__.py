@@ -18,8 +18,10 @@ Backends -- every loss function takes ``backend=`` (``None``: the environment va
 ``"compiled"``
     The same closed form through ``torch.compile(dynamic=True)``, compiled once per loss
     configuration (inductor generates one vectorised C++ loop on CPU). A new batch size or a
-    new value of ``gamma``, ``alpha``, ``label_smoothing``, ... reuses it. If compilation
-    fails (no C++ compiler) the eager closed form is used, with one warning.
+    new value of ``gamma``, ``alpha``, ``label_smoothing``, ... reuses it. Asked for
+    explicitly, a call that needs a new compile waits for it (seconds; said once per
+    process). If compilation fails (no C++ compiler) the eager closed form is used, with one
+    warning.
 ``"triton"``
     Hand-written Triton kernels (:mod:`crossent.kernels._triton`), for CUDA tensors. With
     ``TRITON_INTERPRET=1`` they also run on CPU tensors, slowly: for testing.
@@ -28,7 +30,10 @@ Backends -- every loss function takes ``backend=`` (``None``: the environment va
     differentiate the input only); ``"triton"`` for CUDA tensors (``"fused"`` without
     triton); on CPU ``"compiled"`` from :data:`COMPILE_MIN_NUMEL` elements on and
     ``"fused"`` below, where a compile would cost more than it saves; ``"fused"`` inside a
-    user's ``torch.compile`` (the closed form is traced into their graph).
+    user's ``torch.compile`` (the closed form is traced into their graph). A call never
+    waits for a compile here: while a configuration's graph is compiling in a background
+    thread, the eager closed form computes its calls (:func:`wait_for_compiles` waits for
+    them, for benchmarks).
 
 Results of every backend equal the reference to the dtype tolerance table, gradients included.
 """
@@ -42,6 +47,7 @@ from crossent.kernels._dispatch import (
     run_fused,
     select_backend,
     triton_available,
+    wait_for_compiles,
 )
 from crossent.kernels._function import FusedLoss
 
@@ -55,4 +61,5 @@ __all__ = [
     "run_fused",
     "select_backend",
     "triton_available",
+    "wait_for_compiles",
 ]

@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import logging
 import os
+import queue
+import threading
+import time
 import types
 import warnings
 from collections.abc import Callable, Iterator
@@ -29,6 +33,7 @@ __all__ = [
     "run_fused",
     "select_backend",
     "triton_available",
+    "wait_for_compiles",
 ]
 
 ENV_VAR = "CROSSENT_BACKEND"
@@ -40,7 +45,8 @@ _compile_error: BaseException | None = None
 # Inside no_fallback(): a backend that cannot run raises instead of handing the call to another.
 _strict = 0
 _triton_error: BaseException | None = None
-_compiled: dict[tuple, Callable] = {}
+_compiled: dict[tuple, Any] = {}
+_log = logging.getLogger("crossent")
 
 
 @functools.cache
@@ -79,16 +85,20 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def requested_backend(backend: str | None) -> str:
+    """The backend a call asks for: ``backend``, else ``CROSSENT_BACKEND``, else ``"auto"``."""
+    if backend is None:
+        return V.check_backend(os.environ.get(ENV_VAR) or "auto", name=ENV_VAR)
+    return V.check_backend(backend)
+
+
 def select_backend(backend: str | None, input: torch.Tensor, *others: Any) -> str:
     """The backend that computes this call: ``"reference"``, ``"fused"``, ``"compiled"`` or
     ``"triton"``. ``backend`` is the caller's keyword (``None``: the environment variable
     ``CROSSENT_BACKEND``, else ``"auto"``); ``others`` are the call's other tensors (targets,
     weights): the fused paths differentiate only ``input``, so if one of them requires a
     gradient the call goes to the reference path (``"auto"``) or is refused (explicit)."""
-    if backend is None:
-        name = V.check_backend(os.environ.get(ENV_VAR) or "auto", name=ENV_VAR)
-    else:
-        name = V.check_backend(backend)
+    name = requested_backend(backend)
     if name == "reference":
         return name
     if input.numel() == 0 and name == "auto":
@@ -177,7 +187,27 @@ def _structure(input: torch.Tensor, target: torch.Tensor, options: KernelOptions
     return (input.dtype, input.dim(), target.dtype, type(options), *options.structure())
 
 
-def _get_compiled(fn: Callable, key: tuple) -> Callable:
+class _Compiled:
+    """The compiled copy of a closed form for calls of one structure, and whether it is ready:
+    ``"compiling"`` (a background thread is compiling it), ``"ready"`` or ``"failed"``."""
+
+    __slots__ = ("_compiled", "clone", "state")
+
+    def __init__(self, clone: Callable) -> None:
+        self.clone = clone
+        self.state = "new"
+        self._compiled = None
+
+    @property
+    def fn(self) -> Callable:
+        # torch.compile is called on first use: its first call imports dynamo (seconds), which
+        # belongs in the background thread when compiling there
+        if self._compiled is None:
+            self._compiled = torch.compile(self.clone, dynamic=True, fullgraph=True)
+        return self._compiled
+
+
+def _get_compiled(fn: Callable, key: tuple) -> _Compiled:
     """The compiled ``fn`` for calls of one structure (``key``).
 
     torch.compile keeps a graph per combination of what is structural in a call (which
@@ -188,66 +218,213 @@ def _get_compiled(fn: Callable, key: tuple) -> Callable:
     own; its cache holds that structure's graphs alone (a new batch size reuses them:
     ``dynamic=True``; a new gamma or alpha too: numeric options are 0-dim tensor inputs)."""
     key = (fn, *key)
-    compiled = _compiled.get(key)
-    if compiled is None:
+    entry = _compiled.get(key)
+    if entry is None:
         clone = types.FunctionType(
             fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
         )
         clone.__kwdefaults__ = fn.__kwdefaults__
         clone.__qualname__ = fn.__qualname__
-        compiled = torch.compile(clone, dynamic=True, fullgraph=True)
-        _compiled[key] = compiled
-    return compiled
+        entry = _Compiled(clone)
+        _compiled[key] = entry
+    return entry
+
+
+# ---- compiling off the critical path --------------------------------------------------------
+#
+# A first compile of a closed form takes seconds (5-9 s on two cores). With backend="auto" the
+# call that meets a new configuration does not wait for it: a background thread compiles while
+# the eager closed form serves this call and the next ones, and the compiled graph takes over
+# once it is ready. A ready graph is called under dynamo's "fail_on_recompile" stance: a call
+# its guards do not cover (a recompile) runs eagerly too, and is compiled in the background.
+
+_queue: queue.SimpleQueue = queue.SimpleQueue()
+_worker: threading.Thread | None = None
+_worker_lock = threading.Lock()
+_pending = 0  # compiles queued or running
+_idle = threading.Condition(_worker_lock)
+
+
+def _compile_worker() -> None:
+    global _pending
+    while True:
+        entry, args, call, modes = _queue.get()
+        try:
+            _warm(entry, args, call, modes)
+        finally:
+            with _worker_lock:
+                _pending -= 1
+                _idle.notify_all()
+
+
+def _warm(entry: _Compiled, args: tuple, call: dict, modes: tuple) -> None:
+    """Compile ``entry`` by calling it once with a call's arguments (the result is dropped),
+    in the calling thread's grad and autocast modes (thread-local; dynamo guards on them)."""
+    grad, autocast, autocast_dtype = modes
+    for attempt in range(20):
+        try:
+            with (
+                torch.set_grad_enabled(grad),
+                torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast),
+            ):
+                entry.fn(*args, **call)
+            entry.state = "ready"
+            return
+        except RuntimeError as exc:
+            # The main thread had set the "fail_on_recompile" stance (process-wide) around a
+            # call of a ready graph just as this compile started: try again.
+            if "Detected recompile" in str(exc) and attempt < 19:
+                time.sleep(0.01)
+                continue
+            _failed(entry, exc)
+            return
+        except Exception as exc:
+            _failed(entry, exc)
+            return
+
+
+def _failed(entry: _Compiled, exc: BaseException) -> None:
+    global _compile_error
+    entry.state = "failed"
+    if _compile_error is None:
+        _compile_error = exc
+        warnings.warn(
+            f"crossent: torch.compile failed ({type(exc).__name__}: {exc}); the fused "
+            f"kernels run eagerly from now on.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _compile_in_background(entry: _Compiled, args: tuple, call: dict) -> None:
+    global _worker, _pending
+    entry.state = "compiling"
+    with _worker_lock:
+        _pending += 1
+        if _worker is None:
+            _worker = threading.Thread(target=_compile_worker, name="crossent-compile", daemon=True)
+            _worker.start()
+    modes = (
+        torch.is_grad_enabled(),
+        torch.is_autocast_enabled("cpu"),
+        torch.get_autocast_dtype("cpu"),
+    )
+    _queue.put((entry, args, call, modes))
+
+
+def wait_for_compiles(timeout: float | None = None) -> bool:
+    """Block until the compiles that ``backend="auto"`` started in the background are done
+    (``timeout`` seconds at most); returns whether none is left.
+
+    With ``backend="auto"`` a CPU call that needs a new compiled graph does not wait for
+    it: the eager closed form computes that call, and the next ones, until a background
+    thread has compiled the graph (seconds, once per loss configuration and process). Call
+    this after a warm-up step to measure the steady state, or before timing anything.
+
+    >>> from crossent.kernels import wait_for_compiles
+    >>> wait_for_compiles()
+    True
+    """
+    with _worker_lock:
+        return _idle.wait_for(lambda: _pending == 0, timeout)
+
+
+def _call_ready(entry: _Compiled, args: tuple, call: dict):
+    """Call a ready graph; ``None`` where it would have to recompile (then it recompiles in
+    the background, and the caller runs eagerly)."""
+    try:
+        with torch.compiler.set_stance("fail_on_recompile"):
+            return entry.fn(*args, **call)
+    except RuntimeError as exc:
+        if "Detected recompile" not in str(exc):
+            raise
+    _compile_in_background(entry, args, call)
+    return None
 
 
 def _run_compiled(
-    fn: Callable, flat: bool, input: torch.Tensor, target: torch.Tensor, options, **call
+    fn: Callable,
+    flat: bool,
+    background: Callable | None,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    options,
+    **call,
 ):
     """``fn`` through torch.compile; flattened to 1-D when ``flat`` (one graph for every
-    input rank). If compilation fails (no C++ compiler, an unsupported platform) the same
-    closed form runs eagerly and compilation is not tried again -- unless inside
-    :func:`no_fallback`, where the failure is raised."""
+    input rank). ``background``: the eager computation of this call, which serves it while
+    the graph compiles in a background thread (``backend="auto"``); ``None``: wait for the
+    compile (``backend="compiled"``). If compilation fails (no C++ compiler, an unsupported
+    platform) the same closed form runs eagerly and compilation is not tried again -- unless
+    inside :func:`no_fallback`, where the failure is raised."""
     global _compile_error
+    if _compile_error is not None:
+        if _strict:
+            raise RuntimeError(
+                f'backend="compiled" cannot run: torch.compile failed earlier in this process '
+                f"({type(_compile_error).__name__}: {_compile_error})."
+            ) from _compile_error
+        return (background or fn)(input, target, options, **call)
+    eager = (input, target, options, dict(call))
     shape = input.shape
     if flat:
         input, target = input.reshape(-1), target.reshape(-1)
     # detach(): a view's detached alias has no `_base`, so dynamo does not guard on the layout
     # of the tensor it was sliced from (a new base shape would otherwise recompile).
     input, target = input.detach(), target.detach()
-    options = options.for_compile(input, target)
+    compiled_options = options.for_compile(input, target)
     if isinstance(call["mean_denominator"], torch.Tensor):
         call["mean_denominator"] = call["mean_denominator"].detach()
     elif call["mean_denominator"] is not None:  # a number: a graph input, not a constant
         call["mean_denominator"] = _cached_scalar(
-            float(call["mean_denominator"]), compute_dtype(input.dtype), input.device
+            float(call["mean_denominator"]),
+            compute_dtype(input.dtype),
+            input.device,
+            "mean_denominator",
         )
-    if _compile_error is None:
+    key = (*_structure(input, target, compiled_options), *call.values())
+    key = tuple(v if not isinstance(v, torch.Tensor) else "tensor" for v in key)
+    entry = _get_compiled(fn, key)
+    args = (input, target, compiled_options)
+    result = None
+    if background is not None and entry.state != "failed":
+        if entry.state == "new":
+            _compile_in_background(entry, args, call)
+        elif entry.state == "ready":
+            result = _call_ready(entry, args, call)
+        if result is None:
+            return background(*eager[:3], **eager[3])
+    else:
         try:
-            key = (*_structure(input, target, options), *call.values())
-            key = tuple(v if not isinstance(v, torch.Tensor) else "tensor" for v in key)
-            out, denominator, grad = _get_compiled(fn, key)(input, target, options, **call)
+            _notice_wait(entry)
+            result = entry.fn(*args, **call)
+            entry.state = "ready"
         except Exception as exc:
             if _strict:
                 raise
-            out, denominator, grad = fn(input, target, options, **call)  # raises if at fault
-            _compile_error = exc
-            warnings.warn(
-                f"crossent: torch.compile failed ({type(exc).__name__}: {exc}); the fused "
-                f"kernels run eagerly from now on.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    else:
-        if _strict:
-            raise RuntimeError(
-                f'backend="compiled" cannot run: torch.compile failed earlier in this process '
-                f"({type(_compile_error).__name__}: {_compile_error})."
-            ) from _compile_error
-        out, denominator, grad = fn(input, target, options, **call)
+            out = fn(input, target, compiled_options, **call)  # raises if at fault
+            _failed(entry, exc)
+            result = out
+    out, denominator, grad = result
     if flat:
         out = out.view(shape) if out.dim() else out
         grad = None if grad is None else grad.view(shape)
     return out, denominator, grad
+
+
+_noticed = False
+
+
+def _notice_wait(entry: _Compiled) -> None:
+    """Say once per process that a call waits for a compile (``backend="compiled"``)."""
+    global _noticed
+    if entry.state == "new" and not _noticed:
+        _noticed = True
+        _log.warning(
+            'crossent: backend="compiled" compiles the fused kernel for this loss '
+            "configuration before the call returns (seconds, once per configuration and "
+            'process); backend="auto" compiles in the background instead.'
+        )
 
 
 # The eager closed form makes a few dozen temporaries the size of what it is given; on a large
@@ -255,6 +432,12 @@ def _run_compiled(
 # (and in cache) and the extra memory is the gradient buffer alone.
 _EAGER_CHUNK = 1 << 16
 _EAGER_CHUNK_DEVICE = 1 << 22  # on a GPU each slice costs kernel launches: fewer, larger ones
+# While a graph compiles in a background thread, the eager calls that stand in for it run
+# over few, large slices: every torch operation hands the GIL back and forth with the
+# compiling thread (up to the 5 ms switch interval each), so the number of operations, not
+# their size, decides how long such a call takes (measured on two cores: slices of 2^16
+# elements made the first cross entropy at 4096 x 1000 take 9 s, the whole input 0.7 s).
+_EAGER_CHUNK_WHILE_COMPILING = 1 << 22
 
 
 def _chunked(
@@ -307,14 +490,17 @@ def run_fused(
     options: KernelOptions,
     reduction: str,
     process_group: Any,
+    background: bool = False,
 ) -> torch.Tensor:
     """The loss computed by ``family``'s closed form on ``path`` (``"fused"``, ``"compiled"``
     or ``"triton"``), reduced (:class:`crossent._reduction.Reduction`); a failing Triton
-    kernel falls back to the eager closed form (see :func:`no_fallback`)."""
+    kernel falls back to the eager closed form (see :func:`no_fallback`). ``background``
+    (``backend="auto"``): a compiled graph that is not ready yet is compiled in a background
+    thread while the eager closed form computes the call."""
     global _triton_error
     if path == "triton" and not _interpreting() and not _strict:
         try:
-            return _run_fused(path, family, input, target, options, reduction, process_group)
+            return _run_fused(path, family, input, target, options, reduction, process_group, False)
         except Exception as exc:
             if _triton_error is None:
                 warnings.warn(
@@ -325,10 +511,10 @@ def run_fused(
                 )
             _triton_error = exc
             path = "fused"
-    return _run_fused(path, family, input, target, options, reduction, process_group)
+    return _run_fused(path, family, input, target, options, reduction, process_group, background)
 
 
-def _run_fused(path, family, input, target, options, reduction, process_group):
+def _run_fused(path, family, input, target, options, reduction, process_group, background):
     known = family.known_denominator(input, target, options)
     plan = plan_reduction(reduction, process_group, input, known)
     need_grad = input.requires_grad and torch.is_grad_enabled()
@@ -336,12 +522,17 @@ def _run_fused(path, family, input, target, options, reduction, process_group):
     fn = family.triton(options) if path == "triton" else family.closed_form(options)
     flat = not family.classes and input.is_contiguous() and len(options.tensors()) == 0
     unbatched = family.classes and input.dim() == 1
-    if path == "compiled":
-        fn = functools.partial(_run_compiled, fn, flat)
-    elif path == "fused" and not torch.compiler.is_compiling():
+    eager = fn
+    if path != "triton" and not torch.compiler.is_compiling():
         chunk = _EAGER_CHUNK if input.device.type == "cpu" else _EAGER_CHUNK_DEVICE
+        if path == "compiled":
+            chunk = _EAGER_CHUNK_WHILE_COMPILING
         if input.numel() > chunk and input.dim() and not unbatched:
-            fn = functools.partial(_chunked, fn, chunk, flat)
+            eager = functools.partial(_chunked, fn, chunk, flat)
+    if path == "compiled":
+        fn = functools.partial(_run_compiled, fn, flat, eager if background else None)
+    elif path == "fused":
+        fn = eager
     if unbatched:
         fn = functools.partial(_unbatched, fn)
     if need_grad:

@@ -28,7 +28,7 @@ import torch
 from crossent import _validation as V
 from crossent.kernels import _math
 from crossent.kernels._dispatch import KernelFamily
-from crossent.losses import _reference
+from crossent.losses import _reference, _small
 from crossent.losses._definition import SYMBOLS, LossDefinition, run
 from crossent.losses._options import (
     AsymmetricOptions,
@@ -250,6 +250,7 @@ BCE = LossDefinition(
     function_name="binary_cross_entropy_with_logits",
     probs_function_name="binary_cross_entropy",
     torch_name="binary_cross_entropy_with_logits",
+    small=_small.binary_cross_entropy_with_logits,
     torch_probs_name="binary_cross_entropy",
     formula=r"\ell = -w \left[ w_{pos}\, y \log \sigma(x) + (1 - y) \log \sigma(-x) \right]",
     symbolic=_sigmoid_symbolic,
@@ -412,6 +413,7 @@ CE = LossDefinition(
     check=_check_softmax,
     function_name="cross_entropy",
     torch_name="cross_entropy",
+    small=_small.cross_entropy,
     formula=r"y'_c = (1 - s)\, y_c + \frac{s}{C}, \qquad \ell = -\sum_c w_c\, y'_c \log p_c",
     symbolic=_softmax_symbolic,
     formula_options=_COMMON | {"label_smoothing"},

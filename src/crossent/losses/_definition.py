@@ -14,6 +14,7 @@ and nothing else computes a loss.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +28,17 @@ from crossent._reduction import (
     recording_denominators,
     safe_denominator,
 )
-from crossent.kernels._dispatch import KernelFamily, run_fused, select_backend
+from crossent.kernels._dispatch import (
+    ENV_VAR,
+    KernelFamily,
+    requested_backend,
+    run_fused,
+    select_backend,
+)
 from crossent.losses._options import KernelOptions
+from crossent.losses._small import SMALL_NUMEL
+
+_SMALL_REDUCTIONS = ("none", "mean", "sum")
 
 __all__ = ["SYMBOLS", "LossDefinition", "run"]
 
@@ -75,6 +85,10 @@ class LossDefinition:
             formula know; another option given leaves the known ground.
         curve_options: the options that change the loss's shape as a function of ``p_t``
             (``crossent curves`` labels its curves with them).
+        small: the small-input path (:mod:`crossent.losses._small`): ``(definition, input,
+            target, reduction, keywords) ->`` the loss in a few torch operations, or ``None``
+            where the call is not one it covers; ``backend="auto"`` takes it for CPU inputs
+            of at most ``SMALL_NUMEL`` elements.
     """
 
     name: str
@@ -93,6 +107,7 @@ class LossDefinition:
     torch_name: str | None = None
     torch_probs_name: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    small: Callable[..., torch.Tensor | None] | None = None
 
     def __repr__(self) -> str:
         return f"LossDefinition(name={self.name!r}, title={self.title!r}, family={self.family!r})"
@@ -112,6 +127,23 @@ class LossDefinition:
         **keywords: Any,
     ) -> torch.Tensor:
         """The loss of one call: what every public function of this loss returns."""
+        if (
+            self.small is not None
+            and not probs
+            and process_group is None
+            and vocab_group is None
+            and type(input) is torch.Tensor
+            and type(target) is torch.Tensor
+            and input.device.type == "cpu"
+            and input.numel() <= SMALL_NUMEL
+            and reduction in _SMALL_REDUCTIONS
+            and not recording_denominators()
+            and (backend or os.environ.get(ENV_VAR) or "auto") == "auto"
+            and not torch.compiler.is_compiling()
+        ):
+            out = self.small(self, input, target, reduction, keywords)
+            if out is not None:
+                return out
         if self.probs_function_name is not None:
             keywords["probs"] = probs
         options = self.options_from(**keywords)
@@ -214,7 +246,8 @@ def run(
         loss, denominator = reference(input, target, options)
         out = plan.finish(loss.sum() if plan.reduce else loss, denominator, loss.numel())
     else:
-        out = run_fused(path, kernel, input, target, options, reduction, process_group)
+        background = path == "compiled" and requested_backend(backend) != "compiled"
+        out = run_fused(path, kernel, input, target, options, reduction, process_group, background)
     out = out.to(output_dtype(input))
     if reduction != "none" and _overflowed(out, input, reduction):
         rescaled = _rescaled(reference, input, target, options, reduction)

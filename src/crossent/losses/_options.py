@@ -26,15 +26,20 @@ Scalar = float | torch.Tensor
 
 
 @functools.lru_cache(maxsize=512)
-def _cached_scalar(value: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    # Options repeat from call to call; the kernels only read these 0-dim tensors.
+def _cached_scalar(
+    value: Any, dtype: torch.dtype, device: torch.device, slot: str = ""
+) -> torch.Tensor:
+    """A 0-dim tensor holding ``value``: options repeat from call to call, and the kernels only
+    read these. One tensor per ``slot`` (the option it is for): two options of a call are never
+    the same tensor object, since dynamo guards on such aliasing and recompiles when it
+    changes (``gamma=2`` then ``gamma=3`` had made two of the gamma bits alias)."""
     return torch.full((), value, dtype=dtype, device=device)
 
 
-def _scalar(value: Any, dtype: torch.dtype, device: torch.device) -> Any:
+def _scalar(value: Any, dtype: torch.dtype, device: torch.device, slot: str) -> Any:
     if value is None or isinstance(value, torch.Tensor):
         return value if value is None else value.to(dtype)
-    return _cached_scalar(value, dtype, device)
+    return _cached_scalar(value, dtype, device, slot)
 
 
 def integer_gamma(gamma: Scalar | None) -> int | None:
@@ -81,11 +86,13 @@ class KernelOptions:
 
         dtype = compute_dtype(input.dtype, bool(getattr(self, "probs", False)))
         changes = {
-            name: _scalar(getattr(self, name), dtype, input.device) for name in self._numbers
+            name: _scalar(getattr(self, name), dtype, input.device, name) for name in self._numbers
         }
         ignore = getattr(self, "ignore_index", None)
         if ignore is not None:
-            changes["ignore_index"] = _scalar(ignore, self._ignore_dtype(target), input.device)
+            changes["ignore_index"] = _scalar(
+                ignore, self._ignore_dtype(target), input.device, "ignore_index"
+            )
         return dataclasses.replace(self, **changes)
 
     def _ignore_dtype(self, target: torch.Tensor) -> torch.dtype:
@@ -147,8 +154,11 @@ class SigmoidOptions(KernelOptions):
             # the bits as 0-dim bool tensors: a new integer gamma is an input, not a recompile
             flag, digits = self.gamma_bits
             bits = (
-                _cached_scalar(flag, torch.bool, input.device),
-                tuple(_cached_scalar(b, torch.bool, input.device) for b in digits),
+                _cached_scalar(flag, torch.bool, input.device, "gamma_flag"),
+                tuple(
+                    _cached_scalar(b, torch.bool, input.device, f"gamma_bit{i}")
+                    for i, b in enumerate(digits)
+                ),
             )
             object.__setattr__(out, "gamma_bits", bits)
         return out

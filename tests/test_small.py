@@ -1,0 +1,189 @@
+"""The small-input path (``crossent.losses._small``): what ``backend="auto"`` runs for CPU
+inputs of at most ``SMALL_NUMEL`` elements. The same values and gradients as the reference,
+the same errors, float32's precision at every logit, and the general path wherever the small
+one does not apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import crossent
+from crossent.losses._small import SMALL_NUMEL
+from tests._helpers import assert_close
+
+
+def _fused(out: torch.Tensor) -> bool:
+    """Whether the general path's autograd node (FusedLoss) is in the loss's graph."""
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if "Fused" in node.name():
+            return True
+        stack.extend(n for n, _ in node.next_functions)
+    return False
+
+
+def _value_and_grad(fn, x, *args, **kwargs):
+    x = x.detach().clone().requires_grad_(True)
+    out = fn(x, *args, **kwargs)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    return out, grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(7,), (16, 7), (4, 7, 3)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"label_smoothing": 0.1},
+        {"weight": "w", "ignore_index": 2},
+        {"weight": "w", "label_smoothing": 0.2, "ignore_index": None},
+    ],
+    ids=["plain", "smoothing", "weight_ignore", "weight_smoothing_no_ignore"],
+)
+def test_cross_entropy_small_equals_the_reference(dtype, shape, reduction, options):
+    x = torch.randn(shape, dtype=dtype) * 3
+    classes = shape[0] if len(shape) == 1 else shape[1]
+    index_shape = () if len(shape) == 1 else shape[:1] + shape[2:]
+    t = torch.randint(0, classes, index_shape)
+    options = {
+        k: (torch.rand(classes, dtype=dtype) + 0.5 if v == "w" else v) for k, v in options.items()
+    }
+    ours, grad = _value_and_grad(crossent.cross_entropy, x, t, reduction=reduction, **options)
+    assert not _fused(ours)  # not the general path's autograd node
+    ref, ref_grad = _value_and_grad(
+        crossent.cross_entropy, x, t, reduction=reduction, backend="reference", **options
+    )
+    assert_close(ours, ref)
+    assert_close(grad, ref_grad)
+    assert ours.dtype == dtype
+
+
+def test_cross_entropy_small_keeps_the_errors_and_the_all_ignored_mean():
+    x = torch.randn(4, 3, requires_grad=True)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 2\].*holds 3"):
+        crossent.cross_entropy(x, torch.tensor([0, 1, 3, 2]))
+    with pytest.raises(ValueError, match=r"holds -100"):
+        crossent.cross_entropy(x, torch.tensor([0, -100, 1, 2]), ignore_index=None)
+    with pytest.raises(ValueError, match="weight"):
+        crossent.cross_entropy(x, torch.tensor([0, 1, 1, 2]), weight=torch.ones(4))
+    # every target ignored: crossent's mean is 0 with a zero gradient (torch's is NaN)
+    out = crossent.cross_entropy(x, torch.full((4,), -100))
+    out.backward()
+    assert out.item() == 0.0 and x.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"pos_weight": "pw", "weight": "w"}, {"label_smoothing": 0.1, "pos_weight": "pw"}],
+    ids=["plain", "weights", "smoothing"],
+)
+def test_bce_with_logits_small_equals_the_reference(dtype, reduction, options):
+    x = torch.randn(16, 5, dtype=dtype) * 4
+    y = torch.rand(16, 5, dtype=dtype)
+    made = {"pw": torch.rand(5, dtype=dtype) + 0.5, "w": torch.rand(16, 5, dtype=dtype)}
+    options = {k: made.get(v, v) for k, v in options.items()}
+    ours, grad = _value_and_grad(
+        crossent.binary_cross_entropy_with_logits, x, y, reduction=reduction, **options
+    )
+    assert not _fused(ours)
+    ref, ref_grad = _value_and_grad(
+        crossent.binary_cross_entropy_with_logits,
+        x,
+        y,
+        reduction=reduction,
+        backend="reference",
+        **options,
+    )
+    assert_close(ours, ref)
+    assert_close(grad, ref_grad)
+
+
+def test_bce_with_logits_small_keeps_float32_precision_at_every_logit():
+    # torch's own float32 kernel forms log(1 + exp(-|x|)) and loses the loss's relative
+    # precision from about x = -15 on; the small path's two softplus terms never cancel
+    x = torch.linspace(-85, 85, 341)
+    for y in (torch.zeros_like(x), torch.ones_like(x), torch.full_like(x, 0.3)):
+        ours = crossent.binary_cross_entropy_with_logits(x, y, reduction="none")
+        exact = crossent.binary_cross_entropy_with_logits(
+            x.double(), y.double(), reduction="none", backend="reference"
+        )
+        assert torch.all((ours.double() - exact).abs() <= 1e-5 * exact.abs()), (x, ours, exact)
+    torch_loss = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")
+    exact = crossent.binary_cross_entropy_with_logits(
+        x.double(), torch.zeros_like(x.double()), reduction="none", backend="reference"
+    )
+    assert ((torch_loss.double() - exact).abs() > 1e-2 * exact.abs()).any()  # torch's does not
+
+
+def test_small_path_only_where_it_applies(monkeypatch):
+    x = torch.randn(8, 4, requires_grad=True)
+    t = torch.randint(0, 4, (8,))
+    y = torch.rand(8, 4)
+    assert not _fused(crossent.cross_entropy(x, t))
+    # an explicit backend, the environment's, an ignore_index, a larger input: general path
+    assert _fused(crossent.cross_entropy(x, t, backend="fused"))
+    assert _fused(crossent.binary_cross_entropy_with_logits(x, y, ignore_index=-1))
+    big = torch.randn(SMALL_NUMEL // 4 + 1, 4, requires_grad=True)
+    assert _fused(crossent.cross_entropy(big, torch.randint(0, 4, (big.shape[0],))))
+    monkeypatch.setenv("CROSSENT_BACKEND", "fused")
+    assert _fused(crossent.cross_entropy(x, t))
+    # a float16 input keeps the general path's float32 computation
+    monkeypatch.delenv("CROSSENT_BACKEND")
+    half = crossent.binary_cross_entropy_with_logits(x.detach().half(), y.half())
+    assert half.dtype == torch.float16
+    exact = crossent.binary_cross_entropy_with_logits(x.detach(), y)
+    torch.testing.assert_close(half.float(), exact, rtol=1e-3, atol=1e-3)
+
+
+def test_small_path_options_validated_once_per_value():
+    from crossent.losses import CE
+    from crossent.losses._small import cached_options
+
+    w = torch.rand(4)
+    first = cached_options(CE, {"weight": w, "label_smoothing": 0.1})
+    assert cached_options(CE, {"weight": w, "label_smoothing": 0.1}) is first
+    w.add_(1.0)  # an in-place change is a new value
+    assert cached_options(CE, {"weight": w, "label_smoothing": 0.1}) is not first
+    with pytest.raises(ValueError, match="label_smoothing"):
+        cached_options(CE, {"label_smoothing": 1.5})
+
+
+def test_value_checks_on_a_device_never_read_on_the_host(monkeypatch):
+    # On a GPU a value check is an assertion on the device (torch._assert_async): no host
+    # read, so no synchronisation. Shown on CPU by treating CPU tensors as a device's, with
+    # every way of reading a tensor on the host disabled during the checks.
+    from crossent import _validation as V
+
+    monkeypatch.setattr(V, "on_device", lambda tensor: True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a value check read a tensor on the host")
+
+    good_t, bad_t = torch.tensor([0, 2, -100, 1]), torch.tensor([0, 3, 1, 1])
+    probs_ok, probs_bad = torch.rand(3, 4), torch.tensor([0.2, 1.5])
+    with monkeypatch.context() as m:
+        for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
+            m.setattr(torch.Tensor, method, refuse)
+        V.check_class_indices(good_t, 3, -100)
+        V.check_probabilities("input", probs_ok)
+        V.check_unit_targets("the focal loss", probs_ok, None)
+        V.check_nonnegative_tensor("alpha", probs_ok)
+        # CPU runs torch._assert_async at once; a GPU fails the next synchronising call
+        with pytest.raises(RuntimeError, match=r"class indices in \[0, 2\].*on the device"):
+            V.check_class_indices(bad_t, 3, -100)
+        with pytest.raises(RuntimeError, match=r"probabilities in \[0, 1\].*on the device"):
+            V.check_probabilities("input", probs_bad)
+        with pytest.raises(RuntimeError, match=r"values in \[0, 1\].*on the device"):
+            V.check_unit_targets("the focal loss", probs_bad, None)
+        with pytest.raises(RuntimeError, match=r"`alpha` to be >= 0.*on the device"):
+            V.check_nonnegative_tensor("alpha", torch.tensor([0.5, -0.1]))
