@@ -419,17 +419,28 @@ def check_unit_targets(name: str, target: torch.Tensor, ignore_index: float | No
         )
 
 
-def check_class_indices(target: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:
+def check_class_indices(
+    target: torch.Tensor, num_classes: int | torch.Tensor, ignore_index: int | None
+) -> None:
     """Class indices must lie in [0, C) unless they equal ``ignore_index`` (a value check). In
     the common case one reduction (``aminmax``) and two reads on the host; on an accelerator an
-    assertion on the device (:func:`on_device`)."""
+    assertion on the device (:func:`on_device`). ``num_classes`` may be a 0-dim tensor on the
+    target's device (the total of a ``vocab_group``'s slices, known only there): it is read
+    on the host only for a CPU target."""
     if not value_checks_enabled() or target.numel() == 0:
         return
     ignored = "" if ignore_index is None else f" or equal to `ignore_index` ({ignore_index})"
-    expected = (
-        f"Expected `target` to hold class indices in [0, {num_classes - 1}] for an input "
-        f"with C = {num_classes} classes{ignored}"
-    )
+    if isinstance(num_classes, torch.Tensor) and on_device(target):
+        expected = (
+            f"Expected `target` to hold class indices in [0, C) for the C classes of every "
+            f"rank of `vocab_group`{ignored}"
+        )
+    else:
+        num_classes = int(num_classes)
+        expected = (
+            f"Expected `target` to hold class indices in [0, {num_classes - 1}] for an input "
+            f"with C = {num_classes} classes{ignored}"
+        )
     if on_device(target):
         ok = (target >= 0) & (target < num_classes)
         if ignore_index is not None:

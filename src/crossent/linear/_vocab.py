@@ -199,8 +199,9 @@ def softmax_shard(
     denominator global (the same on every rank of ``group``).
 
     ``layout``: from :func:`vocab_layout`; ``None``: the class counts travel with the first
-    all-reduce. ``check_targets``: check that class indices lie in ``[0, C)`` (a host read;
-    a caller that checked once for many chunks passes ``False``).
+    all-reduce. ``check_targets``: check that class indices lie in ``[0, C)`` (on CPU a host
+    read, on a GPU a device-side assertion; a caller that checked once for many chunks passes
+    ``False``).
     """
     o = options
     probs = target.is_floating_point()
@@ -222,10 +223,11 @@ def softmax_shard(
     else:
         row_max = _all_reduce(local_max.contiguous(), "MAX", group)
     start = layout.start
+    if check_targets and not probs and not _compiling():
+        # a CPU target: one host read; on a GPU an assertion on the device (no synchronisation)
+        V.check_class_indices(target, layout.total, o.ignore_index)
     # the class count as a number of the compute dtype (s / C in float64 stays float64)
     total = layout.total.to(dtype) if isinstance(layout.total, torch.Tensor) else layout.total
-    if check_targets and not probs and V.value_checks_enabled() and not _compiling():
-        V.check_class_indices(target, int(total), o.ignore_index)
 
     z = x - row_max.unsqueeze(1)  # shifted by the global maximum: z <= 0 on every rank
     ez = torch.exp(z)
