@@ -20,6 +20,15 @@ from crossent import bench  # noqa: E402
 CONFIG = HERE / "config.json"
 RESULTS_CSV = HERE / "results.csv"
 RESULTS_MD = HERE / "RESULTS.md"
+RESULTS_SMALL_CSV = HERE / "results_small.csv"
+
+
+def render_results(command: str = "") -> None:
+    """RESULTS.md from every run in results.csv, then the small suite's latest run."""
+    text = bench.render_markdown(bench.read_csv(RESULTS_CSV), command=command)
+    if RESULTS_SMALL_CSV.exists():
+        text += "\n" + bench.render_small_markdown(bench.read_small_csv(RESULTS_SMALL_CSV))
+    RESULTS_MD.write_text(text)
 
 
 def main(family: str, argv: list[str] | None = None) -> None:
@@ -52,5 +61,5 @@ def main(family: str, argv: list[str] | None = None) -> None:
         command = "python " + " ".join(
             shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]
         )
-        RESULTS_MD.write_text(bench.render_markdown(bench.read_csv(RESULTS_CSV), command=command))
+        render_results(command)
         print(f"appended to {RESULTS_CSV.name}, rendered {RESULTS_MD.name}")

@@ -171,3 +171,28 @@ def test_bench_never_overwrites_a_file_it_did_not_write(tmp_path):
         assert "running" not in result.output  # refused before measuring anything
     assert (sha256(data), sha256(notes)) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "notes.md"]
+
+
+def test_small_suite_rows_ratios_and_report(tmp_path):
+    from crossent import bench as B
+
+    rows = B.run_small(cases=["cross_entropy", "asl"], sizes=[[8, 3]], rounds=1, calls=2)
+    assert {(r["case"], r["provider"]) for r in rows} == {
+        ("cross_entropy", "crossent"),
+        ("cross_entropy", "torch"),
+        ("asl", "crossent"),
+        ("asl", "plain formula"),
+    }
+    assert all(r["fwd_us"] > 0 and r["total_us"] > 0 and r["threads"] == 1 for r in rows)
+    ratios = B.small_ratios(rows)
+    assert [r["case"] for r in ratios] == ["cross_entropy", "asl"]
+    assert ratios[0]["total_ratio"] == rows[0]["total_us"] / rows[1]["total_us"]
+    path = tmp_path / "small.csv"
+    B.append_small_csv(rows, path)
+    B.append_small_csv(rows, path)
+    again = B.read_small_csv(path)
+    assert len(again) == 8 and again[0]["total_us"] == rows[0]["total_us"]
+    text = B.render_small_markdown(again)
+    assert "| cross_entropy | 8x3 | torch |" in text and "| asl | 8x3 | plain formula |" in text
+    with pytest.raises(ValueError, match="Unknown small case 'nope'"):
+        B.run_small(cases=["nope"])

@@ -27,7 +27,9 @@ HELP = "\n\n".join(
 
 def _our_csv(path: Path) -> bool:
     header = csv_header(path)
-    return header[:3] == ["run_id", "date", "machine"] and {"loss", "provider"} <= set(header)
+    return header[:3] == ["run_id", "date", "machine"] and (
+        {"loss", "provider"} <= set(header) or {"case", "provider"} <= set(header)
+    )
 
 
 def _our_markdown(path: Path) -> bool:
@@ -46,7 +48,11 @@ def bench(
         bool, typer.Option("--quick", help="Tiny sizes, 3 rounds: a smoke test, not a measurement.")
     ] = False,
     family: Annotated[
-        str, typer.Option(help="elementwise, cross_entropy or all (the losses of each family).")
+        str,
+        typer.Option(
+            help="elementwise, cross_entropy or all (the losses of each family); small: every "
+            "loss at 32 x 10 and 256 x 80 on one CPU thread, in microseconds per call."
+        ),
     ] = "all",
     losses: Annotated[
         str | None,
@@ -117,6 +123,9 @@ def bench(
         others={"--config": config},
     )
 
+    if family == "small":
+        _bench_small(B, quick, _names(losses), repeats, csv_path, markdown, as_json)
+        return
     try:
         families = FAMILIES if family == "all" else (check_choice("family", family, FAMILIES),)
         if backend is not None:
@@ -192,4 +201,47 @@ def _write_files(B, rows, csv_path: Path | None, markdown: Path | None, console)
             console.print(f"wrote {markdown}")
     elif markdown is not None:
         markdown.write_text(B.render_markdown(rows))
+        console.print(f"wrote {markdown}")
+
+
+def _bench_small(B, quick, cases, rounds, csv_path, markdown, as_json) -> None:
+    """``--family small``: :func:`crossent.bench.run_small`."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=False, stderr=as_json)
+    try:
+        rows = B.run_small(
+            cases=cases,
+            rounds=rounds or (3 if quick else 40),
+            calls=3 if quick else 25,
+            progress=lambda msg: console.print(f"[dim]running {msg}[/dim]"),
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    ratios = B.small_ratios(rows)
+    if as_json:
+        from crossent.cli._common import emit_json
+
+        emit_json({"rows": rows, "ratios": ratios})
+    else:
+        table = Table(title="crossent bench --family small (us per call, one CPU thread)")
+        for col in ("case", "size", "baseline", "forward", "ratio", "fwd+bwd", "ratio "):
+            table.add_column(col)
+        for r in ratios:
+            table.add_row(
+                r["case"],
+                r["size"],
+                r["baseline"],
+                f"{r['fwd_us']:.0f} / {r['base_fwd_us']:.0f}",
+                f"{r['fwd_ratio']:.2f}",
+                f"{r['total_us']:.0f} / {r['base_total_us']:.0f}",
+                f"{r['total_ratio']:.2f}",
+            )
+        console.print(table)
+    if csv_path is not None:
+        B.append_small_csv(rows, csv_path)
+        console.print(f"appended {len(rows)} rows to {csv_path}")
+    if markdown is not None:
+        markdown.write_text(MARKDOWN_TITLE + "\n\n" + B.render_small_markdown(rows))
         console.print(f"wrote {markdown}")

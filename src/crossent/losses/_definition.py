@@ -36,7 +36,7 @@ from crossent.kernels._dispatch import (
     select_backend,
 )
 from crossent.losses._options import KernelOptions
-from crossent.losses._small import SMALL_NUMEL
+from crossent.losses._small import SMALL_NUMEL, cached_options
 
 _SMALL_REDUCTIONS = ("none", "mean", "sum")
 
@@ -146,7 +146,7 @@ class LossDefinition:
                 return out
         if self.probs_function_name is not None:
             keywords["probs"] = probs
-        options = self.options_from(**keywords)
+        options = cached_options(self, keywords)
         shard = vocab_group is not None
         if shard:
             from crossent.linear._vocab import check_vocab_call

@@ -53,11 +53,14 @@ def cached_options(definition: Any, keywords: dict[str, Any]) -> Any:
     loop passes the same options every step. A tensor option is keyed by its identity and
     version (an in-place change is a new value); the cache holds it, so the identity cannot be
     reused while the entry lives."""
+    if torch.compiler.is_compiling():  # traced once per graph: nothing to save
+        return definition.options_from(**keywords)
     key = [definition.name]
     for name, value in keywords.items():
         if isinstance(value, torch.Tensor):
             value = (id(value), value._version)
-        key.append((name, value))
+        # the type too: 1, 1.0 and True are equal keys, but not equally valid options
+        key.append((name, type(value), value))
     key = tuple(key)
     try:
         options = _options_cache[key]
