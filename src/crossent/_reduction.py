@@ -170,6 +170,13 @@ def reduce_loss(
     return reduce_sum(loss.sum(), reduction, denominator=denominator, process_group=process_group)
 
 
+def _full(like: torch.Tensor, value: float | int) -> torch.Tensor:
+    # A number as a 0-dim tensor on ``like``'s device, written there by a fill kernel:
+    # torch.tensor(value, device=...) would copy from host memory on every call, which a
+    # CUDA graph cannot capture.
+    return torch.full((), value, dtype=like.dtype, device=like.device)
+
+
 def reduce_sum(
     total: torch.Tensor,
     reduction: str,
@@ -191,13 +198,13 @@ def reduce_sum(
     if _RECORDERS:
         # Gradient accumulation: the sum now, the division once all micro-batches are seen.
         if not isinstance(denominator, torch.Tensor):
-            denominator = torch.tensor(float(denominator), dtype=total.dtype, device=total.device)
+            denominator = _full(total, denominator)
         _RECORDERS[-1].append((total.detach(), denominator.detach().to(total.dtype)))
         return total
     if reduction == "mean" and not isinstance(denominator, torch.Tensor):
         return total / float(denominator) if denominator else total * 0.0
     if not isinstance(denominator, torch.Tensor):
-        denominator = torch.tensor(float(denominator), dtype=total.dtype, device=total.device)
+        denominator = _full(total, denominator)
     denominator = denominator.to(total.dtype)
     if reduction == "mean":
         return total / safe_denominator(denominator)

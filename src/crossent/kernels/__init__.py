@@ -31,12 +31,14 @@ Backends -- every loss function takes ``backend=`` (``None``: the environment va
     differentiated by autograd; :mod:`crossent.losses._small`). Otherwise:
     ``"reference"`` when a target or weight requires a gradient (the fused paths
     differentiate the input only); ``"triton"`` for CUDA tensors (``"fused"`` without
-    triton); on CPU ``"compiled"`` from :data:`COMPILE_MIN_NUMEL` elements on and
-    ``"fused"`` below, where a compile would cost more than it saves; ``"fused"`` inside a
-    user's ``torch.compile`` (the closed form is traced into their graph). A call never
-    waits for a compile here: while a configuration's graph is compiling in a background
-    thread, the eager closed form computes its calls (:func:`wait_for_compiles` waits for
-    them, for benchmarks).
+    triton), also inside a user's ``torch.compile``: the kernels are registered operators
+    (``crossent::binary_loss``, ``crossent::softmax_loss``, ``crossent::scale_``) that
+    Inductor launches from the compiled graph; on CPU ``"compiled"`` from
+    :data:`COMPILE_MIN_NUMEL` elements on and ``"fused"`` below, where a compile would cost
+    more than it saves, and ``"fused"`` inside a user's ``torch.compile`` (the closed form is
+    traced into their graph). A call never waits for a compile here: while a configuration's
+    graph is compiling in a background thread, the eager closed form computes its calls
+    (:func:`wait_for_compiles` waits for them, for benchmarks).
 
 Results of every backend equal the reference to the dtype tolerance table, gradients included.
 """

@@ -85,6 +85,14 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _triton_traceable(input: torch.Tensor) -> bool:
+    """Whether torch.compile can launch the Triton kernels for ``input`` from its graph: a CUDA
+    tensor, with triton importable and no kernel failure so far. (Under TRITON_INTERPRET=1
+    the kernels are Python functions that run on real CPU tensors: a trace, which runs them
+    on fake tensors, cannot contain them.)"""
+    return input.device.type == "cuda" and triton_available() and _triton_error is None
+
+
 def requested_backend(backend: str | None) -> str:
     """The backend a call asks for: ``backend``, else ``CROSSENT_BACKEND``, else ``"auto"``."""
     if backend is None:
@@ -115,7 +123,12 @@ def select_backend(backend: str | None, input: torch.Tensor, *others: Any) -> st
                     f'"auto", which picks it).'
                 )
     if torch.compiler.is_compiling():
-        # Inside a user's torch.compile: the closed form is traced into their graph.
+        # Inside a user's torch.compile: on CUDA the Triton kernels, as registered ops (see
+        # kernels/_triton.py), are launched from the compiled graph -- the same kernels, so
+        # the same values, as eager mode. Elsewhere (and for backend="fused") the closed form
+        # is traced into the graph.
+        if name in ("triton", "auto") and _triton_traceable(input):
+            return "triton"
         return "fused"
     if name == "triton":
         if not triton_available():
@@ -498,7 +511,10 @@ def run_fused(
     (``backend="auto"``): a compiled graph that is not ready yet is compiled in a background
     thread while the eager closed form computes the call."""
     global _triton_error
-    if path == "triton" and not _interpreting() and not _strict:
+    # (not while torch.compile traces: a kernel that fails there fails the compile, which
+    # says so; the fallback would bake the eager closed form into the graph)
+    compiling = torch.compiler.is_compiling()
+    if path == "triton" and not _interpreting() and not _strict and not compiling:
         try:
             return _run_fused(path, family, input, target, options, reduction, process_group, False)
         except Exception as exc:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["FusedLoss"]
+__all__ = ["FusedLoss", "reads_are_free"]
 
 
 def _keep_graph() -> bool:
@@ -35,11 +35,18 @@ def _keep_graph() -> bool:
         return True
 
 
+def reads_are_free(tensor: torch.Tensor) -> bool:
+    """Whether reading ``tensor``'s value on the host is free: a CPU tensor (a memory load). A
+    GPU value read on the host would wait for the device (a synchronisation), which the fused
+    paths never do; this is the one test of that on those paths."""
+    return tensor.device.type == "cpu"
+
+
 def _is_exactly_one(grad_out: torch.Tensor) -> bool:
-    """A scalar incoming gradient equal to 1, looked at only where that is free: a CPU tensor
-    (reading it is a memory load; on a GPU it would synchronise with the device)."""
+    """A scalar incoming gradient equal to 1, looked at only where that is free (see
+    :func:`reads_are_free`)."""
     return (
-        grad_out.device.type == "cpu"
+        reads_are_free(grad_out)
         and grad_out.dim() == 0
         and not torch.compiler.is_compiling()
         and float(grad_out) == 1.0

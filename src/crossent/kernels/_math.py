@@ -72,7 +72,8 @@ def _finish(loss, grad, valid, weight, x, mean_denominator, reduce):
 def log1p_unit(e: torch.Tensor) -> torch.Tensor:
     """``log1p(e)`` for ``e`` in [0, 1] (here ``e = exp(-|x|)``).
 
-    float64: ``torch.log1p``. float32: ``2 atanh(s)``, ``s = e / (2 + e) <= 1/3``, as
+    float64: ``torch.log1p``. Eager: ``torch.log1p`` too (ATen's vectorised kernel, a
+    subnormal ``e`` passed through). Traced by torch.compile in float32: ``2 atanh(s)``, ``s = e / (2 + e) <= 1/3``, as
     ``2s + 2s (s^2 P(s^2))`` with ``P`` a degree-4 polynomial fitted to
     ``(atanh(s) / s - 1) / s^2`` on ``s^2`` in [0, 1/9] (weighted least squares; fit error
     below ``1.2e-10`` of the result, against ``1.5e-8`` for the six-term Taylor series), so
@@ -87,6 +88,9 @@ def log1p_unit(e: torch.Tensor) -> torch.Tensor:
     """
     if e.dtype == torch.float64:
         return torch.log1p(e)
+    if not torch.compiler.is_compiling():
+        # eager: ATen's vectorised log1p, which flushes a subnormal e to 0 (there log1p(e) = e)
+        return torch.where(e < torch.finfo(e.dtype).tiny, e, torch.log1p(e))
     two_s = e / (1.0 + 0.5 * e)  # 2s: no underflow for subnormal e
     s2 = 0.25 * (two_s * two_s)
     poly = 0.1214377603293038 * s2 + 0.10715612163800092

@@ -24,6 +24,11 @@ Two kernels and a reduction stage:
   with the mean's denominator folded into the forward, ``SCALE``), so backward costs a launch,
   not a pass, and never synchronises with the host.
 
+The launches are registered operators (``torch.library.triton_op``, at the end of this
+module): ``crossent::binary_loss``, ``crossent::softmax_loss`` and ``crossent::scale_``, so
+that ``torch.compile`` traces a loss on CUDA without a graph break and launches these kernels
+from its graph. Nothing in a launch reads a tensor's value on the host.
+
 The math is the closed form of :mod:`crossent.kernels._math`; see its docstrings. Scalars
 (gamma, alpha, ...) are passed as two float32 numbers ``hi + lo``, so float64 inputs keep
 float64 options (Triton passes Python floats as float32), and a new value is not a recompile
@@ -37,10 +42,12 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
 from triton.language.extra import libdevice
 
 from crossent._precision import EXP_CLAMP as _EXP_CLAMP
@@ -84,14 +91,45 @@ def interpreting() -> bool:
 ACCURATE = tl.constexpr(not interpreting())
 
 
+def _round_f32(value: float) -> float:
+    """``value`` rounded to float32 (to nearest, ties to even, +-inf past its range), as
+    ``float(torch.tensor(value, dtype=torch.float32))`` -- in plain Python: no tensor is made,
+    so nothing in a launch reads a tensor back and torch.compile traces it as constants."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:  # raised only where the rounded value is infinite
+        return math.copysign(math.inf, value)
+
+
+def _round_to(value: float, dtype: torch.dtype) -> float:
+    """``float(torch.tensor(value, dtype=dtype))`` for a floating ``dtype``, in plain Python for
+    the dtypes a target has (float64, float32, float16, bfloat16): torch rounds a Python number
+    to float32 first, then to the 16-bit format, to nearest with ties to even."""
+    if dtype == torch.float64:
+        return float(value)
+    single = _round_f32(value)
+    if dtype == torch.float32 or not math.isfinite(single):
+        return single
+    if dtype == torch.float16:
+        try:
+            return struct.unpack("<e", struct.pack("<e", single))[0]
+        except OverflowError:
+            return math.copysign(math.inf, single)
+    if dtype == torch.bfloat16:
+        bits = struct.unpack("<I", struct.pack("<f", single))[0]
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
+        return struct.unpack("<f", struct.pack("<I", bits & 0xFFFFFFFF))[0]
+    return float(torch.tensor(value, dtype=dtype))  # another format: a host-side CPU scalar
+
+
 def _split(value: float | None) -> tuple[float, float]:
     """A float64 number as float32 ``hi + lo`` (exact to about 2**-48 relative)."""
     if value is None:
         return 0.0, 0.0
-    hi = float(torch.tensor(value, dtype=torch.float32))
+    hi = _round_f32(value)
     if not math.isfinite(hi):
         return hi, 0.0
-    lo = float(torch.tensor(value - hi, dtype=torch.float32))
+    lo = _round_f32(value - hi)
     return hi, lo
 
 
@@ -360,7 +398,7 @@ def _sum_rows(parts: torch.Tensor) -> torch.Tensor:
     """Deterministic sum of each row of a 2-D buffer of partial sums."""
     rows, n = parts.shape
     out = torch.empty(rows, dtype=parts.dtype, device=parts.device)
-    _sum_rows_kernel[(rows,)](parts, out, n, BLOCK=_SUM_BLOCK)
+    _k(_sum_rows_kernel)[(rows,)](parts, out, n, BLOCK=_SUM_BLOCK)
     return out
 
 
@@ -380,9 +418,8 @@ def _scale_kernel(grad_ptr, g_ptr, n, F64: tl.constexpr, BLOCK: tl.constexpr):
             tl.store(grad_ptr + offs, (v * g).to(grad_ptr.dtype.element_ty), mask=mask)
 
 
-def scale_(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-    """``grad *= grad_out`` in place for a 0-dim ``grad_out``, skipped on the device where it
-    is exactly 1 (nothing synchronises). ``grad`` must be contiguous."""
+def _scale(grad: torch.Tensor, grad_out: torch.Tensor) -> None:
+    # the body of crossent::scale_ (see the registration layer at the end of this module)
     n = grad.numel()
     if n:
         programs = triton.cdiv(n, _SCALE_BLOCK)
@@ -390,7 +427,14 @@ def scale_(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
             sms = torch.cuda.get_device_properties(grad.device).multi_processor_count
             programs = min(programs, 8 * sms)
         f64 = torch.float64 in (grad.dtype, grad_out.dtype)
-        _scale_kernel[(programs,)](grad, grad_out, n, F64=f64, BLOCK=_SCALE_BLOCK)
+        _k(_scale_kernel)[(programs,)](grad, grad_out, n, F64=f64, BLOCK=_SCALE_BLOCK)
+
+
+def scale_(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """``grad *= grad_out`` in place for a 0-dim ``grad_out``, skipped on the device where it
+    is exactly 1 (nothing synchronises). ``grad`` must be contiguous. The op
+    ``crossent::scale_``."""
+    _run(_scale_op, _scale, grad, grad_out)
     return grad
 
 
@@ -424,17 +468,32 @@ def _ignore_value(target: torch.Tensor, ignore_index: float | None) -> float | N
     # Compared in the target's dtype, as ``target != ignore_index`` does in the reference.
     if ignore_index is None or not target.is_floating_point():
         return ignore_index
-    return float(torch.tensor(ignore_index, dtype=target.dtype))
+    return _round_to(ignore_index, target.dtype)
 
 
-def _scale_args(mean_denominator, like: torch.Tensor) -> tuple:
+def _scale_args(mean_denominator: torch.Tensor | None, mean_count: int, like: torch.Tensor):
     """Kernel arguments ``(scale_ptr, sc_hi, sc_lo)`` and ``SCALE`` for a mean's denominator
-    folded into the pass (see ``_grad_scale``): ``None``, a number or a 0-dim tensor."""
-    if mean_denominator is None:
-        return (like, 0.0, 0.0), 0
-    if isinstance(mean_denominator, torch.Tensor):
+    folded into the pass (see ``_grad_scale``): a 0-dim tensor, else a count (0: none). A
+    count that is symbolic -- traced by torch.compile with dynamic shapes -- is written into a
+    0-dim tensor on the device: it reaches the kernel through memory, so the compiled graph
+    does not specialise on the batch size."""
+    if isinstance(mean_count, torch.SymInt):
+        mean_denominator = torch.full((), mean_count, dtype=torch.float64, device=like.device)
+    if mean_denominator is not None:
         return (mean_denominator.reshape(()), 0.0, 0.0), 2
-    return (like, *_split(1.0 / mean_denominator)), 1
+    if mean_count:
+        return (like, *_split(1.0 / mean_count)), 1
+    return (like, 0.0, 0.0), 0
+
+
+def _denominator_args(mean_denominator) -> tuple:
+    """A launcher's ``mean_denominator`` (``None``, a count or a 0-dim tensor) as the ops'
+    ``(mean_denominator: Tensor | None, mean_count: int)``."""
+    if mean_denominator is None:
+        return None, 0
+    if isinstance(mean_denominator, torch.Tensor):
+        return mean_denominator, 0
+    return None, mean_denominator
 
 
 def _folded(total: torch.Tensor, mean_denominator) -> torch.Tensor:
@@ -442,14 +501,35 @@ def _folded(total: torch.Tensor, mean_denominator) -> torch.Tensor:
     return total if mean_denominator is None else total / mean_denominator
 
 
-def _launch_binary(
-    kind, input, target, weight, pos_weight, ignore_index, smoothing, opts, mean_den, flags
-):
-    reduce, need_grad = flags["REDUCE"], flags["NEED_GRAD"]
+def _binary_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    mean_denominator: torch.Tensor | None,
+    numbers: list[float],
+    mean_count: int,
+    kind: int,
+    gamma_int: int,
+    focal: bool,
+    poly: bool,
+    has_alpha: bool,
+    clip: bool,
+    has_ignore: bool,
+    smooth: bool,
+    reduce: bool,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The body of the op ``crossent::binary_loss``: the elementwise kernel and, for a reduced
+    loss, the deterministic sum of its partial sums. ``numbers``: ignore_index, smoothing and
+    the options a, b, c, epsilon of ``_binary_kernel`` (0 where off). Returns the per-element
+    loss (``reduce`` False) or ``[sum]`` / ``[sum, valid count]`` (``has_ignore``), and the
+    gradient (an empty tensor without ``need_grad``)."""
+    ignore_index, smoothing, *opts = numbers
     x = input.contiguous()
     t = _target_for_triton(target)
     n = x.numel()
-    light = kind == 0 and not (flags["FOCAL"] or flags["POLY"])
+    light = kind == 0 and not (focal or poly)
     block, warps = _ELEMENTWISE_LIGHT if light else _ELEMENTWISE_HEAVY
     n_blocks = max(triton.cdiv(n, block), 1)
     # float64 for float64 inputs and for probabilities (kind 1): see _precision.compute_dtype
@@ -458,9 +538,8 @@ def _launch_binary(
     pw, pw_inner, pw_mid = _broadcast_index(pos_weight, input.shape)
     grad = torch.empty_like(x, dtype=grad_dtype(x.dtype)) if need_grad else None
     loss = None if reduce else torch.empty_like(x, dtype=output_dtype(input))
-    has_ignore = ignore_index is not None
     parts = torch.empty((2 if has_ignore else 1, n_blocks), dtype=cdt, device=x.device)
-    s = smoothing or 0.0
+    s = smoothing
     scalars = [
         *_split(_ignore_value(target, ignore_index)),
         *_split(1.0 - s),
@@ -471,8 +550,8 @@ def _launch_binary(
         *_split(opts[3]),
     ]
     dummy = x  # never read: the flags switch those loads off
-    scale_args, scale_kind = _scale_args(mean_den, dummy)
-    _binary_kernel[(n_blocks,)](
+    scale_args, scale_kind = _scale_args(mean_denominator, mean_count, dummy)
+    _k(_binary_kernel)[(n_blocks,)](
         x,
         t,
         w if w is not None else dummy,
@@ -489,22 +568,59 @@ def _launch_binary(
         *scalars,
         *scale_args,
         KIND=kind,
+        FOCAL=focal,
+        POLY=poly,
+        HAS_ALPHA=has_alpha,
+        CLIP=clip,
         HAS_W=weight is not None,
         HAS_PW=pos_weight is not None,
         HAS_IGNORE=has_ignore,
-        SMOOTH=bool(smoothing),
+        SMOOTH=smooth,
+        REDUCE=reduce,
+        NEED_GRAD=need_grad,
         SCALE=scale_kind,
         F64=cdt == torch.float64,
         BLOCK=block,
+        GAMMA_INT=gamma_int,
         num_warps=warps,
-        **flags,
     )
-    if grad is not None:
-        grad = grad.view(input.shape)
+    grad = grad.view(input.shape) if grad is not None else _no_grad(input)
     if not reduce:
-        return loss.view(input.shape), None, grad
-    sums = _sum_rows(parts)
-    return _folded(sums[0], mean_den), (sums[1] if has_ignore else None), grad
+        return loss.view(input.shape), grad
+    return _sum_rows(parts), grad
+
+
+def _launch_binary(
+    kind, input, target, weight, pos_weight, ignore_index, smoothing, opts, mean_den, flags
+):
+    reduce, need_grad = flags["REDUCE"], flags["NEED_GRAD"]
+    has_ignore = ignore_index is not None
+    denominator, count = _denominator_args(mean_den)
+    out, grad = _run(
+        _binary_op,
+        _binary_loss,
+        input,
+        target,
+        weight,
+        pos_weight,
+        denominator,
+        [_number(ignore_index), _number(smoothing), *(_number(v) for v in opts)],
+        count,
+        kind,
+        flags["GAMMA_INT"],
+        flags["FOCAL"],
+        flags["POLY"],
+        flags["HAS_ALPHA"],
+        flags["CLIP"],
+        has_ignore,
+        bool(smoothing),
+        reduce,
+        need_grad,
+    )
+    grad = grad if need_grad else None
+    if not reduce:
+        return out, None, grad
+    return _folded(out[0], mean_den), (out[1] if has_ignore else None), grad
 
 
 def sigmoid_family(input, target, options, *, mean_denominator, reduce, need_grad):
@@ -541,7 +657,7 @@ def asymmetric(input, target, options, *, mean_denominator, reduce, need_grad):
     """Triton form of :func:`crossent.kernels._math.asymmetric` (same arguments and returns)."""
     o = options
     flags = dict(FOCAL=False, POLY=False, HAS_ALPHA=False, CLIP=o.clip is not None, REDUCE=reduce)
-    flags["NEED_GRAD"] = need_grad
+    flags.update(NEED_GRAD=need_grad, GAMMA_INT=-1)
     scalars = (o.gamma_pos, o.gamma_neg, o.clip, None)
     return _launch_binary(
         2,
@@ -952,13 +1068,26 @@ def _row_launch(n_classes: int, cdt: torch.dtype, dense: bool, terms: bool) -> t
     return block, {1024: 4, 2048: 8, 4096: 8, 8192: 16}.get(block, 4 if block < 1024 else 32)
 
 
-def softmax_family(input, target, options, *, mean_denominator, reduce, need_grad):
-    """Triton form of ``crossent.kernels._math.softmax_family``: returns (sum, or per-sample
-    loss in ``output_dtype(input)`` when not ``reduce``; denominator or None; gradient
-    d(sum of the loss)/d(input) in ``input.dtype``, or None)."""
-    o = options
-    weight, alpha, ignore_index, smoothing = o.weight, o.alpha, o.ignore_index, o.label_smoothing
-    gamma, epsilon = o.gamma, o.epsilon
+def _softmax_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    alpha: torch.Tensor | None,
+    mean_denominator: torch.Tensor | None,
+    numbers: list[float],
+    mean_count: int,
+    has_ignore: bool,
+    alpha_kind: int,
+    reduce: bool,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The body of the op ``crossent::softmax_loss``: the row kernel and, for a reduced loss,
+    the deterministic sums of its rows. ``numbers``: ignore_index, label_smoothing, gamma,
+    epsilon and a numeric alpha (0 where off); ``alpha_kind`` 0: no alpha, 1: the number, 2:
+    the tensor ``alpha``. Returns the per-sample loss in ``output_dtype(input)`` (``reduce``
+    False) or ``[sum, denominator]``, and the gradient (an empty tensor without
+    ``need_grad``)."""
+    ignore_index, smoothing, gamma, epsilon, alpha_number = numbers
     probs = target.is_floating_point()
     x = input.contiguous()
     n_classes = x.shape[1]
@@ -967,16 +1096,16 @@ def softmax_family(input, target, options, *, mean_denominator, reduce, need_gra
     cdt = compute_dtype(input.dtype)
     t = target.contiguous()
     w = None if weight is None else weight.contiguous()
-    alpha_kind = 0 if alpha is None else 2 if isinstance(alpha, torch.Tensor) else 1
     if alpha_kind == 2:
         alpha = alpha.reshape(-1).expand(n_classes).contiguous()  # a 0-dim alpha: one per class
     grad = torch.empty_like(x, dtype=grad_dtype(x.dtype)) if need_grad else None
     rows = torch.empty((2, n_rows), dtype=cdt, device=x.device)
     terms = bool(gamma or epsilon or alpha_kind)
-    block, num_warps = _row_launch(n_classes, cdt, bool(probs or smoothing), terms)
-    scale_args, scale_kind = _scale_args(mean_denominator, x)
+    # (a traced class count is made concrete here: the block size is a compile-time constant)
+    block, num_warps = _row_launch(int(n_classes), cdt, bool(probs or smoothing), terms)
+    scale_args, scale_kind = _scale_args(mean_denominator, mean_count, x)
     if n_rows:
-        _cross_entropy_kernel[(n_rows,)](
+        _k(_cross_entropy_kernel)[(n_rows,)](
             x,
             t,
             w if w is not None else x,
@@ -990,11 +1119,11 @@ def softmax_family(input, target, options, *, mean_denominator, reduce, need_gra
             *_split(smoothing),
             *_split(gamma),
             *_split(epsilon),
-            *_split(alpha if alpha_kind == 1 else None),
+            *_split(alpha_number if alpha_kind == 1 else None),
             *scale_args,
             PROBS=probs,
             HAS_W=weight is not None,
-            HAS_IGNORE=ignore_index is not None,
+            HAS_IGNORE=has_ignore,
             SMOOTH=bool(smoothing),
             FOCAL=bool(gamma),
             POLY=bool(epsilon),
@@ -1005,12 +1134,49 @@ def softmax_family(input, target, options, *, mean_denominator, reduce, need_gra
             BLOCK=block,
             num_warps=num_warps,
         )
-    has_denominator = ignore_index is not None or (weight is not None and not probs)
+    grad = grad if grad is not None else _no_grad(input)
     if not reduce:
-        loss = rows[0].view((x.shape[0], *x.shape[2:])).to(output_dtype(input))
-        return loss, None, grad
+        return rows[0].view((x.shape[0], *x.shape[2:])).to(output_dtype(input)), grad
     sums = _sum_rows(rows) if n_rows else torch.zeros(2, dtype=cdt, device=x.device)
-    return _folded(sums[0], mean_denominator), (sums[1] if has_denominator else None), grad
+    return sums, grad
+
+
+def softmax_family(input, target, options, *, mean_denominator, reduce, need_grad):
+    """Triton form of ``crossent.kernels._math.softmax_family``: returns (sum, or per-sample
+    loss in ``output_dtype(input)`` when not ``reduce``; denominator or None; gradient
+    d(sum of the loss)/d(input) in ``input.dtype``, or None). The op ``crossent::softmax_loss``
+    and the mean's division."""
+    o = options
+    alpha = o.alpha
+    alpha_kind = 0 if alpha is None else 2 if isinstance(alpha, torch.Tensor) else 1
+    denominator, count = _denominator_args(mean_denominator)
+    out, grad = _run(
+        _softmax_op,
+        _softmax_loss,
+        input,
+        target,
+        o.weight,
+        alpha if alpha_kind == 2 else None,
+        denominator,
+        [
+            _number(o.ignore_index),
+            _number(o.label_smoothing),
+            _number(o.gamma),
+            _number(o.epsilon),
+            _number(alpha if alpha_kind == 1 else None),
+        ],
+        count,
+        o.ignore_index is not None,
+        alpha_kind,
+        reduce,
+        need_grad,
+    )
+    grad = grad if need_grad else None
+    if not reduce:
+        return out, None, grad
+    probs = target.is_floating_point()
+    has_denominator = o.ignore_index is not None or (o.weight is not None and not probs)
+    return _folded(out[0], mean_denominator), (out[1] if has_denominator else None), grad
 
 
 def cross_entropy(input, target, options, *, mean_denominator, reduce, need_grad):
@@ -1024,3 +1190,58 @@ def cross_entropy(input, target, options, *, mean_denominator, reduce, need_grad
         reduce=reduce,
         need_grad=need_grad,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The registration layer: each launch as a custom op (torch.library.triton_op)
+# --------------------------------------------------------------------------------------------
+#
+# torch.compile sees ``crossent::binary_loss``, ``crossent::softmax_loss`` and
+# ``crossent::scale_`` as ops of the user's graph (no graph break); AOTAutograd decomposes
+# each into its Triton kernels (``wrap_triton``), which Inductor launches from the compiled
+# graph. The op bodies run on fake tensors too: that is their meta implementation (shapes and
+# dtypes, no launch). In eager mode with ordinary tensors the launchers call the bodies
+# directly: the dispatcher's custom-op path costs about 25 us a call and changes nothing there.
+
+
+def _number(value) -> float:
+    """An option as an element of an op's ``float[]``: 0.0 where it is off (``None``)."""
+    return 0.0 if value is None else float(value)
+
+
+def _no_grad(input: torch.Tensor) -> torch.Tensor:
+    # an op returns a tensor in every output: an empty one where no gradient was asked for
+    return input.new_empty((0,), dtype=grad_dtype(input.dtype))
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _traced(args: tuple) -> bool:
+    """Whether a launch is seen by a tracer -- torch.compile (dynamo), a dispatch mode (fake
+    tensors, make_fx, AOTAutograd's functionalisation) or a tensor subclass: then it goes
+    through the registered op."""
+    return (
+        torch.compiler.is_compiling()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or any(isinstance(a, torch.Tensor) and type(a) not in _PLAIN for a in args)
+    )
+
+
+def _run(op, body, *args):
+    """``op(*args)`` where a tracer must see it, else its body, launched directly."""
+    return op(*args) if _traced(args) else body(*args)
+
+
+def _k(kernel):
+    """``kernel`` for a launch: wrapped (``wrap_triton``) while a dispatch mode traces the op's
+    body, so the launch becomes a node of the graph (and nothing runs on fake tensors); the
+    kernel itself otherwise. Under ``TRITON_INTERPRET=1`` ``wrap_triton`` returns the
+    interpreted kernel unchanged: the interpreter runs on real CPU tensors only, so the ops
+    cannot be traced there."""
+    return wrap_triton(kernel) if torch._C._len_torch_dispatch_stack() > 0 else kernel
+
+
+_binary_op = triton_op("crossent::binary_loss", _binary_loss, mutates_args=())
+_softmax_op = triton_op("crossent::softmax_loss", _softmax_loss, mutates_args=())
+_scale_op = triton_op("crossent::scale_", _scale, mutates_args=("grad",))
