@@ -31,6 +31,13 @@ FRAGMENTS = {
             group; equal to ``"mean"`` outside one). Default: ``"mean"``.""",
     "process_group": """process_group: the group ``"global_mean"`` reduces over; ``None``
             (default) is the default process group.""",
+    "vocab_group": """vocab_group: a ``torch.distributed`` process group whose ranks each hold a
+            contiguous slice of the classes, in rank order (vocab parallelism): ``input`` is
+            this rank's slice of the class dimension, class-index targets stay global, and
+            probability targets and per-class tensors are this rank's slice. Every rank
+            returns the loss of all the classes; the input's gradient is its slice of the
+            whole one. ``None`` (default): the input holds every class. See "Vocab-parallel
+            losses" in the distributed training guide.""",
     "backend": """backend: how the loss is computed: ``"reference"`` (torch operations and
             autograd), ``"fused"`` (the loss and its closed-form gradient in one pass),
             ``"compiled"`` (that pass through ``torch.compile``), ``"triton"`` (GPU kernels) or

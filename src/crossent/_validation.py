@@ -290,11 +290,12 @@ def class_dim_of(input: torch.Tensor) -> int:
     return 0 if input.dim() == 1 else 1
 
 
-def check_class_target(input: torch.Tensor, target: object) -> bool:
+def check_class_target(input: torch.Tensor, target: object, *, shard: bool = False) -> bool:
     """A multi-class target: class indices (integer dtype, the input's size without the class
     dimension) or class probabilities (floating dtype, the input's size).
 
-    Returns True for class indices, False for class probabilities.
+    ``shard``: the input is one rank's slice of the classes (``vocab_group``), which may hold
+    no class at all. Returns True for class indices, False for class probabilities.
     """
     target = check_tensor("target", target)
     class_dim = class_dim_of(input)
@@ -304,7 +305,7 @@ def check_class_target(input: torch.Tensor, target: object) -> bool:
             f"(a floating-point dtype), but got {target.dtype}. For one-hot targets "
             f"pass `target.float()`; for indices, `target.long()`."
         )
-    if input.shape[class_dim] == 0:
+    if input.shape[class_dim] == 0 and not shard:
         raise ValueError(
             f"Expected `input` to have at least one class along dimension {class_dim}, but got "
             f"size {input.shape}."
@@ -420,17 +421,28 @@ def check_unit_targets(name: str, target: torch.Tensor, ignore_index: float | No
         )
 
 
-def check_class_indices(target: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:
+def check_class_indices(
+    target: torch.Tensor, num_classes: int | torch.Tensor, ignore_index: int | None
+) -> None:
     """Class indices must lie in [0, C) unless they equal ``ignore_index`` (a value check). In
     the common case one reduction (``aminmax``) and two reads on the host; on an accelerator an
-    assertion on the device (:func:`on_device`)."""
+    assertion on the device (:func:`on_device`). ``num_classes`` may be a 0-dim tensor on the
+    target's device (the total of a ``vocab_group``'s slices, known only there): it is read
+    on the host only for a CPU target."""
     if not value_checks_enabled() or target.numel() == 0:
         return
     ignored = "" if ignore_index is None else f" or equal to `ignore_index` ({ignore_index})"
-    expected = (
-        f"Expected `target` to hold class indices in [0, {num_classes - 1}] for an input "
-        f"with C = {num_classes} classes{ignored}"
-    )
+    if isinstance(num_classes, torch.Tensor) and on_device(target):
+        expected = (
+            f"Expected `target` to hold class indices in [0, C) for the C classes of every "
+            f"rank of `vocab_group`{ignored}"
+        )
+    else:
+        num_classes = int(num_classes)
+        expected = (
+            f"Expected `target` to hold class indices in [0, {num_classes - 1}] for an input "
+            f"with C = {num_classes} classes{ignored}"
+        )
     if on_device(target):
         ok = (target >= 0) & (target < num_classes)
         if ignore_index is not None:

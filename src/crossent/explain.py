@@ -367,7 +367,7 @@ def _torch_value(
     params = inspect.signature(fn).parameters
     kwargs = {}
     for key, value in given.items():
-        if key in ("reduction", "process_group"):
+        if key in ("reduction", "process_group", "vocab_group"):
             continue
         if key not in params:
             return fn, None, None, f"{_qualname(fn)} has no `{key}` option"
@@ -525,7 +525,7 @@ def explain(
         family=spec.family,
         form="probabilities" if probs else "logits",
         function=_qualname(fn),
-        options={k: v for k, v in all_opts.items() if k != "process_group"},
+        options={k: v for k, v in all_opts.items() if k not in ("process_group", "vocab_group")},
         formula=formula,
         definitions=definitions,
         input_shape=list(input.shape),

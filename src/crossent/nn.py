@@ -81,9 +81,8 @@ class _Loss(nn.Module):
                 f"its options are: {', '.join(defaults)}."
             )
         values = {**defaults, **options}
-        loss_options = {
-            k: v for k, v in values.items() if k not in ("reduction", "process_group", "backend")
-        }
+        calling = ("reduction", "process_group", "vocab_group", "backend")
+        loss_options = {k: v for k, v in values.items() if k not in calling}
         if self.definition.probs_function_name is not None:
             loss_options["probs"] = self.probs
         self.definition.options_from(**loss_options)  # a bad value fails here, not at forward

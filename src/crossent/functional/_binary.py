@@ -37,6 +37,7 @@ def binary_cross_entropy_with_logits(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     r"""Binary cross entropy from logits: the loss for binary and multi-label classification.
@@ -62,6 +63,7 @@ def binary_cross_entropy_with_logits(
         {ignore_index}
         {reduction}
         {process_group}
+        {vocab_group}
         {backend}
 
     {binary_shape}
@@ -94,6 +96,7 @@ def binary_cross_entropy_with_logits(
         ignore_index=ignore_index,
         reduction=reduction,
         process_group=process_group,
+        vocab_group=vocab_group,
         backend=backend,
     )
 
@@ -109,6 +112,7 @@ def binary_cross_entropy(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     r"""Binary cross entropy from probabilities: a drop-in for ``F.binary_cross_entropy``.
@@ -135,6 +139,7 @@ def binary_cross_entropy(
         {ignore_index}
         {reduction}
         {process_group}
+        {vocab_group}
         {backend}
 
     {binary_shape}
@@ -167,6 +172,7 @@ def binary_cross_entropy(
         ignore_index=ignore_index,
         reduction=reduction,
         process_group=process_group,
+        vocab_group=vocab_group,
         backend=backend,
     )
 
@@ -184,6 +190,7 @@ def sigmoid_focal_loss(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     r"""Focal loss from logits (Lin et al. 2017): BCE that down-weights easy examples.
@@ -217,6 +224,7 @@ def sigmoid_focal_loss(
         {ignore_index}
         {reduction}
         {process_group}
+        {vocab_group}
         {backend}
 
     {binary_shape}
@@ -251,6 +259,7 @@ def sigmoid_focal_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         process_group=process_group,
+        vocab_group=vocab_group,
         backend=backend,
     )
 
@@ -268,6 +277,7 @@ def binary_focal_loss(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     r"""Focal loss from probabilities: :func:`sigmoid_focal_loss` for models that output p.
@@ -295,6 +305,7 @@ def binary_focal_loss(
         {ignore_index}
         {reduction}
         {process_group}
+        {vocab_group}
         {backend}
 
     {binary_shape}
@@ -328,6 +339,7 @@ def binary_focal_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         process_group=process_group,
+        vocab_group=vocab_group,
         backend=backend,
     )
 
@@ -345,6 +357,7 @@ def asymmetric_loss(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     r"""Asymmetric loss (ASL, Ridnik et al. 2021) from logits, for multi-label classification.
@@ -377,6 +390,7 @@ def asymmetric_loss(
         {ignore_index}
         {reduction}
         {process_group}
+        {vocab_group}
         {backend}
 
     {binary_shape}
@@ -409,6 +423,7 @@ def asymmetric_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         process_group=process_group,
+        vocab_group=vocab_group,
         backend=backend,
     )
 
@@ -427,6 +442,7 @@ def poly1_focal_loss(
     ignore_index: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     r"""Poly-1 focal loss from logits (Leng et al. 2022): focal loss plus a polynomial term.
@@ -459,6 +475,7 @@ def poly1_focal_loss(
         {ignore_index}
         {reduction}
         {process_group}
+        {vocab_group}
         {backend}
 
     {binary_shape}
@@ -495,5 +512,6 @@ def poly1_focal_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         process_group=process_group,
+        vocab_group=vocab_group,
         backend=backend,
     )

@@ -38,6 +38,7 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     r"""Cross entropy from logits: the loss for multi-class classification.
@@ -69,6 +70,7 @@ def cross_entropy(
         {softmax_label_smoothing}
         {softmax_reduction}
         {process_group}
+        {vocab_group}
         {backend}
 
     {softmax_shape}
@@ -103,6 +105,7 @@ def cross_entropy(
         ignore_index=ignore_index,
         reduction=reduction,
         process_group=process_group,
+        vocab_group=vocab_group,
         backend=backend,
     )
 
@@ -119,6 +122,7 @@ def softmax_focal_loss(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     r"""Multi-class focal loss from logits (Lin et al. 2017): cross entropy for hard examples.
@@ -161,6 +165,7 @@ def softmax_focal_loss(
         {softmax_label_smoothing}
         {softmax_reduction}
         {process_group}
+        {vocab_group}
         {backend}
 
     {softmax_shape}
@@ -196,6 +201,7 @@ def softmax_focal_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         process_group=process_group,
+        vocab_group=vocab_group,
         backend=backend,
     )
 
@@ -211,6 +217,7 @@ def poly1_cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     r"""Poly-1 cross entropy (Leng et al. 2022): cross entropy plus ``epsilon (1 - P_t)``.
@@ -243,6 +250,7 @@ def poly1_cross_entropy(
         {softmax_label_smoothing}
         {softmax_reduction}
         {process_group}
+        {vocab_group}
         {backend}
 
     {softmax_shape}
@@ -277,5 +285,6 @@ def poly1_cross_entropy(
         ignore_index=ignore_index,
         reduction=reduction,
         process_group=process_group,
+        vocab_group=vocab_group,
         backend=backend,
     )

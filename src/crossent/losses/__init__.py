@@ -125,11 +125,13 @@ def _matchable_ignore_index(options: Any, target: torch.Tensor) -> Any:
     return dataclasses.replace(options, ignore_index=ignore)
 
 
-def _check_bce(input, target, options, probs):
+# ``shard``: the input is one rank's slice of the classes (``vocab_group``). An elementwise
+# loss checks a shard as any input: its targets and weights are the shard's too.
+def _check_bce(input, target, options, probs, *, shard=False):
     return _check_binary(input, target, options, probs, unit_targets=False)
 
 
-def _check_focal(input, target, options, probs):
+def _check_focal(input, target, options, probs, *, shard=False):
     return _check_binary(input, target, options, probs, unit_targets=True)
 
 
@@ -232,7 +234,7 @@ def _asl_symbolic(opts: dict[str, Any], probability_targets: bool = False) -> st
     return f"ℓ = -{w}[y·{pos}log(p) + (1 - y)·{neg}{neg_log}]"
 
 
-_COMMON = frozenset({"weight", "ignore_index", "reduction", "process_group"})
+_COMMON = frozenset({"weight", "ignore_index", "reduction", "process_group", "vocab_group"})
 
 _BINARY_FORMULA = r"""\ell = -w\, \alpha_t\, (1 - p_t)^{\gamma}
     \left[ w_{pos}\, y \log p + (1 - y) \log(1 - p) \right]"""
@@ -330,10 +332,15 @@ SOFTMAX = KernelFamily(
 )
 
 
-def _check_softmax(input: torch.Tensor, target: torch.Tensor, options: Any, probs: bool) -> Any:
+def _check_softmax(
+    input: torch.Tensor, target: torch.Tensor, options: Any, probs: bool, *, shard: bool = False
+) -> Any:
+    """``shard``: the input is one rank's slice of the classes (``vocab_group``; it may hold
+    none); ``weight`` and ``alpha`` are the slice's, class indices are global and checked
+    against the total class count inside the call, once the ranks have exchanged it."""
     V.check_floating_input("input", input)
     class_dim = V.class_dim_of(input)
-    is_index = V.check_class_target(input, target)
+    is_index = V.check_class_target(input, target, shard=shard)
     num_classes = input.shape[class_dim]
     V.check_class_vector("weight", options.weight, num_classes, floating=True)
     if isinstance(options.alpha, torch.Tensor):
@@ -342,7 +349,8 @@ def _check_softmax(input: torch.Tensor, target: torch.Tensor, options: Any, prob
         )
     if is_index:
         options = _matchable_ignore_index(options, target)
-        V.check_class_indices(target, num_classes, options.ignore_index)
+        if not shard:
+            V.check_class_indices(target, num_classes, options.ignore_index)
     return options
 
 

@@ -70,9 +70,11 @@ class LossDefinition:
         reference: the reference math ``(input, target, options) -> (loss, denominator)``.
         options_from: the loss's keywords (``probs=`` too where it has a probability form) ->
             its kernel options; validates and normalises every number once.
-        check: ``(input, target, options, probs) -> options``: the checks of one call's
-            tensors; returns the options as the call uses them (an ``ignore_index`` that the
-            target's dtype cannot hold becomes ``None``: nothing can equal it).
+        check: ``(input, target, options, probs, *, shard=False) -> options``: the checks of
+            one call's tensors; returns the options as the call uses them (an
+            ``ignore_index`` that the target's dtype cannot hold becomes ``None``: nothing can
+            equal it). ``shard``: the input is one rank's slice of the classes
+            (``vocab_group``).
         function_name / probs_function_name: its public functions in
             :mod:`crossent.functional`.
         torch_name / torch_probs_name: torch's own function in
@@ -96,7 +98,7 @@ class LossDefinition:
     kernel: KernelFamily
     reference: Callable[[torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, Any]]
     options_from: Callable[..., KernelOptions]
-    check: Callable[[torch.Tensor, torch.Tensor, Any, bool], KernelOptions]
+    check: Callable[..., KernelOptions]
     function_name: str
     formula: str
     symbolic: Callable[[dict[str, Any], bool], str]
@@ -120,6 +122,7 @@ class LossDefinition:
         *,
         reduction: str = "mean",
         process_group: Any = None,
+        vocab_group: Any = None,
         backend: str | None = None,
         probs: bool = False,
         **keywords: Any,
@@ -129,6 +132,7 @@ class LossDefinition:
             self.small is not None
             and not probs
             and process_group is None
+            and vocab_group is None
             and type(input) is torch.Tensor
             and type(target) is torch.Tensor
             and input.device.type == "cpu"
@@ -143,9 +147,23 @@ class LossDefinition:
                 return out
         if self.probs_function_name is not None:
             keywords["probs"] = probs
-        options = self.check(input, target, cached_options(self, keywords), probs)
+        options = cached_options(self, keywords)
+        shard = vocab_group is not None
+        if shard:
+            from crossent.linear._vocab import check_vocab_call
+
+            check_vocab_call(vocab_group, backend, target, *options.tensors())
+        options = self.check(input, target, options, probs, shard=shard)
         return run(
-            self.kernel, self.reference, input, target, options, reduction, process_group, backend
+            self.kernel,
+            self.reference,
+            input,
+            target,
+            options,
+            reduction,
+            process_group,
+            backend,
+            vocab_group=vocab_group,
         )
 
     # ---- what the tools read --------------------------------------------------------------
@@ -205,15 +223,24 @@ def run(
     reduction: str,
     process_group: Any,
     backend: str | None,
+    *,
+    vocab_group: Any = None,
 ) -> torch.Tensor:
     """Run a checked call on the backend :func:`~crossent.kernels.select_backend` picks and
-    reduce it; returns the loss in ``crossent._precision.output_dtype``.
+    reduce it; returns the loss in ``crossent._precision.output_dtype``. With
+    ``vocab_group`` the input is this rank's slice of the classes and the call runs the
+    vocab-parallel closed form (:func:`crossent.linear._vocab.run_vocab`).
 
     A ``"mean"`` or ``"sum"`` that is not finite although the input is -- the elements fit
     but a partial sum, or an intermediate such as ``lse - x``, overflowed the compute dtype --
     is computed once more by ``_rescaled``, so a representable result is returned (on
     CPU, where reading the result is free; on a GPU checking would synchronise with the host).
     """
+    if vocab_group is not None:
+        from crossent.linear._vocab import run_vocab
+
+        out = run_vocab(kernel, input, target, options, reduction, process_group, vocab_group)
+        return out.to(output_dtype(input))
     path = select_backend(backend, input, target, *options.tensors())
     if path == "reference":
         plan = plan_reduction(reduction, process_group, input)
