@@ -73,7 +73,8 @@ def log1p_unit(e: torch.Tensor) -> torch.Tensor:
     """``log1p(e)`` for ``e`` in [0, 1] (here ``e = exp(-|x|)``).
 
     float64: ``torch.log1p``. Eager: ``torch.log1p`` too (ATen's vectorised kernel, a
-    subnormal ``e`` passed through). Traced by torch.compile in float32: ``2 atanh(s)``, ``s = e / (2 + e) <= 1/3``, as
+    subnormal ``e`` passed through). Traced by torch.compile in float32: ``2 atanh(s)``,
+    ``s = e / (2 + e) <= 1/3``, as
     ``2s + 2s (s^2 P(s^2))`` with ``P`` a degree-4 polynomial fitted to
     ``(atanh(s) / s - 1) / s^2`` on ``s^2`` in [0, 1/9] (weighted least squares; fit error
     below ``1.2e-10`` of the result, against ``1.5e-8`` for the six-term Taylor series), so
