@@ -574,6 +574,12 @@ def run(
                     progress(f"{loss_name} {label}: {', '.join(chosen)}")
                 times: dict[str, list[tuple[float, float]]] = {p: [] for p in chosen}
                 for round_ in range(warmup + repeats):
+                    if round_ == warmup:
+                        # crossent's "auto" compiles in the background during warm-up: the
+                        # timed rounds measure the compiled graphs, the steady state
+                        from crossent.kernels import wait_for_compiles
+
+                        wait_for_compiles()
                     for p, fn in chosen.items():
                         step = _step(fn, inputs[p], y, device)
                         if round_ >= warmup:
