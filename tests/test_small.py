@@ -187,3 +187,46 @@ def test_value_checks_on_a_device_never_read_on_the_host(monkeypatch):
             V.check_unit_targets("the focal loss", probs_bad, None)
         with pytest.raises(RuntimeError, match=r"`alpha` to be >= 0.*on the device"):
             V.check_nonnegative_tensor("alpha", torch.tensor([0.5, -0.1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize(
+    "loss, options",
+    [
+        ("focal", {}),
+        ("focal", {"gamma": 1.5, "alpha": None, "label_smoothing": 0.1}),
+        ("focal", {"gamma": 3.0, "pos_weight": "pw", "weight": "w"}),
+        ("poly1_focal", {}),
+        ("poly1_focal", {"gamma": 0.0, "epsilon": 2.0, "alpha": 0.6}),
+    ],
+    ids=["default", "gamma15_smoothing", "gamma3_weights", "poly1", "poly1_gamma0"],
+)
+def test_sigmoid_focal_small_equals_the_reference(dtype, reduction, loss, options):
+    fn = crossent.sigmoid_focal_loss if loss == "focal" else crossent.poly1_focal_loss
+    x = torch.randn(16, 5, dtype=dtype) * 4
+    y = torch.rand(16, 5, dtype=dtype)
+    y[:8] = y[:8].round()
+    made = {"pw": torch.rand(5, dtype=dtype) + 0.5, "w": torch.rand(16, 5, dtype=dtype)}
+    options = {k: made.get(v, v) for k, v in options.items()}
+    ours, grad = _value_and_grad(fn, x, y, reduction=reduction, **options)
+    assert not _fused(ours)
+    ref, ref_grad = _value_and_grad(fn, x, y, reduction=reduction, backend="reference", **options)
+    assert_close(ours, ref)
+    assert_close(grad, ref_grad)
+
+
+def test_sigmoid_focal_small_precision_and_where_it_does_not_apply():
+    x = torch.linspace(-60, 60, 241)
+    for y in (torch.zeros_like(x), torch.ones_like(x)):
+        ours = crossent.sigmoid_focal_loss(x, y, reduction="none")
+        exact = crossent.sigmoid_focal_loss(x.double(), y.double(), reduction="none")
+        big = exact > 1e-30  # below, float32 underflows as it must
+        assert torch.all((ours.double() - exact).abs()[big] <= 1e-5 * exact[big])
+    x = torch.randn(6, 3, requires_grad=True)
+    y = (torch.rand(6, 3) < 0.5).float()
+    # gamma in (0, 1): the general path's closed form (finite gradient at p_t = 1)
+    assert _fused(crossent.sigmoid_focal_loss(x, y, gamma=0.5))
+    assert _fused(crossent.sigmoid_focal_loss(x, y, ignore_index=-1))
+    with pytest.raises(ValueError, match=r"values in \[0, 1\] for the focal loss"):
+        crossent.sigmoid_focal_loss(x, y * 2)

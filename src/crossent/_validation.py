@@ -246,7 +246,7 @@ def _outside_unit_interval(
     if on_device(values):  # on the device: no host read, the assertion is the check
         _assert_on_device((low >= 0) & (high <= 1), message)
         return None
-    if bool((low >= 0) & (high <= 1)):  # a NaN fails both comparisons
+    if low.item() >= 0 and high.item() <= 1:  # a NaN fails both comparisons
         return None
     bad = (values < 0) | (values > 1)
     if values.is_floating_point():
