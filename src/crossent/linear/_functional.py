@@ -25,6 +25,14 @@ from crossent.kernels._dispatch import (
     select_backend,
 )
 from crossent.linear._chunked import Plan, block_rows, run_plan
+from crossent.linear._vocab import (
+    _known_denominator as vocab_known_denominator,
+)
+from crossent.linear._vocab import (
+    check_vocab_call,
+    vocab_closed_form,
+    vocab_layout,
+)
 from crossent.losses import CE, LossDefinition, run
 
 __all__ = ["linear_cross_entropy", "linear_loss"]
@@ -113,12 +121,14 @@ def compute(
     linear_bias: torch.Tensor | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
     batch_chunk_size: int | None = None,
     **keywords: Any,
 ) -> torch.Tensor:
     """The loss ``definition`` of ``F.linear(input, linear_weight, linear_bias)``: what every
-    public linear function returns."""
+    public linear function returns. With ``vocab_group``, ``linear_weight`` (and
+    ``linear_bias``) are this rank's slice of the classes: see :func:`_vocab_kernel`."""
     mm_dtype, autocast = _mm_dtype(input) if isinstance(input, torch.Tensor) else (None, False)
     V.check_linear(input, linear_weight, linear_bias, autocast=autocast)
     rows = V.check_batch_chunk_size(batch_chunk_size)
@@ -132,8 +142,11 @@ def compute(
     # The logits' size and dtype without their memory: what the loss's checks look at.
     proxy = input.new_empty(()).expand(n, n_classes)
     options = _rows_first_options(options, lead, n)
-    options = definition.check(proxy, target_rows, options, False)
-    path = select_backend(backend, proxy, target_rows, *options.tensors())
+    shard = vocab_group is not None
+    if shard:
+        check_vocab_call(vocab_group, backend, target_rows, *options.tensors())
+    options = definition.check(proxy, target_rows, options, False, shard=shard)
+    path = "vocab" if shard else select_backend(backend, proxy, target_rows, *options.tensors())
     if path == "reference":
         logits = F.linear(x, linear_weight, linear_bias)
         out = run(
@@ -148,10 +161,18 @@ def compute(
         )
         return _shaped(out, reduction, lead, definition)
     family = definition.kernel
-    plan = plan_reduction(
-        reduction, process_group, proxy, family.known_denominator(proxy, target_rows, options)
-    )
-    if path == "triton":
+    if shard:
+        # the sigmoid family's element count is global: counted in the pass, not folded
+        known = vocab_known_denominator(family, proxy, target_rows, options)
+    else:
+        known = family.known_denominator(proxy, target_rows, options)
+    plan = plan_reduction(reduction, process_group, proxy, known)
+    finish_grad_input = None
+    if shard:
+        kernel, finish_grad_input = _vocab_kernel(
+            family, options, vocab_group, target_rows, n_classes, input.device
+        )
+    elif path == "triton":
         kernel = family.triton(options)
     elif path == "compiled":
         import functools
@@ -186,11 +207,47 @@ def compute(
         mm_dtype=mm_dtype,
         acc_dtype=compute_dtype(input.dtype),
         needs=needs,
+        finish_grad_input=finish_grad_input,
     )
     out, denominator = run_plan(chunked, x, linear_weight, linear_bias)
-    default = n if family.classes else n * n_classes
+    default = n if family.classes else n * n_classes  # (with vocab_group never used)
     out = plan.finish(out, denominator, default).to(output_dtype(input))
     return _shaped(out, reduction, lead, definition)
+
+
+def _vocab_kernel(
+    family: Any,
+    options: Any,
+    group: Any,
+    target: torch.Tensor,
+    local_classes: int,
+    device: torch.device,
+) -> tuple[Any, Any]:
+    """The block kernel and the ``grad_input`` hook of a vocab-parallel call.
+
+    Each rank's blocks are the logits of its slice of the classes, ``x_c W_r^T + b_r``; the
+    kernel is the vocab-parallel closed form (:func:`crossent.linear._vocab.vocab_closed_form`),
+    which returns the loss of all the classes and the gradient of the rank's logit slice, so
+    ``grad_W`` and ``grad_b`` accumulate the rank's slice of the one-process gradients. Each
+    rank's ``g_c W_r`` is only its classes' part of ``grad_input``: the hook all-reduces
+    (SUM) the accumulated ``grad_input`` over ``group`` once, after the last block.
+
+    The softmax family's layout (every rank's class range) is exchanged once for the call
+    and the class indices are checked once against the total, not per block."""
+    layout = None
+    if family.classes:
+        layout = vocab_layout(group, local_classes, device)
+        if not target.is_floating_point():
+            V.check_class_indices(target, layout.total, options.ignore_index)
+    kernel = vocab_closed_form(family, options, group, layout=layout, check_targets=False)
+
+    def finish_grad_input(grad_input: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        dist.all_reduce(grad_input, op=dist.ReduceOp.SUM, group=group)
+        return grad_input
+
+    return kernel, finish_grad_input
 
 
 def _shaped(out: torch.Tensor, reduction: str, lead: tuple[int, ...], definition) -> torch.Tensor:
@@ -214,6 +271,7 @@ def linear_cross_entropy(
     options: Any = None,
     batch_chunk_size: int | None = None,
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
     **softmax_options: Any,
 ) -> torch.Tensor:
@@ -309,6 +367,7 @@ def linear_cross_entropy(
         linear_bias=linear_bias,
         reduction=reduction,
         process_group=process_group,
+        vocab_group=vocab_group,
         backend=backend,
         batch_chunk_size=batch_chunk_size,
         weight=weight,
@@ -328,6 +387,7 @@ def linear_loss(
     reduction: str = "mean",
     batch_chunk_size: int | None = None,
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
     **options: Any,
 ) -> torch.Tensor:
@@ -389,6 +449,7 @@ def linear_loss(
         linear_bias=linear_bias,
         reduction=reduction,
         process_group=process_group,
+        vocab_group=vocab_group,
         backend=backend,
         batch_chunk_size=batch_chunk_size,
         **options,
