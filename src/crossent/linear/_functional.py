@@ -4,7 +4,9 @@ r"""The fused linear + loss functions: a classifier head and its loss in one chu
 ``linear_loss(x, W, t, loss=name, **options)`` equals the named crossent loss of
 ``F.linear(x, W, b)``, in value and in the gradients of ``x``, ``W`` and ``b`` -- without
 the ``(N, V)`` logits or their gradient ever existing whole (:mod:`crossent.linear._chunked`
-states the memory bound).
+states the memory bound). With ``vocab_group=`` the head is split over ranks by classes: each
+rank runs the chunked pass on its rows of the head with the vocab-parallel closed form of
+:mod:`crossent.linear._vocab` as the block kernel.
 """
 
 from __future__ import annotations
@@ -320,6 +322,17 @@ def linear_cross_entropy(
             logits within 2**23 elements on CPU (with its gradient 64 MiB in float32),
             2**25 on GPUs.
         process_group: the group ``"global_mean"`` reduces over; ``None``: the default group.
+        vocab_group: a ``torch.distributed`` process group whose ranks each hold a contiguous
+            slice of the classes, in rank order (a vocab-parallel head, as in Megatron-LM;
+            slices of any sizes, 0 included). Each rank passes the whole ``input``, its rows
+            ``(V_r, H)`` of the head's weight (and ``(V_r)`` of ``linear_bias`` and
+            ``weight``, ``(N, V_r)`` of probability targets) and the **global** class
+            indices. Every rank returns the loss of all ``V`` classes; after ``backward()``
+            ``linear_weight`` and ``linear_bias`` hold this rank's slice of the one-process
+            gradients and ``input`` the whole one-process gradient (the ranks' parts
+            all-reduced once per call). Every rank of the group must call it. Runs the
+            eager closed form: ``backend`` must be ``"fused"``, ``"auto"`` or ``None``.
+            ``None`` (default): ``linear_weight`` holds every class.
         backend: how each block's loss is computed (``"fused"``, ``"compiled"``, ``"triton"``,
             ``"reference"``: the unfused ``F.linear`` then the loss, or ``"auto"``); see
             :mod:`crossent.kernels`.
@@ -419,6 +432,14 @@ def linear_loss(
             them. Default: ``"mean"``.
         batch_chunk_size: rows per block; ``None`` (default): from the memory budget.
         process_group: the group ``"global_mean"`` reduces over.
+        vocab_group: the process group of a vocab-parallel head, as in
+            :func:`linear_cross_entropy`: each rank passes its rows of ``linear_weight`` and
+            ``linear_bias``, its slice of the per-class options (``weight``, ``alpha``,
+            ``pos_weight``) and of dense targets, and the global class indices of the
+            softmax losses. The softmax losses return the loss of all the classes on every
+            rank; the sigmoid losses the sum or mean of all the classes, and for
+            ``reduction="none"`` the ``(N, V_r)`` loss of the rank's own classes. The
+            gradients: this rank's slice for the head, the whole one for ``input``.
         backend: as in :func:`linear_cross_entropy`.
         **options: the loss's own keyword options (``gamma=``, ``alpha=``, ``weight=``,
             ``ignore_index=``, ...), with its defaults; validated as the loss validates them.
