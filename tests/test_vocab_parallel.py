@@ -78,7 +78,8 @@ def test_fused_linear_with_vocab_group(ranks):
     """``linear_cross_entropy`` / ``linear_loss`` with each rank's rows of the head (three
     blocks per call): the one-process value on every rank, the full input gradient on every
     rank, each rank's slice of the weight and bias gradients. Collectives: the softmax
-    family's layout once, two all-reduces per block, and ``grad_input`` all-reduced once
+    family's layout once, two all-reduces per block (three for the focal loss's per-class
+    terms), and ``grad_input`` all-reduced once
     (a forward and the backward's second pass for ``"none"``); the sigmoid family one
     all-reduce per block for a reduced loss, and only ``grad_input``'s for ``"none"``."""
     from tests._helpers.vocab_checks import LINEAR_CASES
@@ -86,7 +87,7 @@ def test_fused_linear_with_vocab_group(ranks):
     blocks = 3
     for rank, result in enumerate(ranks):
         lin = result["linear"]
-        for case_id, _, _, kind, _ in LINEAR_CASES:
+        for case_id, _, _, kind, _, per_block in LINEAR_CASES:
             for reduction in REDUCTIONS:
                 r = lin[(case_id, reduction)]
                 where = f"rank {rank}, {case_id}, reduction={reduction!r}: {r}"
@@ -97,7 +98,7 @@ def test_fused_linear_with_vocab_group(ranks):
                 if kind == "binary":
                     expected = 1 if reduction == "none" else blocks + 1
                 else:
-                    per_pass = 2 * blocks
+                    per_pass = per_block * blocks
                     expected = 1 + (2 * per_pass if reduction == "none" else per_pass) + 1
                 assert r["all_reduces"] == expected, where
                 assert r["collectives"] == r["all_reduces"], where

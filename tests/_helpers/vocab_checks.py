@@ -318,7 +318,8 @@ def _check_forms(rank: int, world: int, group) -> dict[str, float]:
 
 LINEAR_HIDDEN = 4
 LINEAR_CHUNK = 3  # rows per block: ROWS = 7 rows run as three blocks
-# (id, function, loss, target kind, options); "weight": 1 is a class weight (sliced)
+# (id, function, loss, target kind, options, all-reduces per block of a softmax loss);
+# "weight": 1 is a class weight (sliced)
 LINEAR_CASES = (
     (
         "ce-weight-ignore-smoothing",
@@ -326,9 +327,18 @@ LINEAR_CASES = (
         None,
         "index",
         {"weight": 1, "ignore_index": -100, "label_smoothing": 0.1},
+        2,
     ),
-    ("ce-probs", "linear_cross_entropy", None, "probs", {}),
-    ("focal-sigmoid", "linear_loss", "focal", "binary", {"gamma": 2.0, "alpha": 0.25}),
+    ("ce-probs", "linear_cross_entropy", None, "probs", {}, 2),
+    (
+        "softmax-focal-smoothing",
+        "linear_loss",
+        "softmax_focal",
+        "index",
+        {"label_smoothing": 0.1},
+        3,
+    ),
+    ("focal-sigmoid", "linear_loss", "focal", "binary", {"gamma": 2.0, "alpha": 0.25}, 0),
 )
 
 
@@ -359,7 +369,7 @@ def _check_linear(rank: int, world: int, group) -> dict[str, Any]:
     lo = sum(sizes[:rank])
     part = slice(lo, lo + sizes[rank])
     out: dict[str, Any] = {}
-    for case_id, function, loss, kind, options in LINEAR_CASES:
+    for case_id, function, loss, kind, options, _ in LINEAR_CASES:
         x, w, b, target, opts = _linear_data(kind, sum(sizes), options)
         fn = getattr(crossent, function)
         extra = {} if loss is None else {"loss": loss}
@@ -401,8 +411,9 @@ def _check_linear(rank: int, world: int, group) -> dict[str, Any]:
                 "all_reduces": launched.count("all_reduce"),
                 "collectives": len(launched),
             }
-    # the module form, and a refused backend
+    # the module form on a (1, N, H) input without a bias, and a refused backend
     x, w, b, target, opts = _linear_data("index", sum(sizes), {})
+    x, target = x.unsqueeze(0), target.unsqueeze(0)
     xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
     crossent.linear_cross_entropy(xr, wr, target, label_smoothing=0.1).backward()
     xs, ws = x.clone().requires_grad_(True), w[part].clone().requires_grad_(True)
