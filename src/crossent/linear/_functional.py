@@ -27,14 +27,8 @@ from crossent.kernels._dispatch import (
     select_backend,
 )
 from crossent.linear._chunked import Plan, block_rows, run_plan
-from crossent.linear._vocab import (
-    _known_denominator as vocab_known_denominator,
-)
-from crossent.linear._vocab import (
-    check_vocab_call,
-    vocab_closed_form,
-    vocab_layout,
-)
+from crossent.linear._vocab import _known_denominator as vocab_known_denominator
+from crossent.linear._vocab import check_vocab_call, vocab_closed_form, vocab_layout
 from crossent.losses import CE, LossDefinition, run
 
 __all__ = ["linear_cross_entropy", "linear_loss"]
@@ -212,7 +206,8 @@ def compute(
         finish_grad_input=finish_grad_input,
     )
     out, denominator = run_plan(chunked, x, linear_weight, linear_bias)
-    default = n if family.classes else n * n_classes  # (with vocab_group never used)
+    # with vocab_group a reduced sigmoid loss always has its global denominator: not used
+    default = n if family.classes else n * n_classes
     out = plan.finish(out, denominator, default).to(output_dtype(input))
     return _shaped(out, reduction, lead, definition)
 
