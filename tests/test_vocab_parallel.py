@@ -3,7 +3,8 @@
 Four CPU processes joined by gloo, in one spawn (tests/_helpers/vocab_checks.py), run every
 loss family as a vocab group of three ranks (uneven slices, the middle rank without any class)
 and as two vocab groups of two, then as two data-parallel replicas of two vocab ranks with
-``reduction="global_mean"``. The reference
+``reduction="global_mean"``; the fused linear + loss runs with each rank's rows of the head's
+weight in the same groups. The reference
 is one process on the concatenated float64 logits (``backend="reference"``, autograd); the
 tests below assert on what the ranks measured.
 """
@@ -73,6 +74,40 @@ def test_other_forms_of_the_call(ranks):
 
 
 @pytest.mark.distributed
+def test_fused_linear_with_vocab_group(ranks):
+    """``linear_cross_entropy`` / ``linear_loss`` with each rank's rows of the head (three
+    blocks per call): the one-process value on every rank, the full input gradient on every
+    rank, each rank's slice of the weight and bias gradients. Collectives: the softmax
+    family's layout once, two all-reduces per block (three for the focal loss's per-class
+    terms), and ``grad_input`` all-reduced once
+    (a forward and the backward's second pass for ``"none"``); the sigmoid family one
+    all-reduce per block for a reduced loss, and only ``grad_input``'s for ``"none"``."""
+    from tests._helpers.vocab_checks import LINEAR_CASES
+
+    blocks = 3
+    for rank, result in enumerate(ranks):
+        lin = result["linear"]
+        for case_id, _, _, kind, _, per_block in LINEAR_CASES:
+            for reduction in REDUCTIONS:
+                r = lin[(case_id, reduction)]
+                where = f"rank {rank}, {case_id}, reduction={reduction!r}: {r}"
+                for key in ("value", "input_grad", "weight_grad", "bias_grad"):
+                    assert r[f"{key}_error"] <= RTOL, where
+                assert r["same_on_every_rank"], where
+                assert r["dtype"] == torch.float64, where
+                if kind == "binary":
+                    expected = 1 if reduction == "none" else blocks + 1
+                else:
+                    per_pass = per_block * blocks
+                    expected = 1 + (2 * per_pass if reduction == "none" else per_pass) + 1
+                assert r["all_reduces"] == expected, where
+                assert r["collectives"] == r["all_reduces"], where
+        assert lin["module"]["input_grad_error"] <= RTOL, (rank, lin["module"])
+        assert lin["module"]["weight_grad_error"] <= RTOL, (rank, lin["module"])
+        assert "but got 'compiled'" in lin["compiled_backend"], (rank, lin["compiled_backend"])
+
+
+@pytest.mark.distributed
 def test_errors_are_clear_and_raised_on_every_rank(ranks):
     total = {4: 8, 3: 7}[len(ranks)]  # four ranks of the groups of two
     for rank, result in enumerate(ranks):
@@ -103,7 +138,9 @@ def test_global_mean_over_data_parallel_replicas(spawned):
     """2 replicas x 2 vocab ranks: ``reduction="global_mean"`` with ``process_group`` (the
     replicas) and ``vocab_group`` gives DDP the one-process gradient; one all-reduce more
     than "mean" (the denominator over the replicas). Without ``process_group`` (the default
-    group: every rank) the value is the same: each vocab rank adds the same denominator."""
+    group: every rank) the value is the same: each vocab rank adds the same denominator.
+    The fused linear + cross entropy too: each replica's rows, each vocab rank's rows of the
+    head."""
     extra = {"cross_entropy": 2, "softmax_focal_loss": 3, "binary_cross_entropy_with_logits": 1}
     for rank, result in enumerate(spawned):
         for name, _, _ in GRID_CASES:
@@ -112,13 +149,19 @@ def test_global_mean_over_data_parallel_replicas(spawned):
             assert r["grad_error"] <= RTOL, (rank, name, r)
             assert r["all_reduces"] == extra[name] + 1, (rank, name, r)
             assert r["default_group_error"] <= RTOL, (rank, name, r)
+        r = result["grid"]["linear_cross_entropy"]
+        assert r["value_error"] <= RTOL and r["grad_error"] <= RTOL, (rank, r)
 
 
 def test_vocab_group_needs_an_initialised_process_group():
     assert not torch.distributed.is_initialized()
-    with pytest.raises(
-        ValueError,
-        match=r"Expected an initialised torch.distributed process group for `vocab_group`, but "
-        r"torch.distributed is not initialised",
-    ):
+    match = (
+        r"Expected an initialised torch.distributed process group for `vocab_group`, but "
+        r"torch.distributed is not initialised"
+    )
+    with pytest.raises(ValueError, match=match):
         crossent.cross_entropy(torch.randn(2, 3), torch.tensor([0, 4]), vocab_group=object())
+    with pytest.raises(ValueError, match=match):
+        crossent.linear_cross_entropy(
+            torch.randn(2, 4), torch.randn(3, 4), torch.tensor([0, 4]), vocab_group=object()
+        )

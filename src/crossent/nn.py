@@ -226,7 +226,14 @@ class PolyLoss(_Loss):
 # Fused linear + loss (crossent.linear): the head's weight is an argument of forward
 # --------------------------------------------------------------------------------------------
 
-_LINEAR_CALL_OPTIONS = ("reduction", "process_group", "backend", "batch_chunk_size", "options")
+_LINEAR_CALL_OPTIONS = (
+    "reduction",
+    "process_group",
+    "vocab_group",
+    "backend",
+    "batch_chunk_size",
+    "options",
+)
 
 
 class LinearLoss(nn.Module):
@@ -234,10 +241,11 @@ class LinearLoss(nn.Module):
 
     ``loss`` names the loss (``"focal"``, ``"asl"``, ``"ce"``, ...); the other keywords are
     that loss's options and those of :func:`crossent.linear_loss` (``reduction``,
-    ``batch_chunk_size``, ``process_group``, ``backend``), validated here. Tensor options
-    (``weight``, ``pos_weight``, a per-class ``alpha``) are buffers. The head stays the
-    caller's: ``forward(input, linear_weight, target, linear_bias=None)`` takes its weight
-    (and bias), so a tied embedding or any ``nn.Linear`` can be passed.
+    ``batch_chunk_size``, ``process_group``, ``vocab_group``, ``backend``), validated here.
+    Tensor options (``weight``, ``pos_weight``, a per-class ``alpha``) are buffers. The head
+    stays the caller's: ``forward(input, linear_weight, target, linear_bias=None)`` takes its
+    weight (and bias), so a tied embedding or any ``nn.Linear`` can be passed -- with
+    ``vocab_group``, this rank's rows of a vocab-parallel head.
 
     >>> import torch, crossent
     >>> _ = torch.manual_seed(0)

@@ -312,11 +312,133 @@ def _check_forms(rank: int, world: int, group) -> dict[str, float]:
     return errors
 
 
+# --------------------------------------------------------------------------------------------
+# Fused linear + loss with vocab_group: each rank holds its rows of the head's weight
+# --------------------------------------------------------------------------------------------
+
+LINEAR_HIDDEN = 4
+LINEAR_CHUNK = 3  # rows per block: ROWS = 7 rows run as three blocks
+# (id, function, loss, target kind, options, all-reduces per block of a softmax loss);
+# "weight": 1 is a class weight (sliced)
+LINEAR_CASES = (
+    (
+        "ce-weight-ignore-smoothing",
+        "linear_cross_entropy",
+        None,
+        "index",
+        {"weight": 1, "ignore_index": -100, "label_smoothing": 0.1},
+        2,
+    ),
+    ("ce-probs", "linear_cross_entropy", None, "probs", {}, 2),
+    (
+        "softmax-focal-smoothing",
+        "linear_loss",
+        "softmax_focal",
+        "index",
+        {"label_smoothing": 0.1},
+        3,
+    ),
+    ("focal-sigmoid", "linear_loss", "focal", "binary", {"gamma": 2.0, "alpha": 0.25}, 0),
+)
+
+
+def _linear_data(kind: str, n_classes: int, options: dict[str, Any]):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(ROWS, LINEAR_HIDDEN, generator=g, dtype=torch.float64)
+    w = torch.randn(n_classes, LINEAR_HIDDEN, generator=g, dtype=torch.float64) * 2
+    b = torch.randn(n_classes, generator=g, dtype=torch.float64)
+    if kind == "index":
+        target = torch.randint(0, n_classes, (ROWS,), generator=g)
+        target[[1, 5]] = -100
+    elif kind == "probs":
+        target = torch.softmax(torch.randn(ROWS, n_classes, generator=g, dtype=torch.float64), 1)
+    else:
+        target = (torch.rand(ROWS, n_classes, generator=g) < 0.4).to(torch.float64)
+    opts = dict(options)
+    if opts.get("weight") == 1:
+        opts["weight"] = torch.rand(n_classes, generator=g, dtype=torch.float64) + 0.5
+    return x, w, b, target, opts
+
+
+def _check_linear(rank: int, world: int, group) -> dict[str, Any]:
+    """``linear_cross_entropy`` / ``linear_loss`` with ``vocab_group``: each rank passes its
+    rows of ``W`` and ``b`` (and its slice of class weights and dense targets), the whole
+    replicated input; against one process on the concatenated head (autograd through the
+    unfused reference). Several blocks per call (``batch_chunk_size``)."""
+    sizes = SLICES[world]
+    lo = sum(sizes[:rank])
+    part = slice(lo, lo + sizes[rank])
+    out: dict[str, Any] = {}
+    for case_id, function, loss, kind, options, _ in LINEAR_CASES:
+        x, w, b, target, opts = _linear_data(kind, sum(sizes), options)
+        fn = getattr(crossent, function)
+        extra = {} if loss is None else {"loss": loss}
+        mine = {k: (v[part] if isinstance(v, torch.Tensor) else v) for k, v in opts.items()}
+        shard_target = target if kind == "index" else target[:, part]
+        for reduction in REDUCTIONS:
+            xr, wr, br = (t.clone().requires_grad_(True) for t in (x, w, b))
+            ref = fn(xr, wr, target, linear_bias=br, reduction=reduction, **extra, **opts)
+            ref.sum().backward()
+            xs = x.clone().requires_grad_(True)
+            ws = w[part].clone().requires_grad_(True)
+            bs = b[part].clone().requires_grad_(True)
+            with collectives() as launched:
+                value = fn(
+                    xs,
+                    ws,
+                    shard_target,
+                    linear_bias=bs,
+                    reduction=reduction,
+                    batch_chunk_size=LINEAR_CHUNK,
+                    vocab_group=group,
+                    **extra,
+                    **mine,
+                )
+                value.sum().backward()
+            elementwise = kind == "binary" and reduction == "none"
+            values = [value.detach()]
+            if not elementwise:
+                values = [torch.empty_like(value) for _ in range(world)]
+                dist.all_gather(values, value.detach().contiguous(), group=group)
+            expected = ref.detach()[:, part] if elementwise else ref.detach()
+            out[(case_id, reduction)] = {
+                "value_error": _rel(value.detach(), expected),
+                "input_grad_error": _rel(xs.grad, xr.grad),
+                "weight_grad_error": _rel(ws.grad, wr.grad[part]),
+                "bias_grad_error": _rel(bs.grad, br.grad[part]),
+                "same_on_every_rank": all(torch.equal(v, values[0]) for v in values),
+                "dtype": value.dtype,
+                "all_reduces": launched.count("all_reduce"),
+                "collectives": len(launched),
+            }
+    # the module form on a (1, N, H) input without a bias, and a refused backend
+    x, w, b, target, opts = _linear_data("index", sum(sizes), {})
+    x, target = x.unsqueeze(0), target.unsqueeze(0)
+    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    crossent.linear_cross_entropy(xr, wr, target, label_smoothing=0.1).backward()
+    xs, ws = x.clone().requires_grad_(True), w[part].clone().requires_grad_(True)
+    module = crossent.nn.LinearCrossEntropyLoss(
+        label_smoothing=0.1, vocab_group=group, batch_chunk_size=2
+    )
+    module(xs, ws, target).backward()
+    out["module"] = {
+        "input_grad_error": _rel(xs.grad, xr.grad),
+        "weight_grad_error": _rel(ws.grad, wr.grad[part]),
+    }
+    try:
+        crossent.linear_cross_entropy(x, w[part], target, vocab_group=group, backend="compiled")
+        out["compiled_backend"] = "no error"
+    except ValueError as exc:
+        out["compiled_backend"] = f"ValueError: {exc}"
+    return out
+
+
 def _checks(rank: int, world: int, group) -> dict[str, Any]:
     return {
         "cases": {case.id: _check_case(case, rank, world, group) for case in CASES},
         "errors": _check_errors(rank, world, group),
         "forms": _check_forms(rank, world, group),
+        "linear": _check_linear(rank, world, group),
     }
 
 
@@ -410,4 +532,42 @@ def grid_checks(rank: int, vocab_group, dp_group) -> dict[str, Any]:
             "all_reduces": launched.count("all_reduce"),
             "default_group_error": _rel(default, value),
         }
+    out["linear_cross_entropy"] = _grid_linear(rows, classes, vocab_group, dp_group)
     return out
+
+
+def _grid_linear(rows: slice, classes: slice, vocab_group, dp_group) -> dict[str, Any]:
+    """The fused linear + cross entropy in the same grid: each replica's rows of the input,
+    each vocab rank's rows of the head; DDP's averages over the replicas against one process
+    on the whole batch and head."""
+    n, c = sum(GRID_ROWS), sum(GRID_CLASSES)
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(c, 3, generator=g, dtype=torch.float64)
+    target = torch.randint(0, c, (n,), generator=g)
+    target[[1, 6]] = -100
+    weight = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
+    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    crossent.linear_cross_entropy(xr, wr, target, weight=weight).backward()
+    xs = x[rows].clone().requires_grad_(True)
+    ws = w[classes].clone().requires_grad_(True)
+    value = crossent.linear_cross_entropy(
+        xs,
+        ws,
+        target[rows],
+        weight=weight[classes],
+        reduction="global_mean",
+        process_group=dp_group,
+        vocab_group=vocab_group,
+        batch_chunk_size=2,
+    )
+    value.backward()
+    grad_w = ws.grad.clone()
+    dist.all_reduce(grad_w, group=dp_group)  # what DDP does, before its division by 2
+    values = [torch.empty_like(value) for _ in range(2)]
+    dist.all_gather(values, value.detach(), group=dp_group)
+    ref = crossent.linear_cross_entropy(x, w, target, weight=weight)
+    return {
+        "value_error": _rel(sum(values) / 2, ref),
+        "grad_error": max(_rel(xs.grad / 2, xr.grad[rows]), _rel(grad_w / 2, wr.grad[classes])),
+    }

@@ -41,7 +41,8 @@ so DDP gradients equal those of one process on the whole batch).
 Vocab-parallel (classes sharded over ranks) plugs in at ``kernel``: per block, the logits of
 the rank's slice of ``linear_weight``, a sharded closed form returning the global loss and the
 local logit gradient, and ``grad_input`` all-reduced over the group once after the loop
-(``finish_grad_input``).
+(``finish_grad_input``). :func:`crossent.linear_cross_entropy` and
+:func:`crossent.linear_loss` do this with ``vocab_group=``.
 """
 
 from __future__ import annotations

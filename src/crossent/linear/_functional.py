@@ -4,7 +4,9 @@ r"""The fused linear + loss functions: a classifier head and its loss in one chu
 ``linear_loss(x, W, t, loss=name, **options)`` equals the named crossent loss of
 ``F.linear(x, W, b)``, in value and in the gradients of ``x``, ``W`` and ``b`` -- without
 the ``(N, V)`` logits or their gradient ever existing whole (:mod:`crossent.linear._chunked`
-states the memory bound).
+states the memory bound). With ``vocab_group=`` the head is split over ranks by classes: each
+rank runs the chunked pass on its rows of the head with the vocab-parallel closed form of
+:mod:`crossent.linear._vocab` as the block kernel.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from crossent.kernels._dispatch import (
     select_backend,
 )
 from crossent.linear._chunked import Plan, block_rows, run_plan
+from crossent.linear._vocab import _known_denominator as vocab_known_denominator
+from crossent.linear._vocab import check_vocab_call, vocab_closed_form, vocab_layout
 from crossent.losses import CE, LossDefinition, run
 
 __all__ = ["linear_cross_entropy", "linear_loss"]
@@ -113,12 +117,14 @@ def compute(
     linear_bias: torch.Tensor | None = None,
     reduction: str = "mean",
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
     batch_chunk_size: int | None = None,
     **keywords: Any,
 ) -> torch.Tensor:
     """The loss ``definition`` of ``F.linear(input, linear_weight, linear_bias)``: what every
-    public linear function returns."""
+    public linear function returns. With ``vocab_group``, ``linear_weight`` (and
+    ``linear_bias``) are this rank's slice of the classes: see :func:`_vocab_kernel`."""
     mm_dtype, autocast = _mm_dtype(input) if isinstance(input, torch.Tensor) else (None, False)
     V.check_linear(input, linear_weight, linear_bias, autocast=autocast)
     rows = V.check_batch_chunk_size(batch_chunk_size)
@@ -132,8 +138,11 @@ def compute(
     # The logits' size and dtype without their memory: what the loss's checks look at.
     proxy = input.new_empty(()).expand(n, n_classes)
     options = _rows_first_options(options, lead, n)
-    options = definition.check(proxy, target_rows, options, False)
-    path = select_backend(backend, proxy, target_rows, *options.tensors())
+    shard = vocab_group is not None
+    if shard:
+        check_vocab_call(vocab_group, backend, target_rows, *options.tensors())
+    options = definition.check(proxy, target_rows, options, False, shard=shard)
+    path = "vocab" if shard else select_backend(backend, proxy, target_rows, *options.tensors())
     if path == "reference":
         logits = F.linear(x, linear_weight, linear_bias)
         out = run(
@@ -148,10 +157,18 @@ def compute(
         )
         return _shaped(out, reduction, lead, definition)
     family = definition.kernel
-    plan = plan_reduction(
-        reduction, process_group, proxy, family.known_denominator(proxy, target_rows, options)
-    )
-    if path == "triton":
+    if shard:
+        # the sigmoid family's element count is global: counted in the pass, not folded
+        known = vocab_known_denominator(family, proxy, target_rows, options)
+    else:
+        known = family.known_denominator(proxy, target_rows, options)
+    plan = plan_reduction(reduction, process_group, proxy, known)
+    finish_grad_input = None
+    if shard:
+        kernel, finish_grad_input = _vocab_kernel(
+            family, options, vocab_group, target_rows, n_classes, input.device
+        )
+    elif path == "triton":
         kernel = family.triton(options)
     elif path == "compiled":
         import functools
@@ -186,11 +203,48 @@ def compute(
         mm_dtype=mm_dtype,
         acc_dtype=compute_dtype(input.dtype),
         needs=needs,
+        finish_grad_input=finish_grad_input,
     )
     out, denominator = run_plan(chunked, x, linear_weight, linear_bias)
+    # with vocab_group a reduced sigmoid loss always has its global denominator: not used
     default = n if family.classes else n * n_classes
     out = plan.finish(out, denominator, default).to(output_dtype(input))
     return _shaped(out, reduction, lead, definition)
+
+
+def _vocab_kernel(
+    family: Any,
+    options: Any,
+    group: Any,
+    target: torch.Tensor,
+    local_classes: int,
+    device: torch.device,
+) -> tuple[Any, Any]:
+    """The block kernel and the ``grad_input`` hook of a vocab-parallel call.
+
+    Each rank's blocks are the logits of its slice of the classes, ``x_c W_r^T + b_r``; the
+    kernel is the vocab-parallel closed form (:func:`crossent.linear._vocab.vocab_closed_form`),
+    which returns the loss of all the classes and the gradient of the rank's logit slice, so
+    ``grad_W`` and ``grad_b`` accumulate the rank's slice of the one-process gradients. Each
+    rank's ``g_c W_r`` is only its classes' part of ``grad_input``: the hook all-reduces
+    (SUM) the accumulated ``grad_input`` over ``group`` once, after the last block.
+
+    The softmax family's layout (every rank's class range) is exchanged once for the call
+    and the class indices are checked once against the total, not per block."""
+    layout = None
+    if family.classes:
+        layout = vocab_layout(group, local_classes, device)
+        if not target.is_floating_point():
+            V.check_class_indices(target, layout.total, options.ignore_index)
+    kernel = vocab_closed_form(family, options, group, layout=layout, check_targets=False)
+
+    def finish_grad_input(grad_input: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        dist.all_reduce(grad_input, op=dist.ReduceOp.SUM, group=group)
+        return grad_input
+
+    return kernel, finish_grad_input
 
 
 def _shaped(out: torch.Tensor, reduction: str, lead: tuple[int, ...], definition) -> torch.Tensor:
@@ -214,6 +268,7 @@ def linear_cross_entropy(
     options: Any = None,
     batch_chunk_size: int | None = None,
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
     **softmax_options: Any,
 ) -> torch.Tensor:
@@ -262,6 +317,17 @@ def linear_cross_entropy(
             logits within 2**23 elements on CPU (with its gradient 64 MiB in float32),
             2**25 on GPUs.
         process_group: the group ``"global_mean"`` reduces over; ``None``: the default group.
+        vocab_group: a ``torch.distributed`` process group whose ranks each hold a contiguous
+            slice of the classes, in rank order (a vocab-parallel head, as in Megatron-LM;
+            slices of any sizes, 0 included). Each rank passes the whole ``input``, its rows
+            ``(V_r, H)`` of the head's weight (and ``(V_r)`` of ``linear_bias`` and
+            ``weight``, ``(N, V_r)`` of probability targets) and the **global** class
+            indices. Every rank returns the loss of all ``V`` classes; after ``backward()``
+            ``linear_weight`` and ``linear_bias`` hold this rank's slice of the one-process
+            gradients and ``input`` the whole one-process gradient (the ranks' parts
+            all-reduced once per call). Every rank of the group must call it. Runs the
+            eager closed form: ``backend`` must be ``"fused"``, ``"auto"`` or ``None``.
+            ``None`` (default): ``linear_weight`` holds every class.
         backend: how each block's loss is computed (``"fused"``, ``"compiled"``, ``"triton"``,
             ``"reference"``: the unfused ``F.linear`` then the loss, or ``"auto"``); see
             :mod:`crossent.kernels`.
@@ -309,6 +375,7 @@ def linear_cross_entropy(
         linear_bias=linear_bias,
         reduction=reduction,
         process_group=process_group,
+        vocab_group=vocab_group,
         backend=backend,
         batch_chunk_size=batch_chunk_size,
         weight=weight,
@@ -328,6 +395,7 @@ def linear_loss(
     reduction: str = "mean",
     batch_chunk_size: int | None = None,
     process_group: Any = None,
+    vocab_group: Any = None,
     backend: str | None = None,
     **options: Any,
 ) -> torch.Tensor:
@@ -359,6 +427,14 @@ def linear_loss(
             them. Default: ``"mean"``.
         batch_chunk_size: rows per block; ``None`` (default): from the memory budget.
         process_group: the group ``"global_mean"`` reduces over.
+        vocab_group: the process group of a vocab-parallel head, as in
+            :func:`linear_cross_entropy`: each rank passes its rows of ``linear_weight`` and
+            ``linear_bias``, its slice of the per-class options (``weight``, ``alpha``,
+            ``pos_weight``) and of dense targets, and the global class indices of the
+            softmax losses. The softmax losses return the loss of all the classes on every
+            rank; the sigmoid losses the sum or mean of all the classes, and for
+            ``reduction="none"`` the ``(N, V_r)`` loss of the rank's own classes. The
+            gradients: this rank's slice for the head, the whole one for ``input``.
         backend: as in :func:`linear_cross_entropy`.
         **options: the loss's own keyword options (``gamma=``, ``alpha=``, ``weight=``,
             ``ignore_index=``, ...), with its defaults; validated as the loss validates them.
@@ -389,6 +465,7 @@ def linear_loss(
         linear_bias=linear_bias,
         reduction=reduction,
         process_group=process_group,
+        vocab_group=vocab_group,
         backend=backend,
         batch_chunk_size=batch_chunk_size,
         **options,
