@@ -470,7 +470,9 @@ def explain(
     values = [
         f"{symbol} = {_show(all_opts[key])}"
         for key, symbol in SYMBOLS.items()
-        if all_opts.get(key) is not None and not (key == "label_smoothing" and not all_opts[key])
+        # label_smoothing and z_loss are off at 0 (their default), not only at None
+        if all_opts.get(key) is not None
+        and not (key in ("label_smoothing", "z_loss") and not all_opts[key])
     ]
     if values:
         definitions.append(", ".join(values))

@@ -34,8 +34,11 @@ def cross_entropy(
     target: torch.Tensor,
     *,
     weight: torch.Tensor | None = None,
+    sample_weight: torch.Tensor | None = None,
     ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
     backend: str | None = None,
@@ -65,8 +68,11 @@ def cross_entropy(
         target: class indices (integer dtype) or class probabilities (floating dtype, the
             input's size); see Shape.
         {softmax_weight}
+        {softmax_sample_weight}
         {softmax_ignore_index}
         {softmax_label_smoothing}
+        {softmax_z_loss}
+        {softmax_softcap}
         {softmax_reduction}
         {process_group}
         {backend}
@@ -99,8 +105,11 @@ def cross_entropy(
         input,
         target,
         weight=weight,
+        sample_weight=sample_weight,
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
+        z_loss=z_loss,
+        softcap=softcap,
         reduction=reduction,
         process_group=process_group,
         backend=backend,
@@ -115,8 +124,11 @@ def softmax_focal_loss(
     gamma: float = 2.0,
     alpha: float | torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
+    sample_weight: torch.Tensor | None = None,
     ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
     backend: str | None = None,
@@ -157,8 +169,11 @@ def softmax_focal_loss(
             for every class, i.e. a scale) or a tensor of size ``(C,)`` with one factor per
             class, ``>= 0``. Unlike ``weight`` it does not enter the denominator of ``"mean"``.
         {softmax_weight}
+        {softmax_sample_weight}
         {softmax_ignore_index}
         {softmax_label_smoothing}
+        {softmax_z_loss}
+        {softmax_softcap}
         {softmax_reduction}
         {process_group}
         {backend}
@@ -192,8 +207,11 @@ def softmax_focal_loss(
         gamma=gamma,
         alpha=alpha,
         weight=weight,
+        sample_weight=sample_weight,
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
+        z_loss=z_loss,
+        softcap=softcap,
         reduction=reduction,
         process_group=process_group,
         backend=backend,
@@ -207,8 +225,11 @@ def poly1_cross_entropy(
     *,
     epsilon: float = 1.0,
     weight: torch.Tensor | None = None,
+    sample_weight: torch.Tensor | None = None,
     ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
     backend: str | None = None,
@@ -239,8 +260,11 @@ def poly1_cross_entropy(
         epsilon: the coefficient of the first polynomial term, ``>= -1`` (the paper's bound).
             Default: 1.
         {softmax_weight}
+        {softmax_sample_weight}
         {softmax_ignore_index}
         {softmax_label_smoothing}
+        {softmax_z_loss}
+        {softmax_softcap}
         {softmax_reduction}
         {process_group}
         {backend}
@@ -273,8 +297,11 @@ def poly1_cross_entropy(
         target,
         epsilon=epsilon,
         weight=weight,
+        sample_weight=sample_weight,
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
+        z_loss=z_loss,
+        softcap=softcap,
         reduction=reduction,
         process_group=process_group,
         backend=backend,

@@ -339,17 +339,45 @@ def _check_softmax(input: torch.Tensor, target: torch.Tensor, options: Any, prob
         V.check_class_vector(
             "alpha", options.alpha, num_classes, allow_scalar=True, nonnegative=True
         )
+    V.check_sample_weight(options.sample_weight, input)
     if is_index:
         options = _matchable_ignore_index(options, target)
         V.check_class_indices(target, num_classes, options.ignore_index)
     return options
 
 
-def _ce_options(*, weight=None, ignore_index=-100, label_smoothing=0.0) -> SoftmaxOptions:
+def _z_loss(value: Any) -> float | None:
+    # 0 switches it off: no term at all, the plain loss's code path
+    return V.check_number("z_loss", value, low=0.0) or None
+
+
+def _softcap(value: Any) -> float | None:
+    if value is None:
+        return None
+    return V.check_number("softcap", value, low=0.0, low_inclusive=False)
+
+
+def _sample_weight(value: Any) -> torch.Tensor | None:
+    # its size and values are checked with the call (they depend on the input)
+    return None if value is None else V.check_tensor("sample_weight", value)
+
+
+def _ce_options(
+    *,
+    weight=None,
+    sample_weight=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+) -> SoftmaxOptions:
     return SoftmaxOptions(
         label_smoothing=_smoothing(label_smoothing),
         ignore_index=V.check_ignore_index(ignore_index),
         weight=weight,
+        z_loss=_z_loss(z_loss),
+        softcap=_softcap(softcap),
+        sample_weight=_sample_weight(sample_weight),
     )
 
 
@@ -374,6 +402,20 @@ def _poly1_options(*, epsilon=1.0, **common) -> SoftmaxOptions:
 
 
 def _softmax_symbolic(opts: dict[str, Any], probability_targets: bool = False) -> str:
+    """The softmax family's formula with its terms: the loss of :func:`_softmax_terms`, the
+    z-loss ``λ·lse(x)²`` (weighted as the mean counts the sample), a sample weight ``v`` over
+    both, and the soft-capping of the logits."""
+    body = _softmax_terms(opts, probability_targets).removeprefix("ℓ = ")
+    if opts.get("z_loss"):
+        index_weight = opts.get("weight") is not None and not probability_targets
+        body += f" + λ·{'w_t·' if index_weight else ''}lse(x)²"
+    if opts.get("sample_weight") is not None:
+        body = f"v·[{body}]"
+    capped = ", x = c·tanh(x / c)" if opts.get("softcap") is not None else ""
+    return f"ℓ = {body}{capped}"
+
+
+def _softmax_terms(opts: dict[str, Any], probability_targets: bool = False) -> str:
     a_t = "α_t·" if opts.get("alpha") is not None else ""
     gamma = opts.get("gamma") or 0
     focal = "(1 - p_t)^γ·" if gamma else ""
