@@ -248,11 +248,16 @@ def test_module_takes_sample_weight_in_forward():
 def test_explain_shows_the_terms_and_drops_nothing():
     x = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]])
     t = torch.tensor([0, 1])
-    out = explain(x, t, "ce", z_loss=0.01, softcap=5.0)
-    assert out.formula == "ℓ = -log(p_t) + λ·lse(x)², x = c·tanh(x / c)"
-    assert any("`z_loss`" in note for note in out.notes)
-    assert "λ = 0.01" in ", ".join(out.definitions)
-    assert_close(torch.tensor(out.value), CF.cross_entropy(x, t, z_loss=0.01, softcap=5.0))
+    v = torch.tensor([0.5, 2.0])
+    out = explain(x, t, "ce", z_loss=0.01, softcap=5.0, sample_weight=v)
+    assert out.formula == "ℓ = v·[-log(p_t) + λ·lse(x)²], x = c·tanh(x / c)"
+    assert out.notes == ["torch.nn.functional.cross_entropy has no `z_loss` option."]
+    assert "λ = 0.01, c = 5" in ", ".join(out.definitions)
+    expected = CF.cross_entropy(x, t, z_loss=0.01, softcap=5.0, sample_weight=v, reduction="none")
+    assert_close(torch.tensor([s.loss for s in out.steps]), expected)
+    # each step's formula, evaluated in float64, is the loss of its sample
+    assert out.formula_max_error < 1e-6
+    assert "capped logits" in out.steps[0].note
     plain = explain(x, t, "ce")
     assert "λ" not in plain.formula and "λ" not in ", ".join(plain.definitions)
 

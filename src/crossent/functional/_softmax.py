@@ -12,8 +12,19 @@ times the class weights) and per-class terms :math:`f_c`,
     f_c = -(1 - p_c)^{\gamma} \log p_c + \epsilon (1 - p_c)
 
 which is cross entropy for :math:`\gamma = \epsilon = 0`, the focal loss for
-:math:`\epsilon = 0` and Poly-1 for :math:`\gamma = 0`. These functions are the public
-signatures and documentation; each loss is defined once in :mod:`crossent.losses`.
+:math:`\epsilon = 0` and Poly-1 for :math:`\gamma = 0`. Every one of them also takes three
+options for large-vocabulary training, applied to sample :math:`i` as
+
+.. math::
+
+    x \leftarrow c \tanh(x / c), \qquad
+    \ell_i \leftarrow v_i \left( \ell_i + \lambda\, \omega_i\, \mathrm{lse}(x_i)^2 \right)
+
+with ``softcap`` :math:`c` (Gemma 2; first, so everything else sees the capped logits),
+``z_loss`` :math:`\lambda` (PaLM; :math:`\omega_i` the weight the sample carries in the mean's
+denominator: :math:`w_{t_i}` for a class index with ``weight``, else 1) and ``sample_weight``
+:math:`v_i`, which never enters the denominator. These functions are the public signatures
+and documentation; each loss is defined once in :mod:`crossent.losses`.
 """
 
 from __future__ import annotations

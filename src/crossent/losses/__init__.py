@@ -432,6 +432,9 @@ def _softmax_terms(opts: dict[str, Any], probability_targets: bool = False) -> s
     return f"ℓ = -{w_t}{a_t}{focal}log(p_t)"
 
 
+# the options every softmax loss has, which its formula and explain's steps know too
+_SOFTMAX_COMMON = _COMMON | {"label_smoothing", "z_loss", "softcap", "sample_weight"}
+
 _SOFTMAX_FORMULA = r"""y'_c = (1 - s)\, y_c + \frac{s}{C}, \qquad
     \ell = \sum_c w_c\, \alpha_c\, y'_c \left[ -(1 - p_c)^{\gamma} \log p_c
     + \epsilon (1 - p_c) \right], \qquad p = \operatorname{softmax}(x)"""
@@ -448,7 +451,7 @@ CE = LossDefinition(
     torch_name="cross_entropy",
     formula=r"y'_c = (1 - s)\, y_c + \frac{s}{C}, \qquad \ell = -\sum_c w_c\, y'_c \log p_c",
     symbolic=_softmax_symbolic,
-    formula_options=_COMMON | {"label_smoothing"},
+    formula_options=_SOFTMAX_COMMON,
     aliases=("cross_entropy", "crossentropy", "softmax_cross_entropy", "nll"),
 )
 SOFTMAX_FOCAL = LossDefinition(
@@ -462,7 +465,7 @@ SOFTMAX_FOCAL = LossDefinition(
     function_name="softmax_focal_loss",
     formula=_SOFTMAX_FORMULA.replace(r"+ \epsilon (1 - p_c) ", ""),
     symbolic=_softmax_symbolic,
-    formula_options=_COMMON | {"label_smoothing", "gamma", "alpha"},
+    formula_options=_SOFTMAX_COMMON | {"gamma", "alpha"},
     curve_options=("gamma", "alpha"),
     aliases=("softmax_focal_loss", "focal_softmax", "multiclass_focal"),
 )
@@ -477,7 +480,7 @@ POLY1 = LossDefinition(
     function_name="poly1_cross_entropy",
     formula=r"P_t = \sum_c y'_c\, p_c, \qquad \ell = \mathrm{CE}(x, y') + \epsilon\, (1 - P_t)",
     symbolic=_softmax_symbolic,
-    formula_options=_COMMON | {"label_smoothing", "epsilon"},
+    formula_options=_SOFTMAX_COMMON | {"epsilon"},
     curve_options=("epsilon",),
     aliases=("poly1_cross_entropy", "poly", "poly_loss", "polyloss"),
 )
