@@ -329,7 +329,12 @@ def test_narrow_integer_targets(backend, name, dtype):
 # --------------------------------------------------------------------------------------------
 
 
-FAMILY_SUITES = ("test_backends.py", "test_binary.py", "test_softmax.py")
+FAMILY_SUITES = (
+    "test_backends.py",
+    "test_binary.py",
+    "test_softmax.py",
+    "test_softmax_options.py",
+)
 
 
 @pytest.mark.triton

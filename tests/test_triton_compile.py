@@ -16,6 +16,7 @@ GPU, by ``test_cuda.py``.
 from __future__ import annotations
 
 import functools
+import itertools
 
 import pytest
 import torch
@@ -130,6 +131,26 @@ def _softmax_calls():
                         fn, kwargs = _family_kwargs(loss, options, dtype, w)
                     t = t.to(dtype) if t.is_floating_point() else t
                     calls.append(functools.partial(_through_backward, fn, x.to(dtype), t, **kwargs))
+    # z_loss, softcap and sample_weight (the Z_LOSS, SOFTCAP and SAMPLE_W flags) on each path
+    x, t, w = _public_ce_case("index")
+    sw = torch.rand(t.shape)
+    for (fn, kwargs), target, dtype in itertools.product(
+        [
+            (CF.cross_entropy, {}),
+            (CF.cross_entropy, {"label_smoothing": 0.1, "weight": w}),
+            (CF.softmax_focal_loss, {"gamma": 2.0}),
+            (CF.poly1_cross_entropy, {"label_smoothing": 0.1}),
+        ],
+        ("index", "probs"),
+        (torch.float32, torch.float64),
+    ):
+        if dtype == torch.float64 and fn is not CF.cross_entropy:
+            continue  # float64 once per target kind
+        x, t, _ = _public_ce_case(target)
+        t = t.to(dtype) if t.is_floating_point() else t
+        kwargs = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        options = dict(z_loss=1e-4, softcap=30.0, sample_weight=sw.to(dtype), **kwargs)
+        calls.append(functools.partial(_through_backward, fn, x.to(dtype), t, **options))
     # wide rows (every block size and warp count of the launch table) and half inputs
     for n_classes in (100, 1000, 2048, 4096, 8192, 16384, 32000, 40000):
         x = torch.randn(2, n_classes)

@@ -138,7 +138,18 @@ def test_softmax_op_on_fake_tensors(probs, reduce, dtype):
         t = torch.empty(3, 7, 2, dtype=dtype) if probs else torch.empty(3, 2, dtype=torch.long)
         alpha = torch.empty(7)
         out, grad = torch.ops.crossent.softmax_loss(
-            x, t, None, alpha, None, [-100.0, 0.1, 2.0, 0.0, 0.0], 0, True, 2, reduce, True
+            x,
+            t,
+            None,
+            alpha,
+            torch.empty(3, 2),
+            None,
+            [-100.0, 0.1, 2.0, 0.0, 0.0, 1e-4, 30.0],
+            0,
+            True,
+            2,
+            reduce,
+            True,
         )
         if reduce:
             assert out.shape == (2,) and out.dtype == compute_dtype(dtype)

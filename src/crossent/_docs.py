@@ -70,6 +70,31 @@ FRAGMENTS = {
     "softmax_label_smoothing": """label_smoothing: ``s`` in [0, 1). The target distribution
             becomes ``(1 - s) y + s / C``, uniform over the ``C`` classes (torch's convention
             for cross entropy; the sigmoid family uses ``s / 2`` per element). Default: 0.""",
+    "softmax_sample_weight": """sample_weight: optional per-sample weight (Keras' name), a
+            floating-point tensor of the per-sample loss's size: the input's without the class
+            dimension, for probability targets too (``(N)``, ``(N, d1, ..., dk)``, ``()`` for
+            a ``(C)`` input). Each sample's loss, its z-loss included, is multiplied by it; it
+            does **not** change the denominator of ``"mean"`` (as ``weight`` of the binary
+            losses). Any finite values, negative ones included; an ignored sample stays 0.
+            Per token in a language model: ``sample_weight=mask.float()`` with ``"sum"``, or
+            ``"mean"`` to keep torch's denominator. On the fused backends it must not require
+            a gradient (``"auto"`` takes the reference path then).""",
+    "softmax_z_loss": """z_loss: the coefficient ``λ >= 0`` of PaLM's auxiliary z-loss
+            ``λ lse(x)^2``, ``lse(x) = log Σ_c exp(x_c)`` (of the soft-capped logits with
+            ``softcap``), added to each valid sample's loss: it keeps the softmax's normaliser
+            near 1 (PaLM used ``1e-4``). The term is weighted as the sample counts in the
+            mean's denominator -- by ``weight[t]`` for a class index with ``weight``, else
+            by 1 -- so ``"mean"`` is the loss's mean plus ``λ`` times the (equally weighted)
+            mean of ``lse^2`` over the valid samples: without ``weight``, plainly the mean
+            over valid samples. (Liger-Kernel leaves the term unweighted and divides it by
+            the valid count, with a TODO to weight it; the two agree without ``weight``.)
+            ``alpha``, ``gamma``, ``epsilon`` and ``label_smoothing`` do not change it;
+            ``sample_weight`` scales it with the rest of the sample's loss. 0 (default): off.""",
+    "softmax_softcap": """softcap: ``c > 0``: Gemma 2's logit soft-capping, ``x <- c tanh(x / c)``
+            before everything else (the loss, label smoothing, the z-loss), differentiated
+            exactly (``1 - tanh^2`` computed as ``4 e / (1 + e)^2``, ``e = exp(-2|x| / c)``,
+            never from a rounded ``tanh``). Gemma 2 used 30 for the final logits. A ``-inf``
+            logit becomes ``-c``. ``None`` (default): off.""",
     "softmax_reduction": """reduction: ``"none"`` (one loss per sample, the input's size without
             the class dimension), ``"sum"``, ``"mean"`` or ``"global_mean"`` (the mean over
             every rank of a ``torch.distributed`` process group; equal to ``"mean"`` outside

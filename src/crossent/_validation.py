@@ -39,6 +39,7 @@ __all__ = [
     "check_process_group",
     "check_reduction",
     "check_same_shape",
+    "check_sample_weight",
     "check_unit_targets",
     "class_dim_of",
     "ignore_index_for",
@@ -386,6 +387,33 @@ def check_class_vector(
         )
     if nonnegative:
         check_nonnegative_tensor(name, tensor)
+
+
+def check_sample_weight(tensor: object, input: torch.Tensor) -> None:
+    """``sample_weight`` of the multi-class losses: a real floating-point tensor of the
+    per-sample loss's size (the input's without its class dimension), finite everywhere (a
+    value check, eager only). Negative values are accepted, as for ``weight``."""
+    if tensor is None:
+        return
+    check_tensor("sample_weight", tensor)
+    if not tensor.is_floating_point():
+        raise TypeError(
+            f"Expected `sample_weight` to have a floating-point dtype, but got {tensor.dtype}. "
+            f"Pass `sample_weight.float()`."
+        )
+    class_dim = class_dim_of(input)
+    shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
+    if tensor.shape != shape:
+        raise ValueError(
+            f"Expected `sample_weight` to have size {shape} (one weight per sample: the input "
+            f"size {input.shape} without its class dimension {class_dim}), but got size "
+            f"{tensor.shape}."
+        )
+    if not value_checks_enabled() or tensor.numel() == 0:
+        return
+    if not bool(torch.isfinite(tensor).all()):
+        bad = tensor[~torch.isfinite(tensor)].flatten()[0].item()
+        raise ValueError(f"Expected `sample_weight` to be finite everywhere, but it holds {bad!r}.")
 
 
 def ignore_index_for(target: torch.Tensor, ignore_index: float | None) -> float | None:

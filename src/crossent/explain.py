@@ -456,6 +456,12 @@ def explain(
             definitions.append("α_t = alpha of the target class")
         if all_opts.get("label_smoothing"):
             definitions.append("y_c = y_c·(1 - s) + s / C (label smoothing)")
+        if all_opts.get("softcap") is not None:
+            definitions.append("x = c·tanh(x / c) before everything else (soft-capping)")
+        if all_opts.get("z_loss"):
+            definitions.append("lse(x) = log Σ_c exp(x_c), its square shown as a number")
+        if all_opts.get("sample_weight") is not None:
+            definitions.append("v = the sample's sample_weight")
     else:
         steps = _binary_steps(spec, all_opts, x, target, loss_values, probs, formula_ok)
         if not probs:
@@ -470,7 +476,9 @@ def explain(
     values = [
         f"{symbol} = {_show(all_opts[key])}"
         for key, symbol in SYMBOLS.items()
-        if all_opts.get(key) is not None and not (key == "label_smoothing" and not all_opts[key])
+        # label_smoothing and z_loss are off at 0 (their default), not only at None
+        if all_opts.get(key) is not None
+        and not (key in ("label_smoothing", "z_loss") and not all_opts[key])
     ]
     if values:
         definitions.append(", ".join(values))
@@ -613,8 +621,15 @@ def _softmax_steps(
     index_targets = target.shape != x.shape
     t_all = target.detach().cpu()
     positions = (x.shape[0], *x.shape[2:])
-    log_probs = torch.log_softmax(x, dim=1)
-    log_1m_probs = _log1m_softmax(x)
+    cap = opts.get("softcap")
+    z = x if cap is None else cap * torch.tanh(x / cap)  # the capped logits the loss sees
+    log_probs = torch.log_softmax(z, dim=1)
+    log_1m_probs = _log1m_softmax(z)
+    lse = torch.logsumexp(z, dim=1)
+    z_loss, weight = opts.get("z_loss") or 0.0, opts.get("weight")
+    sample_weight = opts.get("sample_weight")
+    if sample_weight is not None:
+        sample_weight = sample_weight.detach().double().cpu()
     steps = []
     for pos in itertools.product(*(range(s) for s in positions)):
         row_idx = (pos[0], slice(None), *pos[1:])
@@ -641,8 +656,18 @@ def _softmax_steps(
             note = "ignored (ignore_index)"
         elif formula_ok:
             expr, note = _softmax_expr(opts, class_probs, t)
+            if expr is not None and z_loss:
+                # PaLM's z-loss, weighted as the sample counts in the mean (w_t, else 1)
+                w_t = E.Const(float(weight[t])) if weight is not None and index_targets else None
+                z_term = E.mul(E.Const(z_loss), w_t, E.Data(float(lse[pos]) ** 2))
+                expr = E.Sum([(1, expr), (1, z_term)])
+            if expr is not None and sample_weight is not None:
+                expr = E.mul(E.Data(float(sample_weight[pos])), expr)
             if expr is not None:
                 formula, formula_value = expr.text(), expr.value()
+            if cap is not None:
+                capped = ", ".join(E.fmt(float(v)) for v in z[row_idx])
+                note = (note + "; " if note else "") + f"capped logits [{capped}]"
         steps.append(
             Step(
                 index=list(pos),

@@ -55,9 +55,14 @@ class _Loss(nn.Module):
     definition: LossDefinition
     probs: bool = False
     _TENSOR_OPTIONS = ("weight", "pos_weight")
+    # Keywords of the function that belong to one batch, not to the loss: ``forward`` takes
+    # them (a module of a loss that has them says so in its signature), the constructor not.
+    _CALL_OPTIONS = ("sample_weight",)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if not hasattr(cls, "definition"):
+            return  # a base of several modules (_SoftmaxLoss)
         params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
         params += list(cls._defaults(signature=True).values())
         cls.__signature__ = inspect.Signature(params, return_annotation=None)
@@ -68,7 +73,7 @@ class _Loss(nn.Module):
         return {
             name: (p if signature else p.default)
             for name, p in inspect.signature(fn).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in cls._CALL_OPTIONS
         }
 
     def __init__(self, **options: Any) -> None:
@@ -98,8 +103,13 @@ class _Loss(nn.Module):
                 self._options[name] = value
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self._compute(input, target)
+
+    def _compute(self, input: torch.Tensor, target: torch.Tensor, **call: Any) -> torch.Tensor:
         tensors = {name: getattr(self, name) for name in self._buffer_options}
-        return self.definition.compute(input, target, probs=self.probs, **tensors, **self._options)
+        return self.definition.compute(
+            input, target, probs=self.probs, **tensors, **self._options, **call
+        )
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self._options.items())
@@ -181,8 +191,24 @@ class PolyFocalLoss(_Loss):
 # --------------------------------------------------------------------------------------------
 
 
-class CrossEntropyLoss(_Loss):
-    """Module form of :func:`crossent.cross_entropy` (logits; same keyword options).
+class _SoftmaxLoss(_Loss):
+    """Base of the softmax family's modules: ``sample_weight`` is an argument of ``forward``
+    (it belongs to the batch), every other option one of the constructor."""
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        sample_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The loss of ``input`` and ``target``; ``sample_weight`` as in the function."""
+        return self._compute(input, target, sample_weight=sample_weight)
+
+
+class CrossEntropyLoss(_SoftmaxLoss):
+    """Module form of :func:`crossent.cross_entropy` (logits; same keyword options, and
+    ``sample_weight`` as an argument of the call: ``loss_fn(input, target, sample_weight=v)``).
 
     A drop-in for :class:`torch.nn.CrossEntropyLoss` (options keyword-only), with a ``"mean"``
     of 0 instead of NaN when every target is ignored.
@@ -196,8 +222,9 @@ class CrossEntropyLoss(_Loss):
     definition = CE
 
 
-class SoftmaxFocalLoss(_Loss):
-    """Module form of :func:`crossent.softmax_focal_loss` (logits; same keyword options).
+class SoftmaxFocalLoss(_SoftmaxLoss):
+    """Module form of :func:`crossent.softmax_focal_loss` (logits; same keyword options, and
+    ``sample_weight`` as an argument of the call).
 
     ``weight`` and a per-class ``alpha`` tensor are buffers; a number ``alpha`` is an option.
 
@@ -210,8 +237,9 @@ class SoftmaxFocalLoss(_Loss):
     definition = SOFTMAX_FOCAL
 
 
-class PolyLoss(_Loss):
-    """Module form of :func:`crossent.poly1_cross_entropy` (softmax Poly-1; same keyword options).
+class PolyLoss(_SoftmaxLoss):
+    """Module form of :func:`crossent.poly1_cross_entropy` (softmax Poly-1; same keyword
+    options, and ``sample_weight`` as an argument of the call).
 
     >>> import torch, crossent
     >>> loss_fn = crossent.PolyLoss(epsilon=2.0)

@@ -12,8 +12,19 @@ times the class weights) and per-class terms :math:`f_c`,
     f_c = -(1 - p_c)^{\gamma} \log p_c + \epsilon (1 - p_c)
 
 which is cross entropy for :math:`\gamma = \epsilon = 0`, the focal loss for
-:math:`\epsilon = 0` and Poly-1 for :math:`\gamma = 0`. These functions are the public
-signatures and documentation; each loss is defined once in :mod:`crossent.losses`.
+:math:`\epsilon = 0` and Poly-1 for :math:`\gamma = 0`. Every one of them also takes three
+options for large-vocabulary training, applied to sample :math:`i` as
+
+.. math::
+
+    x \leftarrow c \tanh(x / c), \qquad
+    \ell_i \leftarrow v_i \left( \ell_i + \lambda\, \omega_i\, \mathrm{lse}(x_i)^2 \right)
+
+with ``softcap`` :math:`c` (Gemma 2; first, so everything else sees the capped logits),
+``z_loss`` :math:`\lambda` (PaLM; :math:`\omega_i` the weight the sample carries in the mean's
+denominator: :math:`w_{t_i}` for a class index with ``weight``, else 1) and ``sample_weight``
+:math:`v_i`, which never enters the denominator. These functions are the public signatures
+and documentation; each loss is defined once in :mod:`crossent.losses`.
 """
 
 from __future__ import annotations
@@ -34,8 +45,11 @@ def cross_entropy(
     target: torch.Tensor,
     *,
     weight: torch.Tensor | None = None,
+    sample_weight: torch.Tensor | None = None,
     ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
     vocab_group: Any = None,
@@ -66,8 +80,11 @@ def cross_entropy(
         target: class indices (integer dtype) or class probabilities (floating dtype, the
             input's size); see Shape.
         {softmax_weight}
+        {softmax_sample_weight}
         {softmax_ignore_index}
         {softmax_label_smoothing}
+        {softmax_z_loss}
+        {softmax_softcap}
         {softmax_reduction}
         {process_group}
         {vocab_group}
@@ -101,8 +118,11 @@ def cross_entropy(
         input,
         target,
         weight=weight,
+        sample_weight=sample_weight,
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
+        z_loss=z_loss,
+        softcap=softcap,
         reduction=reduction,
         process_group=process_group,
         vocab_group=vocab_group,
@@ -118,8 +138,11 @@ def softmax_focal_loss(
     gamma: float = 2.0,
     alpha: float | torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
+    sample_weight: torch.Tensor | None = None,
     ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
     vocab_group: Any = None,
@@ -161,8 +184,11 @@ def softmax_focal_loss(
             for every class, i.e. a scale) or a tensor of size ``(C,)`` with one factor per
             class, ``>= 0``. Unlike ``weight`` it does not enter the denominator of ``"mean"``.
         {softmax_weight}
+        {softmax_sample_weight}
         {softmax_ignore_index}
         {softmax_label_smoothing}
+        {softmax_z_loss}
+        {softmax_softcap}
         {softmax_reduction}
         {process_group}
         {vocab_group}
@@ -197,8 +223,11 @@ def softmax_focal_loss(
         gamma=gamma,
         alpha=alpha,
         weight=weight,
+        sample_weight=sample_weight,
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
+        z_loss=z_loss,
+        softcap=softcap,
         reduction=reduction,
         process_group=process_group,
         vocab_group=vocab_group,
@@ -213,8 +242,11 @@ def poly1_cross_entropy(
     *,
     epsilon: float = 1.0,
     weight: torch.Tensor | None = None,
+    sample_weight: torch.Tensor | None = None,
     ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     reduction: str = "mean",
     process_group: Any = None,
     vocab_group: Any = None,
@@ -246,8 +278,11 @@ def poly1_cross_entropy(
         epsilon: the coefficient of the first polynomial term, ``>= -1`` (the paper's bound).
             Default: 1.
         {softmax_weight}
+        {softmax_sample_weight}
         {softmax_ignore_index}
         {softmax_label_smoothing}
+        {softmax_z_loss}
+        {softmax_softcap}
         {softmax_reduction}
         {process_group}
         {vocab_group}
@@ -281,8 +316,11 @@ def poly1_cross_entropy(
         target,
         epsilon=epsilon,
         weight=weight,
+        sample_weight=sample_weight,
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
+        z_loss=z_loss,
+        softcap=softcap,
         reduction=reduction,
         process_group=process_group,
         vocab_group=vocab_group,

@@ -27,8 +27,9 @@ Backends -- every loss function takes ``backend=`` (``None``: the environment va
     ``TRITON_INTERPRET=1`` they also run on CPU tensors, slowly: for testing.
 ``"auto"`` (default)
     On CPU up to ``crossent.losses._small.SMALL_NUMEL`` elements, cross entropy with class
-    indices, BCE with logits and the sigmoid focal losses first take the small-input path (a few torch operations,
-    differentiated by autograd; :mod:`crossent.losses._small`). Otherwise:
+    indices, BCE with logits and the sigmoid focal losses first take the small-input path (a
+    few torch operations, differentiated by autograd; :mod:`crossent.losses._small`).
+    Otherwise:
     ``"reference"`` when a target or weight requires a gradient (the fused paths
     differentiate the input only); ``"triton"`` for CUDA tensors (``"fused"`` without
     triton), also inside a user's ``torch.compile``: the kernels are registered operators

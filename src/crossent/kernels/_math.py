@@ -322,15 +322,64 @@ def asymmetric(
     return _finish(loss, grad, valid, weight, input, mean_denominator, reduce)
 
 
-def _softmax_parts(input: torch.Tensor):
-    """``x`` in the compute dtype, ``z = x - max``, ``exp(z)``, its row sum ``S`` and
-    ``log S`` (the log-sum-exp of ``z``: ``lse(x) - x_j = log S - z_j``, no overflow, no
-    cancellation when one class dominates), all over dimension 1 (keepdim)."""
+def softcap(x: torch.Tensor, cap: Scalar) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cap * tanh(x / cap)`` and its derivative ``1 - tanh^2 = 4 e / (1 + e)^2`` with
+    ``e = exp(-2 |x| / cap)``: never ``1 -`` a rounded ``tanh^2`` (0 wherever ``tanh`` rounds
+    to 1, from ``|x| / cap`` of 9 on in float32), finite for every ``x`` (0 at ``+-inf``)."""
+    u = x / cap
+    e = torch.exp(-2.0 * u.abs())  # in [0, 1]: never overflows
+    return cap * torch.tanh(u), 4.0 * e / ((1.0 + e) * (1.0 + e))
+
+
+def _softmax_parts(input: torch.Tensor, cap: Scalar | None = None):
+    """``x`` in the compute dtype (soft-capped when ``cap`` is given), ``z = x - max``,
+    ``exp(z)``, its row sum ``S``, ``log S`` (the log-sum-exp of ``z``: ``lse(x) - x_j =
+    log S - z_j``, no overflow, no cancellation when one class dominates), the row max, all
+    over dimension 1 (keepdim), and ``dx / d input`` of the soft-capping (``None`` without)."""
     x = input.to(compute_dtype(input.dtype))
-    z = x - x.amax(dim=1, keepdim=True)
+    dcap = None
+    if cap is not None:
+        x, dcap = softcap(x, cap)
+    top = x.amax(dim=1, keepdim=True)
+    z = x - top
     ez = torch.exp(z)
     sum_ez = ez.sum(dim=1, keepdim=True)
-    return x, z, ez, sum_ez, torch.log(sum_ez)
+    return x, z, ez, sum_ez, torch.log(sum_ez), top, dcap
+
+
+def _row_scale(mean_denominator: Scalar | None, sample_weight: torch.Tensor | None, like):
+    """The factor each sample's gradient is stored with: ``1 / mean_denominator`` (folded
+    mean) times the sample's ``sample_weight``; a number, or a tensor shaped like ``like``
+    (``(N, 1, d1, ...)``)."""
+    sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
+    if sample_weight is None:
+        return sc
+    return sample_weight.to(like.dtype).reshape(like.shape) * sc
+
+
+def _z_loss(z_loss: Scalar, lse: torch.Tensor, c: torch.Tensor | None):
+    """PaLM's z-loss of each sample, ``z_loss c lse^2``, and the coefficient of ``p_k`` in its
+    gradient, ``2 z_loss c lse`` (``lse`` of the whole row, ``c`` the sample's weight in the
+    mean's denominator; ``None``: 1). Where ``c`` is 0 both are exactly 0, whatever the row's
+    logits (an ignored sample)."""
+    k = (2.0 * z_loss) * lse
+    term = z_loss * (lse * lse)
+    if c is not None:
+        term = torch.where(c == 0, 0.0, c * term)
+        k = torch.where(c == 0, 0.0, c * k)
+    return term, k
+
+
+def _finish_rows(loss, grad, valid, sample_weight, dcap):
+    """The per-sample loss ``(N, 1, ...)`` scaled by ``sample_weight`` (an ignored sample
+    stays exactly 0), and the gradient through the soft-capping."""
+    if sample_weight is not None:
+        loss = loss * sample_weight.to(loss.dtype).reshape(loss.shape)
+        if valid is not None:
+            loss = torch.where(valid, loss, 0.0)
+    if grad is not None and dcap is not None:
+        grad = grad * dcap
+    return loss, grad
 
 
 def _index_targets(target, ignore_index, weight, dtype):
@@ -401,22 +450,32 @@ def cross_entropy(
     Returns ``(sum or per-sample loss, denominator or None, gradient)``; a ``None``
     denominator means every sample counts once.
     """
-    weight, ignore_index, smoothing = options.weight, options.ignore_index, options.label_smoothing
+    o = options
+    weight, ignore_index, smoothing = o.weight, o.ignore_index, o.label_smoothing
     probs = target.is_floating_point()
-    x, z, ez, sum_ez, lse = _softmax_parts(input)
+    x, z, ez, sum_ez, lse, top, dcap = _softmax_parts(input, o.softcap)
     dtype, n_classes = x.dtype, x.shape[1]
     w_shape = [1] * x.dim()
     w_shape[1] = n_classes
     w = None if weight is None else weight.to(dtype).view(w_shape)
+    # the mean's 1 / denominator and the sample weights go into the per-row coefficients:
+    # the gradient's last write stays the one of the formula (no further pass over it)
+    sc = _row_scale(mean_denominator, o.sample_weight, lse)
     denominator = None
     grad = None
     if probs:
-        y, _, denominator = _probability_targets(target, dtype, ignore_index, smoothing, n_classes)
+        y, valid, denominator = _probability_targets(
+            target, dtype, ignore_index, smoothing, n_classes
+        )
         a = y if w is None else w * y
-        loss = torch.where(a == 0, 0.0, a * (lse - z)).sum(dim=1)
+        loss = torch.where(a == 0, 0.0, a * (lse - z)).sum(dim=1, keepdim=True)
+        coef = a.sum(dim=1, keepdim=True)
+        if o.z_loss is not None:
+            term, k = _z_loss(o.z_loss, top + lse, None if valid is None else valid.to(dtype))
+            loss = loss + term
+            coef = coef + k
         if need_grad:
-            sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
-            grad = ez * (a.sum(dim=1, keepdim=True) * sc / sum_ez) - a * sc
+            grad = ez * (coef * sc / sum_ez) - a * sc
     else:
         t, valid, w_t = _index_targets(target, ignore_index, weight, dtype)
         # gather / scatter at the target class: an index outside [0, C) raises, as in torch
@@ -430,6 +489,7 @@ def cross_entropy(
         if w_t is not None:
             nll = torch.where(nll_coef == 0, 0.0, nll)  # a zero weight at a -inf logit: 0
         loss = nll_coef * nll
+        coef = nll_coef
         if smoothing is not None:
             eps = smoothing / n_classes
             if valid is not None:
@@ -444,18 +504,18 @@ def cross_entropy(
             if valid is not None:
                 smooth = torch.where(valid, smooth, 0.0)
             loss = loss + smooth
+            coef = coef + eps * w_sum
+        if o.z_loss is not None:
+            term, k = _z_loss(o.z_loss, top + lse, w_t)
+            loss = loss + term
+            coef = coef + k
         if need_grad:
-            # the mean's 1 / denominator goes into the per-row coefficients: the scatter
-            # stays the last write of the gradient (no further pass over it)
-            sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
-            coef = nll_coef
-            if smoothing is not None:
-                coef = coef + eps * w_sum
             grad = ez * (coef * sc / sum_ez)
             if smoothing is not None:
                 grad = grad - (eps * sc if w is None else (eps * sc) * w)
             grad = _add_at_target(grad, t, -(nll_coef * sc))
-        loss = loss.squeeze(1)
+    loss, grad = _finish_rows(loss, grad, valid, o.sample_weight, dcap)
+    loss = loss.squeeze(1)
     out = loss.sum() if reduce else loss.to(output_dtype(input))
     if mean_denominator is not None:
         out = out / mean_denominator  # the gradient has it already
@@ -507,21 +567,23 @@ def softmax_family(
     weight, alpha, ignore_index, smoothing = o.weight, o.alpha, o.ignore_index, o.label_smoothing
     gamma, epsilon = o.gamma, o.epsilon
     probs = target.is_floating_point()
-    x, z, ez, sum_ez, lse = _softmax_parts(input)
+    x, z, ez, sum_ez, lse, top, dcap = _softmax_parts(input, o.softcap)
     dtype, n_classes = x.dtype, x.shape[1]
     shape = [1] * x.dim()
     shape[1] = n_classes
     w = _class_view(weight, dtype, shape)
     al = _class_view(alpha, dtype, shape)
-    sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
+    sc = _row_scale(mean_denominator, o.sample_weight, lse)
     denominator = None
     grad = None
+    k = None  # the z-loss's coefficient of p in the gradient
     if probs or smoothing is not None:
         # every class may carry target mass: per-class coefficients and terms
         if probs:
             y, valid, denominator = _probability_targets(
                 target, dtype, ignore_index, smoothing, n_classes
             )
+            c = None if valid is None else valid.to(dtype)
         else:
             t, valid, w_t = _index_targets(target, ignore_index, weight, dtype)
             onehot = torch.arange(n_classes, device=x.device).view(shape) == t
@@ -530,6 +592,7 @@ def softmax_family(
                 denominator = w_t.sum()
             if valid is not None:
                 y = torch.where(valid, y, 0.0)
+            c = w_t
         a = y if w is None else y * w
         if al is not None:
             a = a * al
@@ -550,16 +613,23 @@ def softmax_family(
                 terms = terms * m
             if epsilon is not None:
                 terms = terms + epsilon * u
-        loss = torch.where(keep, a * terms, 0.0).sum(dim=1)
+        loss = torch.where(keep, a * terms, 0.0).sum(dim=1, keepdim=True)
+        if o.z_loss is not None:
+            term, k = _z_loss(o.z_loss, top + lse, c)
+            loss = loss + term
         if need_grad:
             h = _p_dfdp(p, log_p, u, big, m, gamma, epsilon)
             g = torch.where(keep, a * (h * sc), 0.0)
             grad = g - p * g.sum(dim=1, keepdim=True)
+            if k is not None:
+                grad = grad + p * (k * sc)
     else:
         # class indices without smoothing: only the target class has a coefficient
-        t, _, coef = _index_targets(target, ignore_index, weight, dtype)
+        t, valid, coef = _index_targets(target, ignore_index, weight, dtype)
         if coef is not None:
             denominator = coef.sum()
+        if o.z_loss is not None:
+            term, k = _z_loss(o.z_loss, top + lse, coef)  # before alpha: the mean's weights
         if al is not None:
             a_t = al
             if isinstance(al, torch.Tensor) and al.dim():
@@ -585,15 +655,18 @@ def softmax_family(
             f = torch.where(coef == 0, 0.0, coef * f)
         elif coef is not None:  # a number alpha, no weight and nothing ignored
             f = coef * f if coef else torch.zeros_like(f)
-        loss = f.squeeze(1)
+        loss = f if k is None else f + term
         if need_grad:
             h = _p_dfdp(p_t, log_pt, u, big, m, gamma, epsilon) * sc
             if isinstance(coef, torch.Tensor):
                 h = torch.where(coef == 0, 0.0, coef * h)
             elif coef is not None:
                 h = coef * h if coef else torch.zeros_like(h)
-            # g_k - p_k sum g = h ([k = t] - p_k)
-            grad = _add_at_target(ez * (-h / sum_ez), t, h)
+            # g_k - p_k sum g = h ([k = t] - p_k), and the z-loss's p_k k
+            rest = -h if k is None else k * sc - h
+            grad = _add_at_target(ez * (rest / sum_ez), t, h)
+    loss, grad = _finish_rows(loss, grad, valid, o.sample_weight, dcap)
+    loss = loss.squeeze(1)
     out = loss.sum() if reduce else loss.to(output_dtype(input))
     if mean_denominator is not None:
         out = out / mean_denominator  # the gradient has it already

@@ -679,6 +679,7 @@ def _cross_entropy_kernel(
     t_ptr,
     w_ptr,
     alpha_ptr,
+    sw_ptr,
     grad_ptr,
     row_ptr,
     n_rows,
@@ -694,6 +695,10 @@ def _cross_entropy_kernel(
     eps_lo,
     alpha_hi,
     alpha_lo,
+    zl_hi,
+    zl_lo,
+    cap_hi,
+    cap_lo,
     scale_ptr,
     sc_hi,
     sc_lo,
@@ -708,6 +713,9 @@ def _cross_entropy_kernel(
     SCALE: tl.constexpr,
     F64: tl.constexpr,
     BLOCK: tl.constexpr,
+    Z_LOSS: tl.constexpr = False,  # + z_loss c lse^2 per sample (PaLM)
+    SOFTCAP: tl.constexpr = False,  # logits soft-capped to cap tanh(x / cap) (Gemma 2)
+    SAMPLE_W: tl.constexpr = False,  # each sample's loss times sample_weight
 ):
     CDT: tl.constexpr = tl.float64 if F64 else tl.float32
     # TERMS: the softmax focal loss / Poly-1 / alpha, sum_c a_c f(p_c) (see _terms); else
@@ -717,7 +725,13 @@ def _cross_entropy_kernel(
     # Row = (sample n, spatial position s); class j sits at n * C * inner + j * inner + s.
     base = (row // inner) * n_classes * inner + row % inner
     smoothing = _scalar(s_hi, s_lo, CDT)
+    cap = _scalar(cap_hi, cap_lo, CDT)
     grad_scale = _grad_scale(scale_ptr, sc_hi, sc_lo, SCALE, CDT)
+    v = tl.full([], 1.0, CDT)
+    if SAMPLE_W:
+        # the sample's weight scales its loss and, through the scale, its whole gradient
+        v = tl.load(sw_ptr + row).to(CDT)
+        grad_scale = grad_scale * v
     # Pass 1: online softmax -- running max m and sum d of exp(x - m), rescaled when m grows --
     # and the weight sums the gradient's coefficient needs.
     m = tl.full([], float("-inf"), CDT)
@@ -729,7 +743,7 @@ def _cross_entropy_kernel(
     for start in range(0, n_classes, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         cmask = cols < n_classes
-        x = tl.load(x_ptr + base + cols * inner, mask=cmask, other=float("-inf")).to(CDT)
+        x, _ = _logits(x_ptr, base + cols * inner, cmask, float("-inf"), cap, SOFTCAP, CDT)
         m_new = tl.maximum(m, tl.max(x, axis=0))
         # the shift of the exponentials: 0 while every logit so far is -inf (exp(-inf - -inf)
         # would be NaN; with a 0 shift those terms are exp(-inf) = 0)
@@ -770,6 +784,7 @@ def _cross_entropy_kernel(
     sum_w = tl.sum(acc_w, axis=0) * row_valid
     loss = tl.zeros([], CDT)
     denom = row_valid
+    keep_row = row_valid > 0.0
     nll_coef = tl.zeros([], CDT)
     eps = tl.zeros([], CDT)
     target = tl.full([], -1, tl.int64)
@@ -784,7 +799,12 @@ def _cross_entropy_kernel(
         # an index outside [0, C) cannot raise on the device: never read there, give NaN
         in_range = (target >= 0) & (target < n_classes)
         target = tl.where(in_range, target, 0)
-        z_t = tl.load(x_ptr + base + target * inner).to(CDT) - m
+        x_t = tl.load(x_ptr + base + target * inner).to(CDT)
+        if SOFTCAP:
+            tanh_t, _ = _tanh_parts(_div(x_t, cap))
+            x_t = cap * tanh_t
+        z_t = x_t - m
+        keep_row = valid
         w_t = tl.where(valid, 1.0, 0.0).to(CDT)
         if HAS_W:
             w_t = w_t * tl.load(w_ptr + target).to(CDT)
@@ -795,6 +815,16 @@ def _cross_entropy_kernel(
             eps = tl.where(valid, _div(smoothing, tl.zeros([], CDT) + n_classes), 0.0).to(CDT)
         loss = tl.where(nll_coef != 0.0, nll_coef * (lse_z - z_t), 0.0)
         coef = nll_coef + eps * sum_w
+    # PaLM's z-loss, weighted as the sample counts in the mean (denom: w_t, or 1 if valid):
+    # the term and its coefficient of p_k in the gradient; exactly 0 for an ignored sample
+    z_term = tl.zeros([], CDT)
+    z_grad = tl.zeros([], CDT)
+    if Z_LOSS:
+        z_loss = _scalar(zl_hi, zl_lo, CDT)
+        lse = m + lse_z
+        z_term = tl.where(denom != 0.0, z_loss * denom * (lse * lse), 0.0)
+        z_grad = tl.where(denom != 0.0, 2.0 * z_loss * denom * lse, 0.0)
+        coef += z_grad
     if TERMS:
         gamma = _scalar(gamma_hi, gamma_lo, CDT)
         epsilon = _scalar(eps_hi, eps_lo, CDT)
@@ -835,7 +865,7 @@ def _cross_entropy_kernel(
                 cmask = cols < n_classes
                 offs = base + cols * inner
                 if PROBS or SMOOTH:
-                    p, top, af, g = _dense_terms(
+                    p, top, af, g, dcap = _dense_terms(
                         x_ptr,
                         t_ptr,
                         w_ptr,
@@ -854,12 +884,14 @@ def _cross_entropy_kernel(
                         gamma,
                         epsilon,
                         alpha,
+                        cap,
                         PROBS,
                         HAS_W,
                         SMOOTH,
                         FOCAL,
                         POLY,
                         ALPHA,
+                        SOFTCAP,
                         CDT,
                     )
                     if phase == 0:
@@ -867,13 +899,18 @@ def _cross_entropy_kernel(
                         acc_g += tl.where(top, 0.0, g)
                         acc_top += tl.where(top, g, 0.0)
                 else:
-                    z = tl.load(x_ptr + offs, mask=cmask, other=float("-inf")).to(CDT) - m
+                    z, dcap = _logits(x_ptr, offs, cmask, float("-inf"), cap, SOFTCAP, CDT)
+                    z = z - m
                     p, top = _probability(z, lse_z, d)
                     g = tl.where(cols == target, g_t, 0.0)
                 if phase == 1:
                     g = tl.where(top, g * om_top - p * g_rest, g - p * (g_rest + g_top))
+                    if Z_LOSS:
+                        g += p * z_grad
                     if not PROBS:
                         g = tl.where(in_range, g, float("nan"))
+                    if SOFTCAP:
+                        g = g * dcap
                     g = g * grad_scale
                     tl.store(grad_ptr + offs, g.to(grad_ptr.dtype.element_ty), mask=cmask)
             if phase == 0:
@@ -890,7 +927,8 @@ def _cross_entropy_kernel(
             cols = start + tl.arange(0, BLOCK)
             cmask = cols < n_classes
             offs = base + cols * inner
-            z = tl.load(x_ptr + offs, mask=cmask, other=0.0).to(CDT) - m
+            z, dcap = _logits(x_ptr, offs, cmask, 0.0, cap, SOFTCAP, CDT)
+            z = z - m
             if PROBS or SMOOTH:
                 wj = _class_weights(
                     w_ptr,
@@ -919,12 +957,18 @@ def _cross_entropy_kernel(
                     if SMOOTH:
                         g -= eps * wj
                     g = tl.where(in_range, g, float("nan"))
+                if SOFTCAP:
+                    g = g * dcap
                 g = g * grad_scale
                 tl.store(grad_ptr + offs, g.to(grad_ptr.dtype.element_ty), mask=cmask)
         if PROBS:
             loss = tl.sum(acc, axis=0)
         elif SMOOTH:
             loss += tl.where(eps != 0.0, eps * tl.sum(acc, axis=0), 0.0)
+    if Z_LOSS:
+        loss += z_term
+    if SAMPLE_W:
+        loss = tl.where(keep_row, loss * v, 0.0)  # an ignored sample stays exactly 0
     if not PROBS:
         loss = tl.where(in_range, loss, float("nan"))
     tl.store(row_ptr + row, loss)
@@ -978,19 +1022,23 @@ def _dense_terms(
     gamma,
     epsilon,
     alpha,
+    cap,
     PROBS: tl.constexpr,
     HAS_W: tl.constexpr,
     SMOOTH: tl.constexpr,
     FOCAL: tl.constexpr,
     POLY: tl.constexpr,
     ALPHA: tl.constexpr,
+    SOFTCAP: tl.constexpr,
     CDT: tl.constexpr,
 ):
-    """One block of classes ``cols`` of a row: ``p``, whether each is the dominant class, and
+    """One block of classes ``cols`` of a row: ``p``, whether each is the dominant class,
     ``a f``, ``a h`` (see :func:`_terms`) with ``a_j = y'_j w_j alpha_j`` (``y'`` the smoothed
-    target distribution, 0 outside the row and where ``keep``, the row's validity, is 0)."""
+    target distribution, 0 outside the row and where ``keep``, the row's validity, is 0), and
+    the soft-capping's derivative."""
     cmask = cols < n_classes
-    z = tl.load(x_ptr + base + cols * inner, mask=cmask, other=float("-inf")).to(CDT) - m
+    z, dcap = _logits(x_ptr, base + cols * inner, cmask, float("-inf"), cap, SOFTCAP, CDT)
+    z = z - m
     a = _class_weights(
         w_ptr, t_ptr, base, cols, cmask, inner, smoothing, n_classes, PROBS, HAS_W, SMOOTH, CDT
     )
@@ -1009,7 +1057,39 @@ def _dense_terms(
     f, h = _terms(z, lse_z, p, top, d, d_rest, gamma, epsilon, FOCAL, POLY)
     # a zero coefficient contributes 0, also at a -inf logit (no 0 * inf)
     live = a != 0.0
-    return p, top, tl.where(live, a * f, 0.0), tl.where(live, a * h, 0.0)
+    return p, top, tl.where(live, a * f, 0.0), tl.where(live, a * h, 0.0), dcap
+
+
+@triton.jit
+def _tanh_parts(u):
+    """``tanh(u)`` and its derivative ``1 - tanh^2 = 4 e / (1 + e)^2``, ``e = exp(-2|u|)``:
+    never 1 minus a rounded ``tanh^2`` (0 wherever tanh rounds to 1), 0 at ``u = +-inf``."""
+    e = _exp(-2.0 * tl.abs(u))
+    dt = _div(4.0 * e, (1.0 + e) * (1.0 + e))
+    if ACCURATE:
+        t = libdevice.tanh(u)
+    else:
+        # (1 - e) / (1 + e) with 1 - e = -expm1(-2|u|) by Kahan's (e - 1) a / log(e): exact
+        # where e is near 1 (small |u|), where e - 1 alone would cancel
+        a = -2.0 * tl.abs(u)
+        near = (e >= 0.5) & (e != 1.0)
+        em1 = (e - 1.0) * _div(a, _log(tl.where(near, e, 0.5)))
+        em1 = tl.where(near, em1, tl.where(e == 1.0, a, e - 1.0))
+        t = _div(-em1, 1.0 + e)
+        t = tl.where(u < 0.0, -t, t)
+    return t, dt
+
+
+@triton.jit
+def _logits(x_ptr, offs, mask, other, cap, SOFTCAP: tl.constexpr, CDT: tl.constexpr):
+    """A block of logits in the compute dtype, ``other`` outside ``mask``; with ``SOFTCAP``
+    soft-capped to ``cap tanh(x / cap)``, and ``dx / d input`` (1 without)."""
+    x = tl.load(x_ptr + offs, mask=mask, other=other).to(CDT)
+    dcap = tl.zeros_like(x) + 1.0
+    if SOFTCAP:
+        t, dcap = _tanh_parts(_div(x, cap))
+        x = tl.where(mask, cap * t, other)  # the padding stays what the reductions expect
+    return x, dcap
 
 
 @triton.jit
@@ -1073,6 +1153,7 @@ def _softmax_loss(
     target: torch.Tensor,
     weight: torch.Tensor | None,
     alpha: torch.Tensor | None,
+    sample_weight: torch.Tensor | None,
     mean_denominator: torch.Tensor | None,
     numbers: list[float],
     mean_count: int,
@@ -1083,11 +1164,12 @@ def _softmax_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The body of the op ``crossent::softmax_loss``: the row kernel and, for a reduced loss,
     the deterministic sums of its rows. ``numbers``: ignore_index, label_smoothing, gamma,
-    epsilon and a numeric alpha (0 where off); ``alpha_kind`` 0: no alpha, 1: the number, 2:
-    the tensor ``alpha``. Returns the per-sample loss in ``output_dtype(input)`` (``reduce``
+    epsilon, a numeric alpha, z_loss and softcap (0 where off); ``alpha_kind`` 0: no alpha,
+    1: the number, 2: the tensor ``alpha``. ``sample_weight``: one weight per sample, or
+    ``None``. Returns the per-sample loss in ``output_dtype(input)`` (``reduce``
     False) or ``[sum, denominator]``, and the gradient (an empty tensor without
     ``need_grad``)."""
-    ignore_index, smoothing, gamma, epsilon, alpha_number = numbers
+    ignore_index, smoothing, gamma, epsilon, alpha_number, z_loss, softcap = numbers
     probs = target.is_floating_point()
     x = input.contiguous()
     n_classes = x.shape[1]
@@ -1098,6 +1180,8 @@ def _softmax_loss(
     w = None if weight is None else weight.contiguous()
     if alpha_kind == 2:
         alpha = alpha.reshape(-1).expand(n_classes).contiguous()  # a 0-dim alpha: one per class
+    # one weight per row (sample n, position s) at n * inner + s, as the kernel reads it
+    sw = None if sample_weight is None else sample_weight.reshape(-1).contiguous()
     grad = torch.empty_like(x, dtype=grad_dtype(x.dtype)) if need_grad else None
     rows = torch.empty((2, n_rows), dtype=cdt, device=x.device)
     terms = bool(gamma or epsilon or alpha_kind)
@@ -1110,6 +1194,7 @@ def _softmax_loss(
             t,
             w if w is not None else x,
             alpha if alpha_kind == 2 else x,
+            sw if sw is not None else x,
             grad if grad is not None else x,
             rows,
             n_rows,
@@ -1120,6 +1205,8 @@ def _softmax_loss(
             *_split(gamma),
             *_split(epsilon),
             *_split(alpha_number if alpha_kind == 1 else None),
+            *_split(z_loss or None),
+            *_split(softcap or None),
             *scale_args,
             PROBS=probs,
             HAS_W=weight is not None,
@@ -1132,6 +1219,9 @@ def _softmax_loss(
             SCALE=scale_kind,
             F64=cdt == torch.float64,
             BLOCK=block,
+            Z_LOSS=bool(z_loss),
+            SOFTCAP=bool(softcap),
+            SAMPLE_W=sw is not None,
             num_warps=num_warps,
         )
     grad = grad if grad is not None else _no_grad(input)
@@ -1157,6 +1247,7 @@ def softmax_family(input, target, options, *, mean_denominator, reduce, need_gra
         target,
         o.weight,
         alpha if alpha_kind == 2 else None,
+        o.sample_weight,
         denominator,
         [
             _number(o.ignore_index),
@@ -1164,6 +1255,8 @@ def softmax_family(input, target, options, *, mean_denominator, reduce, need_gra
             _number(o.gamma),
             _number(o.epsilon),
             _number(alpha if alpha_kind == 1 else None),
+            _number(o.z_loss),
+            _number(o.softcap),
         ],
         count,
         o.ignore_index is not None,

@@ -349,6 +349,7 @@ def _check_softmax(
         V.check_class_vector(
             "alpha", options.alpha, num_classes, allow_scalar=True, nonnegative=True
         )
+    V.check_sample_weight(options.sample_weight, input)
     if is_index:
         options = _matchable_ignore_index(options, target)
         if not shard:
@@ -356,11 +357,38 @@ def _check_softmax(
     return options
 
 
-def _ce_options(*, weight=None, ignore_index=-100, label_smoothing=0.0) -> SoftmaxOptions:
+def _z_loss(value: Any) -> float | None:
+    # 0 switches it off: no term at all, the plain loss's code path
+    return V.check_number("z_loss", value, low=0.0) or None
+
+
+def _softcap(value: Any) -> float | None:
+    if value is None:
+        return None
+    return V.check_number("softcap", value, low=0.0, low_inclusive=False)
+
+
+def _sample_weight(value: Any) -> torch.Tensor | None:
+    # its size and values are checked with the call (they depend on the input)
+    return None if value is None else V.check_tensor("sample_weight", value)
+
+
+def _ce_options(
+    *,
+    weight=None,
+    sample_weight=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+) -> SoftmaxOptions:
     return SoftmaxOptions(
         label_smoothing=_smoothing(label_smoothing),
         ignore_index=V.check_ignore_index(ignore_index),
         weight=weight,
+        z_loss=_z_loss(z_loss),
+        softcap=_softcap(softcap),
+        sample_weight=_sample_weight(sample_weight),
     )
 
 
@@ -385,6 +413,20 @@ def _poly1_options(*, epsilon=1.0, **common) -> SoftmaxOptions:
 
 
 def _softmax_symbolic(opts: dict[str, Any], probability_targets: bool = False) -> str:
+    """The softmax family's formula with its terms: the loss of :func:`_softmax_terms`, the
+    z-loss ``λ·lse(x)²`` (weighted as the mean counts the sample), a sample weight ``v`` over
+    both, and the soft-capping of the logits."""
+    body = _softmax_terms(opts, probability_targets).removeprefix("ℓ = ")
+    if opts.get("z_loss"):
+        index_weight = opts.get("weight") is not None and not probability_targets
+        body += f" + λ·{'w_t·' if index_weight else ''}lse(x)²"
+    if opts.get("sample_weight") is not None:
+        body = f"v·[{body}]"
+    capped = ", x = c·tanh(x / c)" if opts.get("softcap") is not None else ""
+    return f"ℓ = {body}{capped}"
+
+
+def _softmax_terms(opts: dict[str, Any], probability_targets: bool = False) -> str:
     a_t = "α_t·" if opts.get("alpha") is not None else ""
     gamma = opts.get("gamma") or 0
     focal = "(1 - p_t)^γ·" if gamma else ""
@@ -400,6 +442,9 @@ def _softmax_symbolic(opts: dict[str, Any], probability_targets: bool = False) -
         return f"ℓ = {coef}[-{focal}log(p_t){eps}]" if coef else f"ℓ = -{focal}log(p_t){eps}"
     return f"ℓ = -{w_t}{a_t}{focal}log(p_t)"
 
+
+# the options every softmax loss has, which its formula and explain's steps know too
+_SOFTMAX_COMMON = _COMMON | {"label_smoothing", "z_loss", "softcap", "sample_weight"}
 
 _SOFTMAX_FORMULA = r"""y'_c = (1 - s)\, y_c + \frac{s}{C}, \qquad
     \ell = \sum_c w_c\, \alpha_c\, y'_c \left[ -(1 - p_c)^{\gamma} \log p_c
@@ -418,7 +463,7 @@ CE = LossDefinition(
     small=_small.cross_entropy,
     formula=r"y'_c = (1 - s)\, y_c + \frac{s}{C}, \qquad \ell = -\sum_c w_c\, y'_c \log p_c",
     symbolic=_softmax_symbolic,
-    formula_options=_COMMON | {"label_smoothing"},
+    formula_options=_SOFTMAX_COMMON,
     aliases=("cross_entropy", "crossentropy", "softmax_cross_entropy", "nll"),
 )
 SOFTMAX_FOCAL = LossDefinition(
@@ -432,7 +477,7 @@ SOFTMAX_FOCAL = LossDefinition(
     function_name="softmax_focal_loss",
     formula=_SOFTMAX_FORMULA.replace(r"+ \epsilon (1 - p_c) ", ""),
     symbolic=_softmax_symbolic,
-    formula_options=_COMMON | {"label_smoothing", "gamma", "alpha"},
+    formula_options=_SOFTMAX_COMMON | {"gamma", "alpha"},
     curve_options=("gamma", "alpha"),
     aliases=("softmax_focal_loss", "focal_softmax", "multiclass_focal"),
 )
@@ -447,7 +492,7 @@ POLY1 = LossDefinition(
     function_name="poly1_cross_entropy",
     formula=r"P_t = \sum_c y'_c\, p_c, \qquad \ell = \mathrm{CE}(x, y') + \epsilon\, (1 - P_t)",
     symbolic=_softmax_symbolic,
-    formula_options=_COMMON | {"label_smoothing", "epsilon"},
+    formula_options=_SOFTMAX_COMMON | {"epsilon"},
     curve_options=("epsilon",),
     aliases=("poly1_cross_entropy", "poly", "poly_loss", "polyloss"),
 )

@@ -54,6 +54,9 @@ SYMBOLS: dict[str, str] = {
     "gamma_neg": "γ₋",
     "clip": "m",
     "epsilon": "ε",
+    "z_loss": "λ",
+    "softcap": "c",
+    "sample_weight": "v",
 }
 
 

@@ -59,6 +59,9 @@ class KernelOptions:
     _row_tensors: tuple[str, ...] = dataclasses.field(default=(), init=False, repr=False)
     # Numeric fields, 0-dim tensors in the compute dtype under torch.compile.
     _numbers: tuple[str, ...] = dataclasses.field(default=(), init=False, repr=False)
+    # Dimensions the input has beyond a row tensor's: 0 (elementwise: a row tensor has the
+    # input's shape), 1 (per sample: the input's shape without its class dimension).
+    _class_dims: int = dataclasses.field(default=0, init=False, repr=False)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensor options (weights): the dispatcher checks whether one needs a gradient."""
@@ -100,11 +103,14 @@ class KernelOptions:
 
     def rows(self, rows: slice, n_rows: int, ndim: int) -> KernelOptions:
         """The options for a slice of rows (dimension 0) of an ``ndim``-dimensional input of
-        ``n_rows`` rows: a tensor option of the input's rank that varies along it is sliced."""
+        ``n_rows`` rows: a tensor option of the rank a row tensor has (the input's; for a
+        per-sample loss the input's without the class dimension) that varies along it is
+        sliced."""
+        rank = ndim - self._class_dims
         changes = {}
         for name in self._row_tensors:
             w = getattr(self, name)
-            if w is not None and w.dim() == ndim and w.shape[0] == n_rows and n_rows > 1:
+            if w is not None and rank > 0 and w.dim() == rank and w.shape[0] == n_rows > 1:
                 changes[name] = w[rows]
         return dataclasses.replace(self, **changes) if changes else self
 
@@ -206,6 +212,14 @@ class SoftmaxOptions(KernelOptions):
         ignore_index: class indices equal to it (or a probability row filled with it) are
             ignored; ``None``: nothing is.
         weight: a ``(C,)`` tensor of class weights.
+        z_loss: the coefficient ``λ > 0`` of PaLM's auxiliary ``λ lse(z)^2`` per valid sample
+            (times the weight the sample carries in the mean's denominator: ``w_t`` for class
+            indices with ``weight``, else 1); ``None``: off.
+        softcap: ``c > 0``: the logits become ``c tanh(x / c)`` before everything else (Gemma
+            2's soft-capping); ``None``: off.
+        sample_weight: a tensor of the per-sample loss's shape (the input's without the class
+            dimension) that scales each sample's loss, the z-loss included, and never the
+            mean's denominator; ``None``: off.
     """
 
     gamma: Scalar | None = None
@@ -214,9 +228,18 @@ class SoftmaxOptions(KernelOptions):
     label_smoothing: Scalar | None = None
     ignore_index: int | torch.Tensor | None = None
     weight: torch.Tensor | None = None
-    _numbers: tuple[str, ...] = dataclasses.field(
-        default=("gamma", "alpha", "epsilon", "label_smoothing"), init=False, repr=False
+    z_loss: Scalar | None = None
+    softcap: Scalar | None = None
+    sample_weight: torch.Tensor | None = None
+    _row_tensors: tuple[str, ...] = dataclasses.field(
+        default=("sample_weight",), init=False, repr=False
     )
+    _numbers: tuple[str, ...] = dataclasses.field(
+        default=("gamma", "alpha", "epsilon", "label_smoothing", "z_loss", "softcap"),
+        init=False,
+        repr=False,
+    )
+    _class_dims: int = dataclasses.field(default=1, init=False, repr=False)
 
     def _ignore_dtype(self, target: torch.Tensor) -> torch.dtype:
         return target.dtype

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from crossent._precision import LOG_CLAMP, SATURATION, compute_dtype
 from crossent.losses._options import AsymmetricOptions, SigmoidOptions, SoftmaxOptions
 
-__all__ = ["asymmetric", "sigmoid_family", "softmax_family"]
+__all__ = ["asymmetric", "sigmoid_family", "softcap", "softmax_family"]
 
 _NEG_INF = float("-inf")
 
@@ -449,17 +449,52 @@ def softmax_family_loss(
     return loss, denominator
 
 
+def softcap(x: torch.Tensor, cap: float | torch.Tensor) -> torch.Tensor:
+    """``cap * tanh(x / cap)`` (Gemma 2's logit soft-capping), differentiable to any order.
+
+    Written as ``tanh(a) = -expm1(-2a) / (1 + exp(-2a))`` for ``a = |x| / cap``, odd by a
+    ``where``: its autograd derivative is ``4 e / (1 + e)^2`` (``e = exp(-2a)``) summed from two
+    positive terms, exact where ``tanh`` rounds to 1 (``1 - tanh^2`` would be 0 there), and 1
+    at ``x = 0`` (``sign(x) * |x|`` would give 0)."""
+
+    def positive(a: torch.Tensor) -> torch.Tensor:
+        return -torch.expm1(-2.0 * a) / (1.0 + torch.exp(-2.0 * a))
+
+    u = x / cap
+    # the inner wheres keep the branch not taken at a >= 0, so its gradient stays finite
+    return cap * torch.where(u >= 0, positive(u.clamp_min(0.0)), -positive((-u).clamp_min(0.0)))
+
+
+def _sample_coefficient(
+    t: torch.Tensor, valid: torch.Tensor | None, weight: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """The weight a sample carries in the mean's denominator: ``weight[t]`` for a valid class
+    index with class weights, 1 for any other valid sample, 0 for an ignored one (``None``:
+    1 everywhere)."""
+    c = None
+    if weight is not None and not t.is_floating_point():
+        c = weight.to(dtype)[t]
+    if valid is not None:
+        c = valid.to(dtype) if c is None else torch.where(valid, c, 0.0)
+    return c
+
+
 def softmax_family(
     input: torch.Tensor, target: torch.Tensor, options: SoftmaxOptions
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Cross entropy, softmax focal loss or Poly-1 cross entropy over the class dimension (1,
-    or 0 for an input of size ``(C)``)."""
+    or 0 for an input of size ``(C)``), with the options every one of them has: the logits
+    soft-capped first (``softcap``), PaLM's z-loss ``z_loss * lse(z)^2`` added to each valid
+    sample (times the weight the sample carries in the mean's denominator), and the whole
+    per-sample loss scaled by ``sample_weight``."""
     o = options
     class_dim = 0 if input.dim() == 1 else 1
     x, t, valid = prepare_softmax_targets(
         input, target, class_dim=class_dim, ignore_index=o.ignore_index
     )
-    return softmax_family_loss(
+    if o.softcap is not None:
+        x = softcap(x, o.softcap)
+    loss, denominator = softmax_family_loss(
         x,
         t,
         class_dim=class_dim,
@@ -470,3 +505,16 @@ def softmax_family(
         epsilon=0.0 if o.epsilon is None else o.epsilon,
         label_smoothing=0.0 if o.label_smoothing is None else o.label_smoothing,
     )
+    if o.z_loss is not None:
+        lse = torch.logsumexp(x, dim=class_dim)
+        z = o.z_loss * lse.square()
+        c = _sample_coefficient(t, valid, o.weight, x.dtype)
+        if c is not None:
+            # where, not multiply: an ignored sample contributes exactly 0 whatever its logits
+            z = torch.where(c == 0, 0.0, c * z)
+        loss = loss + z
+    if o.sample_weight is not None:
+        loss = loss * o.sample_weight.to(x.dtype)
+        if valid is not None:
+            loss = torch.where(valid, loss, 0.0)
+    return loss, denominator
