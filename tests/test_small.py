@@ -230,3 +230,23 @@ def test_sigmoid_focal_small_precision_and_where_it_does_not_apply():
     assert _fused(crossent.sigmoid_focal_loss(x, y, ignore_index=-1))
     with pytest.raises(ValueError, match=r"values in \[0, 1\] for the focal loss"):
         crossent.sigmoid_focal_loss(x, y * 2)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"z_loss": 1e-2}, {"softcap": 2.0}, {"sample_weight": "v"}],
+    ids=["z_loss", "softcap", "sample_weight"],
+)
+def test_small_path_never_drops_an_option_it_does_not_compute(options):
+    # options the small formulation does not know send the call to the general path
+    x = torch.randn(6, 4, dtype=torch.float64) * 3
+    t = torch.randint(0, 4, (6,))
+    options = {
+        k: (torch.rand(6, dtype=torch.float64) if v == "v" else v) for k, v in options.items()
+    }
+    ours, grad = _value_and_grad(crossent.cross_entropy, x, t, **options)
+    ref, ref_grad = _value_and_grad(crossent.cross_entropy, x, t, backend="reference", **options)
+    plain = crossent.cross_entropy(x, t)
+    assert_close(ours, ref)
+    assert_close(grad, ref_grad)
+    assert not torch.allclose(ours, plain)

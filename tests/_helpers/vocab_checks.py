@@ -97,6 +97,40 @@ def _cases() -> list[Case]:
         Case("poly1-index-weight-ignore", p1, "index", {"epsilon": 2.0, w: 1, ig: 1}),
         Case("poly1-index-smoothing", p1, "index", {"epsilon": 1.0, s: 0.1}, 3),
         Case("poly1-probs-ignore", p1, "probs", {"epsilon": -0.5, ig: 1}, 3),
+        # the softmax options: softcap before everything, z-loss, per-sample weights
+        Case(
+            "ce-index-zloss-softcap-sampleweight-weight-ignore",
+            ce,
+            "index",
+            {"z_loss": 0.1, "softcap": 5.0, "sample_weight": 1, w: 1, ig: 1},
+        ),
+        Case("ce-index-smoothing-zloss", ce, "index", {"z_loss": 0.1, s: 0.1}),
+        Case(
+            "ce-probs-zloss-sampleweight-ignore",
+            ce,
+            "probs",
+            {"z_loss": 0.1, "sample_weight": 1, ig: 1},
+        ),
+        Case(
+            "focal-index-zloss-softcap-alpha-weight-ignore",
+            fl,
+            "index",
+            {"gamma": 2.0, "z_loss": 0.1, "softcap": 4.0, al: 1, w: 1, ig: 1},
+        ),
+        Case(
+            "focal-probs-smoothing-zloss-sampleweight",
+            fl,
+            "probs",
+            {"gamma": 2.0, s: 0.1, "z_loss": 0.1, "sample_weight": 1, "softcap": 6.0},
+            3,
+        ),
+        Case(
+            "poly1-index-smoothing-zloss-sampleweight-ignore",
+            p1,
+            "index",
+            {"epsilon": 1.0, s: 0.1, "z_loss": 0.1, "sample_weight": 1, w: 1, ig: 1},
+            3,
+        ),
         Case("bce", "binary_cross_entropy_with_logits", "binary", {}, 1),
         Case(
             "bce-weight-posweight-ignore",
@@ -150,6 +184,9 @@ def _full_data(case: Case, n_classes: int, seed: int = 0):
         options["ignore_index"] = -100
     for key, value in case.options.items():
         if key == "ignore":
+            continue
+        if key == "sample_weight":  # one per sample: the same on every rank, never sliced
+            options[key] = torch.rand(ROWS, generator=g, dtype=torch.float64) + 0.5
             continue
         if key in ("weight", "pos_weight", "alpha") and value == 1:
             if binary and key == "alpha":

@@ -63,7 +63,14 @@ from crossent._precision import compute_dtype, grad_dtype, output_dtype
 from crossent._reduction import distributed_ready, plan_reduction
 from crossent.kernels._dispatch import KernelFamily
 from crossent.kernels._function import FusedLoss
-from crossent.kernels._math import _focal_factor, _p_dfdp
+from crossent.kernels._math import (
+    _finish_rows,
+    _focal_factor,
+    _p_dfdp,
+    _row_scale,
+    _z_loss,
+    softcap,
+)
 from crossent.losses._options import KernelOptions, SoftmaxOptions
 
 __all__ = [
@@ -207,6 +214,9 @@ def softmax_shard(
     probs = target.is_floating_point()
     dtype = compute_dtype(input.dtype)
     x = input.to(dtype)
+    dcap = None
+    if o.softcap is not None:
+        x, dcap = softcap(x, o.softcap)  # elementwise: each rank caps its own logits
     n_local = x.shape[1]
     rows = x.shape[:1] + x.shape[2:]
     w_shape = [1] * x.dim()
@@ -229,7 +239,8 @@ def softmax_shard(
     # the class count as a number of the compute dtype (s / C in float64 stays float64)
     total = layout.total.to(dtype) if isinstance(layout.total, torch.Tensor) else layout.total
 
-    z = x - row_max.unsqueeze(1)  # shifted by the global maximum: z <= 0 on every rank
+    top = row_max.unsqueeze(1)
+    z = x - top  # shifted by the global maximum: z <= 0 on every rank
     ez = torch.exp(z)
     w = _class_vector(o.weight, dtype, w_shape)
     al = _class_vector(o.alpha, dtype, w_shape)
@@ -276,7 +287,8 @@ def softmax_shard(
     sum_ez = stats["S"]
     lse = torch.log(sum_ez)  # log-sum-exp of z over every rank's classes
 
-    sc = 1.0 if mean_denominator is None else 1.0 / mean_denominator
+    # the mean's 1 / denominator and the sample weights, in the per-row coefficients
+    sc = _row_scale(mean_denominator, o.sample_weight, lse)
     denominator = grad = None
     w_t = None
     if probs:
@@ -295,10 +307,15 @@ def softmax_shard(
 
     if plain and probs:
         loss = stats["A"] * lse - stats["Az"]  # sum_c a_c (lse - z_c), both terms >= 0
+        coef = stats["A"]
+        if o.z_loss is not None:
+            term, k = _z_loss(o.z_loss, top + lse, None if valid is None else valid.to(dtype))
+            loss = loss + term
+            coef = coef + k
         if valid is not None:
             loss = torch.where(valid, loss, 0.0)
         if need_grad:
-            grad = ez * (stats["A"] * sc / sum_ez) - a * sc
+            grad = ez * (coef * sc / sum_ez) - a * sc
             if valid is not None:
                 grad = torch.where(valid, grad, 0.0)
     elif plain:
@@ -323,16 +340,20 @@ def softmax_shard(
             if valid is not None:
                 smooth = torch.where(valid, smooth, 0.0)
             loss = loss + smooth
+        coef = nll_coef
+        if smoothing is not None:
+            coef = coef + eps * w_sum
+        if o.z_loss is not None:
+            term, k = _z_loss(o.z_loss, top + lse, w_t)
+            loss = loss + term
+            coef = coef + k
         if need_grad:
-            coef = nll_coef
-            if smoothing is not None:
-                coef = coef + eps * w_sum
             grad = ez * (coef * sc / sum_ez)
             if smoothing is not None:
                 grad = grad - (eps * sc if w is None else (eps * sc) * w)
             grad = _add_at_target(grad, t_local, own, -(nll_coef * sc))
     elif not per_class:
-        loss, grad = _family_at_target(o, stats, ez, lse, w_t, al, t_local, own, sc, need_grad)
+        loss, grad = _family_at_target(o, stats, ez, top, lse, w_t, al, t_local, own, sc, need_grad)
     else:
         if probs:
             if valid is not None:
@@ -345,7 +366,9 @@ def softmax_shard(
         a = y if w is None else y * w
         if al is not None:
             a = a * al
-        loss, grad = _family_per_class(o, stats, z, ez, lse, a, sc, need_grad, group)
+        c = w_t if not probs else (None if valid is None else valid.to(dtype))
+        loss, grad = _family_per_class(o, stats, z, ez, top, lse, a, c, sc, need_grad, group)
+    loss, grad = _finish_rows(loss, grad, valid, o.sample_weight, dcap)
     loss = loss.squeeze(1)
     out = loss.sum() if reduce else loss.to(output_dtype(input))
     if mean_denominator is not None:
@@ -353,12 +376,15 @@ def softmax_shard(
     return out, denominator, None if grad is None else grad.to(grad_dtype(input.dtype))
 
 
-def _family_at_target(o, stats, ez, lse, w_t, al, t_local, own, sc, need_grad):
+def _family_at_target(o, stats, ez, top, lse, w_t, al, t_local, own, sc, need_grad):
     """Focal / Poly-1 for class indices without smoothing: a function of the row statistics
     ``S, z_t, s_below`` (and the target's weight and alpha), as in
     :func:`crossent.kernels._math.softmax_family`."""
     sum_ez, z_t, s_below = stats["S"], stats["z_t"], stats["s_below"]
     coef = w_t
+    term = k = None
+    if o.z_loss is not None:
+        term, k = _z_loss(o.z_loss, top + lse, coef)  # before alpha: the mean's weights
     if al is not None:
         a_t = stats["alpha_t"] if "alpha_t" in stats else al
         coef = a_t if coef is None else coef * a_t
@@ -377,11 +403,14 @@ def _family_at_target(o, stats, ez, lse, w_t, al, t_local, own, sc, need_grad):
     if o.epsilon is not None:
         f = f + o.epsilon * u
     f = _scaled(coef, f)
+    if term is not None:
+        f = f + term
     grad = None
     if need_grad:
         h = _scaled(coef, _p_dfdp(p_t, log_pt, u, big, m, o.gamma, o.epsilon) * sc)
-        # g_k - p_k sum g = h ([k = t] - p_k)
-        grad = _add_at_target(ez * (-h / sum_ez), t_local, own, h)
+        # g_k - p_k sum g = h ([k = t] - p_k), and the z-loss's p_k k
+        rest = -h if k is None else k * sc - h
+        grad = _add_at_target(ez * (rest / sum_ez), t_local, own, h)
     return f, grad
 
 
@@ -394,7 +423,7 @@ def _scaled(coef: Any, v: torch.Tensor) -> torch.Tensor:
     return v
 
 
-def _family_per_class(o, stats, z, ez, lse, a, sc, need_grad, group):
+def _family_per_class(o, stats, z, ez, top, lse, a, c, sc, need_grad, group):
     """Focal / Poly-1 with a coefficient per class: the terms need the global ``p_c``, so each
     row's loss and ``sum_c g_c`` are all-reduced once more (round 3)."""
     sum_ez = stats["S"]
@@ -418,8 +447,15 @@ def _family_per_class(o, stats, z, ez, lse, a, sc, need_grad, group):
         g = torch.where(keep, a * (h * sc), 0.0)
         parts.append(g.sum(dim=1, keepdim=True))
     reduced = _reduce_rows(parts, group)
+    loss = reduced[0]
     grad = g - p * reduced[1] if need_grad else None
-    return reduced[0], grad
+    if o.z_loss is not None:
+        # a function of the (global) row statistics: added once, after the all-reduce
+        term, k = _z_loss(o.z_loss, top + lse, c)
+        loss = loss + term
+        if grad is not None:
+            grad = grad + p * (k * sc)
+    return loss, grad
 
 
 def sigmoid_shard(

@@ -28,6 +28,7 @@ handed over the same way, for the general path's answers (0, the rescaled sum).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from typing import Any
@@ -82,6 +83,23 @@ def cached_options(definition: Any, keywords: dict[str, Any]) -> Any:
     return options
 
 
+def _covers(options: Any, allowed: frozenset[str]) -> bool:
+    """Whether every option that is on is one the small formulation computes: an option it does
+    not know (one added to the loss later included) sends the call to the general path."""
+    for f in dataclasses.fields(options):
+        if f.name.startswith("_") or f.name in allowed or not f.init:
+            continue
+        value = getattr(options, f.name)
+        if value is not None and value is not False:
+            return False
+    return True
+
+
+_CE_OPTIONS = frozenset({"weight", "ignore_index", "label_smoothing"})
+_BCE_OPTIONS = frozenset({"weight", "pos_weight", "label_smoothing"})
+_FOCAL_OPTIONS = _BCE_OPTIONS | {"gamma", "alpha", "epsilon"}
+
+
 def _finite(out: torch.Tensor) -> bool:
     return out.dim() > 0 or math.isfinite(out.item())
 
@@ -93,6 +111,8 @@ def cross_entropy(
     if input.dtype not in _FLOATS or target.dtype != torch.int64 or input.dim() == 0:
         return None
     options = cached_options(definition, keywords)
+    if not _covers(options, _CE_OPTIONS):
+        return None
     weight = options.weight
     if weight is not None and (weight.requires_grad or weight.dtype != input.dtype):
         return None
@@ -121,7 +141,7 @@ def binary_cross_entropy_with_logits(
     if input.dtype not in _FLOATS or target.dtype != input.dtype:
         return None
     options = cached_options(definition, keywords)
-    if options.ignore_index is not None:
+    if not _covers(options, _BCE_OPTIONS):
         return None
     V.check_same_shape(input, target)
     weight, pos_weight = options.weight, options.pos_weight
@@ -159,7 +179,7 @@ def sigmoid_focal(
         return None
     options = cached_options(definition, keywords)
     gamma = options.gamma
-    if options.ignore_index is not None or isinstance(gamma, torch.Tensor):
+    if not _covers(options, _FOCAL_OPTIONS) or isinstance(gamma, torch.Tensor):
         return None
     if gamma is not None and 0.0 < gamma < 1.0:
         return None
