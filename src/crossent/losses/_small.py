@@ -55,6 +55,9 @@ _NEVER = -(2**63)  # an ignore_index no class index can equal
 _FLOATS = (torch.float32, torch.float64)
 
 _options_cache: OrderedDict = OrderedDict()
+# A tensor option of at most this many elements (a class weight, a pos_weight) is cached by
+# identity with its options; a larger one is validated on each call.
+_CACHED_NUMEL = 4096
 
 
 def cached_options(definition: Any, keywords: dict[str, Any]) -> Any:
@@ -64,19 +67,22 @@ def cached_options(definition: Any, keywords: dict[str, Any]) -> Any:
     reused while the entry lives."""
     if torch.compiler.is_compiling():  # traced once per graph: nothing to save
         return definition.options_from(**keywords)
-    key = [definition.name]
-    for name, value in keywords.items():
-        if isinstance(value, torch.Tensor):
-            value = (id(value), value._version)
-        # the type too: 1, 1.0 and True are equal keys, but not equally valid options
-        key.append((name, type(value), value))
-    key = tuple(key)
+    # the types too: 1, 1.0 and True are equal keys, but not equally valid options; a tensor
+    # by identity and version, never the tensor itself (its == is elementwise)
+    values = tuple(keywords.values())
+    types = tuple(map(type, values))
+    if torch.Tensor in types or any(isinstance(v, torch.Tensor) for v in values):
+        if any(isinstance(v, torch.Tensor) and v.numel() > _CACHED_NUMEL for v in values):
+            # per-batch data (a sample weight, an elementwise weight): not kept alive here
+            return definition.options_from(**keywords)
+        values = tuple((id(v), v._version) if isinstance(v, torch.Tensor) else v for v in values)
+    key = (definition.name, tuple(keywords), values, types)
     try:
         options = _options_cache[key]
     except KeyError:
         options = definition.options_from(**keywords)
         _options_cache[key] = options
-        if len(_options_cache) > 256:
+        if len(_options_cache) > 64:
             _options_cache.popitem(last=False)
     except TypeError:  # an unhashable keyword value: validate it the ordinary way
         options = definition.options_from(**keywords)
@@ -85,15 +91,27 @@ def cached_options(definition: Any, keywords: dict[str, Any]) -> Any:
 
 def _covers(options: Any, allowed: frozenset[str]) -> bool:
     """Whether every option that is on is one the small formulation computes: an option it does
-    not know (one added to the loss later included) sends the call to the general path."""
+    not know (one added to the loss later included) sends the call to the general path.
+    Remembered per options object (:func:`cached_options` returns the same one each call)."""
+    key = (id(options), allowed)
+    known = _covered.get(key)
+    if known is not None and known[0] is options:
+        return known[1]
+    result = True
     for f in dataclasses.fields(options):
         if f.name.startswith("_") or f.name in allowed or not f.init:
             continue
         value = getattr(options, f.name)
         if value is not None and value is not False:
-            return False
-    return True
+            result = False
+            break
+    if len(_covered) > 256:
+        _covered.clear()
+    _covered[key] = (options, result)  # holds the object: its id is not reused meanwhile
+    return result
 
+
+_covered: dict[tuple[int, frozenset], tuple[Any, bool]] = {}
 
 _CE_OPTIONS = frozenset({"weight", "ignore_index", "label_smoothing"})
 _BCE_OPTIONS = frozenset({"weight", "pos_weight", "label_smoothing"})
