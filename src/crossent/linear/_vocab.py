@@ -64,6 +64,7 @@ from crossent._reduction import distributed_ready, plan_reduction
 from crossent.kernels._dispatch import KernelFamily
 from crossent.kernels._function import FusedLoss
 from crossent.kernels._math import (
+    _class_view,
     _finish_rows,
     _focal_factor,
     _p_dfdp,
@@ -180,13 +181,6 @@ def _add_at_target(grad: torch.Tensor, t_local: torch.Tensor, own, values) -> to
     return add(grad, t_local, torch.where(own, values, 0.0))
 
 
-def _class_vector(v: Any, dtype: torch.dtype, shape: list[int]) -> Any:
-    if isinstance(v, torch.Tensor):
-        v = v.to(dtype)
-        return v.view(shape) if v.dim() else v
-    return v
-
-
 def softmax_shard(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -242,8 +236,8 @@ def softmax_shard(
     top = row_max.unsqueeze(1)
     z = x - top  # shifted by the global maximum: z <= 0 on every rank
     ez = torch.exp(z)
-    w = _class_vector(o.weight, dtype, w_shape)
-    al = _class_vector(o.alpha, dtype, w_shape)
+    w = _class_view(o.weight, dtype, w_shape)
+    al = _class_view(o.alpha, dtype, w_shape)
     smoothing = o.label_smoothing
     plain = o.plain
     per_class = probs or (smoothing is not None and not plain)
