@@ -370,7 +370,6 @@ def _run_compiled(
     compile (``backend="compiled"``). If compilation fails (no C++ compiler, an unsupported
     platform) the same closed form runs eagerly and compilation is not tried again -- unless
     inside :func:`no_fallback`, where the failure is raised."""
-    global _compile_error
     if _compile_error is not None:
         if _strict:
             raise RuntimeError(
