@@ -268,6 +268,31 @@ def test_compiled_backend():
     _compare("focal", torch.float32, "mean", backend="compiled", rtol=1e-5, grad_rtol=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "reduction"), [("ce", "mean"), ("ce_probs", "none")])
+def test_compiled_cross_entropy_writes_its_gradient_over_the_logits(name, reduction, monkeypatch):
+    """Compiled cross entropy stores the gradient into the logits block (so a block holds
+    twice the rows): exact all the same, and the block's gradient is the buffer itself."""
+    closed_form = _math.cross_entropy
+    block = _chunked.gradient_in_place(closed_form)
+    assert _chunked.gradient_in_place(closed_form) is block  # one wrapper, one graph cache
+    assert _chunked.gradient_in_place(_math.sigmoid_family) is None  # would allocate anyway
+    assert _chunked.block_rows(10**6, 1000, torch.device("cpu"), None, in_place=True) == (
+        2 * _chunked.BLOCK_ELEMENTS // 1000
+    )
+    logits = torch.randn(4, V, dtype=torch.float64)
+    _, _, grad = block(
+        logits,
+        torch.tensor([0, 1, 2, 3]),
+        get_loss("ce").options_from(),
+        mean_denominator=None,
+        reduce=True,
+        need_grad=True,
+    )
+    assert grad is logits
+    _compare(name, torch.float64, reduction, backend="compiled", rtol=1e-10, grad_rtol=1e-10)
+
+
 def test_modules_delegate_to_the_functions():
     tensors, t, opts, _ = _case("focal", torch.float64)
     x, w, b = tensors

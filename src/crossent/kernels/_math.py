@@ -347,6 +347,17 @@ def _softmax_parts(input: torch.Tensor, cap: Scalar | None = None):
     return x, z, ez, sum_ez, torch.log(sum_ez), top, dcap
 
 
+def _scaled_softmax(z, ez, lse, sum_ez, scale, recompute: bool = False):
+    """``p * scale``, the softmax ``p = e^z / S`` times a per-row ``scale``: from the stored
+    ``e^z``, or (``recompute``) as ``exp(z - log S) * scale``, which compiled code evaluates in
+    its last pass over the row instead of storing ``e^z`` -- slower (a second ``exp`` per
+    element), but with no ``(N, C)`` temporary (the gradient written in place). The two
+    differ by a rounding of ``z - log S``: a few units in the last place."""
+    if recompute:
+        return torch.exp(z - lse) * scale
+    return ez * (scale / sum_ez)
+
+
 def _row_scale(mean_denominator: Scalar | None, sample_weight: torch.Tensor | None, like):
     """The factor each sample's gradient is stored with: ``1 / mean_denominator`` (folded
     mean) times the sample's ``sample_weight``; a number, or a tensor shaped like ``like``
@@ -425,6 +436,7 @@ def cross_entropy(
     mean_denominator: Scalar | None,
     reduce: bool,
     need_grad: bool,
+    in_place: bool = False,
 ):
     r"""Softmax cross entropy over dimension 1 (crossent's, i.e. torch's, semantics), loss and
     gradient.
@@ -448,10 +460,16 @@ def cross_entropy(
     class dominates. A term whose coefficient is 0 contributes 0 even at a ``-inf`` logit.
 
     Returns ``(sum or per-sample loss, denominator or None, gradient)``; a ``None``
-    denominator means every sample counts once.
+    denominator means every sample counts once. ``in_place``: the gradient is written over
+    ``input`` and returned as it (the fused linear + loss's logits block, see
+    :func:`crossent.linear._chunked.gradient_in_place`); compiled, its last pass recomputes
+    ``e^z`` and compares with the target class instead of storing ``e^z`` and accumulating
+    at the target, so the generated code writes it there directly, with no ``(N, C)``
+    temporary.
     """
     o = options
     weight, ignore_index, smoothing = o.weight, o.ignore_index, o.label_smoothing
+    fuse = in_place and torch.compiler.is_compiling()
     probs = target.is_floating_point()
     x, z, ez, sum_ez, lse, top, dcap = _softmax_parts(input, o.softcap)
     dtype, n_classes = x.dtype, x.shape[1]
@@ -475,7 +493,7 @@ def cross_entropy(
             loss = loss + term
             coef = coef + k
         if need_grad:
-            grad = ez * (coef * sc / sum_ez) - a * sc
+            grad = _scaled_softmax(z, ez, lse, sum_ez, coef * sc, fuse) - a * sc
     else:
         t, valid, w_t = _index_targets(target, ignore_index, weight, dtype)
         # gather / scatter at the target class: an index outside [0, C) raises, as in torch
@@ -510,15 +528,17 @@ def cross_entropy(
             loss = loss + term
             coef = coef + k
         if need_grad:
-            grad = ez * (coef * sc / sum_ez)
+            grad = _scaled_softmax(z, ez, lse, sum_ez, coef * sc, fuse)
             if smoothing is not None:
                 grad = grad - (eps * sc if w is None else (eps * sc) * w)
-            grad = _add_at_target(grad, t, -(nll_coef * sc))
+            grad = _add_at_target(grad, t, -(nll_coef * sc), fuse)
     loss, grad = _finish_rows(loss, grad, valid, o.sample_weight, dcap)
     loss = loss.squeeze(1)
     out = loss.sum() if reduce else loss.to(output_dtype(input))
     if mean_denominator is not None:
         out = out / mean_denominator  # the gradient has it already
+    if grad is not None and in_place:
+        grad = input.copy_(grad)
     return out, denominator, None if grad is None else grad.to(grad_dtype(input.dtype))
 
 
@@ -673,13 +693,22 @@ def softmax_family(
     return out, denominator, None if grad is None else grad.to(grad_dtype(input.dtype))
 
 
-def _add_at_target(grad: torch.Tensor, t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``grad[n, t[n, 0, ...], ...] += values[n, 0, ...]`` in place (``grad``: a fresh
-    ``(N, C, ...)`` tensor of this closed form; ``t``, ``values``: ``(N, 1, ...)``), and
-    ``grad``. An indexed accumulate, not ``scatter_add``: torch.compile fuses it into the
-    generated code (it runs ``scatter_add`` as a separate ATen call that took about 7% of a
-    cross entropy on CPU), and eagerly it writes in place instead of copying the gradient.
-    Each row has one target, so no two updates meet (deterministic)."""
+def _add_at_target(
+    grad: torch.Tensor, t: torch.Tensor, values: torch.Tensor, compare: bool = False
+) -> torch.Tensor:
+    """``grad[n, t[n, 0, ...], ...] += values[n, 0, ...]`` (``grad``: a fresh ``(N, C, ...)``
+    tensor of this closed form; ``t``, ``values``: ``(N, 1, ...)``), and ``grad``. An indexed
+    accumulate in place, not ``scatter_add``: torch.compile fuses it into the generated code
+    (``scatter_add`` ran as a separate ATen call that took about 7% of a cross entropy on CPU),
+    and eagerly it writes in place instead of copying the gradient. Each row has one target,
+    so no two updates meet (deterministic). ``compare``: a comparison with the class index
+    instead, a pointwise step that compiled code folds into the pass writing ``grad`` (the
+    accumulate needs the whole gradient stored first), so that pass can write it in place.
+    """
+    if compare:
+        classes = torch.arange(grad.shape[1], device=grad.device)
+        classes = classes.view([1, -1] + [1] * (grad.dim() - 2))
+        return torch.where(classes == t, grad + values, grad)
     rest = t.shape[2:]  # the extra dimensions d1, ..., dk of an (N, C, d1, ..., dk) input
     rank = 1 + len(rest)
     index = [torch.arange(t.shape[0], device=t.device).view([-1] + [1] * len(rest))]

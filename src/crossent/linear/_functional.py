@@ -26,7 +26,7 @@ from crossent.kernels._dispatch import (
     requested_backend,
     select_backend,
 )
-from crossent.linear._chunked import Plan, block_rows, run_plan
+from crossent.linear._chunked import Plan, block_rows, gradient_in_place, run_plan
 from crossent.linear._vocab import _known_denominator as vocab_known_denominator
 from crossent.linear._vocab import check_vocab_call, vocab_closed_form, vocab_layout
 from crossent.losses import CE, LossDefinition, run
@@ -164,6 +164,7 @@ def compute(
         known = family.known_denominator(proxy, target_rows, options)
     plan = plan_reduction(reduction, process_group, proxy, known)
     finish_grad_input = None
+    in_place = False
     if shard:
         kernel, finish_grad_input = _vocab_kernel(
             family, options, vocab_group, target_rows, n_classes, input.device
@@ -175,6 +176,9 @@ def compute(
 
         flat = not family.classes and len(options.tensors()) == 0
         closed_form = family.closed_form(options)
+        writes_in_place = gradient_in_place(closed_form)
+        if writes_in_place is not None:
+            closed_form, in_place = writes_in_place, True
         # backend="auto" never waits for a compile: while the block's graph compiles in a
         # background thread, the eager closed form computes the blocks (over slices of the
         # block, so its temporaries stay small)
@@ -196,7 +200,7 @@ def compute(
         kernel=kernel,
         target=target_rows,
         options=options,
-        rows=block_rows(n, n_classes, input.device, rows),
+        rows=block_rows(n, n_classes, input.device, rows, in_place),
         mean_denominator=plan.fold,
         reduce=plan.reduce,
         per_row=family.classes,
@@ -204,6 +208,7 @@ def compute(
         acc_dtype=compute_dtype(input.dtype),
         needs=needs,
         finish_grad_input=finish_grad_input,
+        in_place=in_place,
     )
     out, denominator = run_plan(chunked, x, linear_weight, linear_bias)
     # with vocab_group a reduced sigmoid loss always has its global denominator: not used
