@@ -837,6 +837,7 @@ def test_auto_never_waits_for_a_compile(monkeypatch):
     gated = _GatedCompile()
     monkeypatch.setattr(torch, "compile", gated)
     monkeypatch.setattr(_dispatch, "_compiled", {})
+    switch_interval = sys.getswitchinterval()
     x = torch.randn(K.COMPILE_MIN_NUMEL // 16, 16, requires_grad=True)
     y = (torch.rand(x.shape) < 0.3).float()
     ref, ref_grad = _exact(CF.sigmoid_focal_loss, x, y)
@@ -845,8 +846,13 @@ def test_auto_never_waits_for_a_compile(monkeypatch):
         assert_close(ours, ref)
         assert_close(grad, ref_grad)
     assert gated.compiled_calls == 0 and not K.wait_for_compiles(timeout=0)
+    # meanwhile the GIL changes hands every 0.2 ms, and the compile yields the CPU
+    assert sys.getswitchinterval() <= 2.1e-4 < switch_interval
+    if hasattr(os, "getpriority"):
+        assert os.getpriority(os.PRIO_PROCESS, _dispatch._worker.native_id) >= 5
     gated.gate.set()
     assert K.wait_for_compiles(timeout=60)
+    assert sys.getswitchinterval() == switch_interval  # restored
     warmed = gated.compiled_calls  # the background thread's own call
     ours, grad = _value_and_grad(CF.sigmoid_focal_loss, x, y)
     assert gated.compiled_calls == warmed + 1
