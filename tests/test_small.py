@@ -267,9 +267,10 @@ def _case_tensors(kind: str, dtype: torch.dtype):
         "w": torch.rand(5, generator=g, dtype=torch.float64) + 0.5,
         "ew": torch.rand(12, 5, generator=g, dtype=torch.float64),
     }
-    if kind in ("index", "index3"):
+    if kind in ("index", "index3", "index_plain"):
         t = torch.randint(0, 5, (12,), generator=g)
-        t[[2, 7]] = -100
+        if kind != "index_plain":
+            t[[2, 7]] = -100
         if kind == "index3":  # (N, C, d): the class dimension in the middle
             x, t = x.view(4, 3, 5).transpose(1, 2), t.view(4, 3)
             t = torch.where(t < 0, t, t % 5)
@@ -301,6 +302,12 @@ _NEW_CASES = {
     ),
     "softmax_focal_alpha_classes": ("softmax_focal_loss", "index3", {"gamma": 1.5, "alpha": "w"}),
     "softmax_focal_gamma0": ("softmax_focal_loss", "index", {"gamma": 0.0, "alpha": 0.5}),
+    "softmax_focal_ignore_a_class": ("softmax_focal_loss", "index_plain", {"ignore_index": 1}),
+    "softmax_focal_no_ignore": (
+        "softmax_focal_loss",
+        "index_plain",
+        {"ignore_index": None, "alpha": 0.25, "gamma": 4.0},
+    ),
     "poly1": ("poly1_cross_entropy", "index", {}),
     "poly1_options": ("poly1_cross_entropy", "index3", {"epsilon": -0.5, "weight": "w"}),
     "bce_probs": ("binary_cross_entropy", "multilabel_probs", {}),
@@ -447,6 +454,12 @@ def _edge_cases():
             crossent.cross_entropy,
             x,
             torch.cat([p[:5], torch.full((1, 4), -100.0, dtype=p.dtype)]),
+            {},
+        ),
+        "ce_probs_row_starting_with_ignore_index": (
+            crossent.cross_entropy,
+            x,
+            torch.cat([p[:5], torch.tensor([[-100.0, 0.2, 0.3, 0.5]], dtype=p.dtype)]),
             {},
         ),
         # torch's own binary_cross_entropy gradient is not crossent's at p = 0 and 1

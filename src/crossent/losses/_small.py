@@ -142,6 +142,7 @@ class _Plan:
         "gamma_pos",
         "ignore",
         "pos_weight",
+        "rows",
         "smoothing",
         "weight",
     )
@@ -158,7 +159,8 @@ class _Plan:
         self.clip = get("clip")
         self.gamma_pos = get("gamma_pos")
         self.gamma_neg = get("gamma_neg")
-        self.checked: tuple | None = None  # the last (input shape, dtype) the tensors fit
+        self.checked: Any = None  # what the tensor options were last checked against
+        self.rows: dict | None = None  # per-class rows, by (classes, dtype, input rank)
 
 
 def _plan(
@@ -325,8 +327,8 @@ def cross_entropy(
     """Cross entropy through ATen's fused kernel, with class indices or class probabilities.
 
     For probabilities ATen does not know ``ignore_index`` (a row holding it everywhere is
-    ignored): the call is computed here only where no row can be one, which the smallest
-    target tells (a row of probabilities in [0, 1] never holds -100)."""
+    ignored): the call is computed here only where no row is one, which the smallest first
+    entry of the rows tells (a row of probabilities in [0, 1] never holds -100)."""
     dtype = input.dtype
     if dtype is not _FLOAT32 and dtype is not _FLOAT64:
         return None
@@ -344,9 +346,11 @@ def cross_entropy(
         return None
     ignore = plan.ignore
     if not index and ignore != _NEVER:
-        # a row is ignored only if every entry equals ignore_index: not where all exceed it
-        if not target.min().item() > ignore and not bool(
-            (target != ignore).any(dim=int(input.dim() > 1)).all()
+        # a row is ignored only if every entry equals ignore_index: not where every first
+        # entry exceeds it (one small reduction; the whole test only where that fails)
+        dim = int(input.dim() > 1)
+        if not target.select(dim, 0).min().item() > ignore and not bool(
+            (target != ignore).any(dim=dim).all()
         ):
             return None
         ignore = _NEVER
@@ -361,15 +365,26 @@ def cross_entropy(
     return out
 
 
-def _expanded(v: torch.Tensor, input: torch.Tensor, alpha: Any) -> torch.Tensor:
-    """A per-sample value ``v`` as an input-sized tensor whose every class holds it (times the
-    class's ``alpha`` where ``alpha`` is a tensor): ``nll_loss`` then picks the target's."""
-    v = v.unsqueeze(int(input.dim() > 1))
-    if isinstance(alpha, torch.Tensor):
-        if input.dim() > 2:
-            return v * alpha.view([-1] + [1] * (input.dim() - 2))
-        return v * alpha
-    return v.expand(input.shape)
+def _spread(v: torch.Tensor, input: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """A per-sample value ``v`` as an input-sized tensor whose every class holds it, times the
+    class's ``alpha`` (1 without): ``nll_loss`` then picks the target's. One multiplication by
+    a row cached in the plan; a contiguous result (``nll_loss`` would copy an expanded view,
+    which costs three times as much)."""
+    dim = input.dim()
+    key = (input.shape[dim > 1], input.dtype, dim)
+    row = plan.rows.get(key) if plan.rows is not None else None
+    if row is None:
+        alpha = plan.alpha
+        if isinstance(alpha, torch.Tensor):
+            row = alpha
+        else:
+            row = torch.full((key[0],), 1.0 if alpha is None else alpha, dtype=input.dtype)
+        if dim > 2:
+            row = row.view([-1] + [1] * (dim - 2))
+        if plan.rows is None or len(plan.rows) > 8:
+            plan.rows = {}
+        plan.rows[key] = row  # the plan's alpha: its version is the plan's
+    return v.unsqueeze(int(dim > 1)) * row
 
 
 def softmax_focal(
@@ -384,10 +399,11 @@ def softmax_focal(
 
     ``log p_t`` comes from ATen's cross-entropy kernel with a class weight of -1 (0 where
     ignored, an index out of range raises there); ``1 - p_t = -expm1(log p_t)``; ``nll_loss``
-    of the per-sample ``(1 - p_t)^gamma log p_t`` (spread over the classes, times ``alpha``)
-    applies the class weights, ``ignore_index`` and the mean's denominator ``sum w_t`` -- the
-    general path's, alpha left out. Only the target class enters an elementwise operation, so
-    a ``-inf`` logit elsewhere has a zero gradient, as there. ``gamma`` 0 or at least 1."""
+    of the per-sample ``(1 - p_t)^gamma log p_t`` (spread over the classes, times ``alpha``;
+    without class weights, as one class) applies the class weights, ``ignore_index`` and the
+    mean's denominator ``sum w_t`` -- the general path's, alpha left out. Only the target
+    class enters an elementwise operation, so a ``-inf`` logit elsewhere has a zero gradient,
+    as there. ``gamma`` 0 or at least 1."""
     dtype = input.dtype
     if dtype is not _FLOAT32 and dtype is not _FLOAT64:
         return None
@@ -415,9 +431,15 @@ def softmax_focal(
             if gamma is not None:
                 e = torch.expm1(log_pt)  # p_t - 1, exact where p_t <= 1/2
                 v = (e.square() if gamma == 2.0 else _power_of(-e, gamma)) * log_pt
-            if alpha is not None and not isinstance(alpha, torch.Tensor):
-                v = v * alpha
-            out = _nll(_expanded(v, input, alpha), target, weight, reduce, ignore)
+            if weight is None and not isinstance(alpha, torch.Tensor) and ignore < 0:
+                # one class: every valid target becomes class 0 (ignore_index, negative, stays;
+                # an index out of range has raised above), and nothing input-sized is formed
+                if alpha is not None:
+                    v = v * alpha
+                v = v.unsqueeze(int(input.dim() > 1))
+                out = _nll(v, target.clamp_max(0), None, reduce, ignore)
+            else:
+                out = _nll(_spread(v, input, plan), target, weight, reduce, ignore)
     except (IndexError, RuntimeError):
         return None
     return out if _finite(out) else None
@@ -466,7 +488,7 @@ def poly1_cross_entropy(
         if plan.epsilon is None:
             out = _cross_entropy(input, target, weight, reduce, ignore, 0.0)
         else:
-            log_p = F.log_softmax(input, int(input.dim() > 1))
+            log_p = torch.log_softmax(input, int(input.dim() > 1))
             v = torch.add(log_p, torch.expm1(log_p), alpha=plan.epsilon)
             out = _nll(v, target, weight, reduce, ignore)
     except (IndexError, RuntimeError):
@@ -654,10 +676,9 @@ def sigmoid_focal(
     a hard target (torchvision forms ``1 - p_t`` from the rounded ``p``, which is 0 from ``x =
     17`` on in float32); ``p = exp(log p)``, whose derivative ``p (1 - p)`` autograd then forms
     from the two exact factors (``sigmoid``'s would subtract the rounded ``p`` from 1). The
-    loss is ``alpha_t (1 - p_t)^gamma BCE`` (+ ``epsilon (1 - p_t)^(gamma + 1)``) with
-    ``alpha_t L = (1 - alpha) L + (2 alpha - 1) y L``, one ``addcmul`` (which also turns the
-    sign). For ``gamma`` 0 or at least 1 (see :func:`_power`); the targets are checked to lie
-    in [0, 1] by one ``aminmax``."""
+    loss is ``alpha_t (1 - p_t)^gamma BCE`` (+ ``epsilon (1 - p_t)^(gamma + 1)``). For
+    ``gamma`` 0 or at least 1 (see :func:`_power`); the targets are checked to lie in [0, 1]
+    by one ``aminmax``."""
     if not _binary_call(input, target):
         return None
     plan = _plan(definition, keywords, _focal_plan, probs)
@@ -693,8 +714,10 @@ def sigmoid_focal(
             factor = _power_of(one_minus_pt, gamma)
             loss = loss * factor
     if plan.alpha is not None:
+        # -alpha_t = (alpha - 1) + (1 - 2 alpha) y from the targets (no gradient there), which
+        # turns the sign too: one product in the graph
         a = plan.alpha
-        loss = torch.addcmul(loss * (a - 1.0), y, loss, value=1.0 - 2.0 * a)
+        loss = loss * (y * (1.0 - 2.0 * a)).add_(a - 1.0)
         sign = 1.0
     if epsilon is not None:
         # epsilon (1 - p_t)^(gamma + 1), with the sign loss has now
