@@ -34,13 +34,16 @@ Each returns ``None`` where the call is not one it covers (another dtype, a tens
 requires a gradient, a value it cannot check as cheaply); the general path then computes
 it. The value checks keep their meaning at a lower cost: a class index out of range, a
 probability outside [0, 1], are caught by ATen's own checks inside its kernels, and the call
-is then handed to the general path, which raises crossent's error; a reduced result that is
-not finite (every target ignored, an overflow) is handed over the same way, for the general
-path's answers (0, the rescaled sum).
+is then handed to the general path, which raises crossent's error (focal targets outside
+[0, 1]: one ``aminmax``; a negative ``alpha`` tensor: checked once per value); a reduced
+result that is not finite (every target ignored, an overflow) is handed over the same way,
+for the general path's answers (0, the rescaled sum).
 
-Everything a call's options decide -- which formulation, its numbers, the checked tensors --
-is worked out once per distinct options value (:func:`cached_options`; a training loop passes
-the same options every step) and kept with them as a :class:`_Plan`.
+Everything a call's options decide -- whether the formulation covers them, their numbers, the
+sizes their tensors were checked against -- is worked out once per distinct options value
+(:func:`cached_options`) and kept with them as a :class:`_Plan`, which the next call with the
+same keyword objects finds by identity (:func:`_plan`): a training loop passes the same
+options every step.
 """
 
 from __future__ import annotations
