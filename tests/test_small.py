@@ -484,3 +484,18 @@ def test_small_formulations_keep_the_general_paths_answers_at_the_edges(case):
     assert_close(ours, ref)
     assert torch.isfinite(grad).all()
     assert_close(grad, ref_grad)
+
+
+def test_small_path_caches_no_inference_tensor():
+    # tensors the small path makes and keeps (a class weight of -1, a row of ones) are made
+    # outside inference mode: a first call under it must not break a later training call
+    x, t, w = torch.randn(8, 6), torch.randint(0, 6, (8,)), torch.rand(6)
+    with torch.inference_mode():
+        crossent.softmax_focal_loss(x, t, weight=w, gamma=3.0)
+    ours, grad = _value_and_grad(crossent.softmax_focal_loss, x, t, weight=w, gamma=3.0)
+    assert not _fused(ours)
+    ref, ref_grad = _value_and_grad(
+        crossent.softmax_focal_loss, x, t, weight=w, gamma=3.0, backend="fused"
+    )
+    assert_close(ours, ref)
+    assert_close(grad, ref_grad)

@@ -296,7 +296,8 @@ def _minus_ones(classes: int, dtype: torch.dtype) -> torch.Tensor:
     if w is None:
         if len(_MINUS_ONES) > 16:
             _MINUS_ONES.clear()
-        w = _MINUS_ONES[classes, dtype] = torch.full((classes,), -1.0, dtype=dtype)
+        with torch.inference_mode(False):  # an inference tensor could not be saved for backward
+            w = _MINUS_ONES[classes, dtype] = torch.full((classes,), -1.0, dtype=dtype)
     return w
 
 
@@ -381,7 +382,8 @@ def _spread(v: torch.Tensor, input: torch.Tensor, plan: _Plan) -> torch.Tensor:
         if isinstance(alpha, torch.Tensor):
             row = alpha
         else:
-            row = torch.full((key[0],), 1.0 if alpha is None else alpha, dtype=input.dtype)
+            with torch.inference_mode(False):  # kept for calls that save it for backward
+                row = torch.full((key[0],), 1.0 if alpha is None else alpha, dtype=input.dtype)
         if dim > 2:
             row = row.view([-1] + [1] * (dim - 2))
         if plan.rows is None or len(plan.rows) > 8:
