@@ -42,6 +42,11 @@ from crossent.losses._small import SMALL_NUMEL, cached_options
 
 _SMALL_REDUCTIONS = frozenset({"none", "mean", "sum"})
 
+try:  # the variable's key in os.environ's backing dict (bytes on POSIX)
+    _ENV_KEY: Any = os.environ.encodekey(ENV_VAR)  # type: ignore[attr-defined]
+except AttributeError:  # another os.environ: the plain lookup
+    _ENV_KEY = None
+
 
 def _environment_is_auto() -> bool:
     """Whether ``CROSSENT_BACKEND`` asks for ``"auto"`` (or is unset).
@@ -55,11 +60,6 @@ def _environment_is_auto() -> bool:
     value = os.environ.get(ENV_VAR)
     return not value or value == "auto"
 
-
-try:
-    _ENV_KEY: Any = os.environ.encodekey(ENV_VAR)  # type: ignore[attr-defined]
-except AttributeError:  # another os.environ: the plain lookup
-    _ENV_KEY = None
 
 __all__ = ["SYMBOLS", "LossDefinition", "run"]
 
