@@ -631,7 +631,12 @@ def binary_cross_entropy_with_logits(
     part (one ``aminmax``). ``pos_weight`` and label smoothing take the general path, which
     computes them in float64 (the gradient is ill-conditioned at ``p ~ y`` for a smoothed
     target)."""
-    if not _binary_call(input, target):
+    dtype = input.dtype  # _binary_call, inline: every call takes it
+    if (
+        (dtype is not _FLOAT32 and dtype is not _FLOAT64)
+        or target.dtype is not dtype
+        or target.shape != input.shape
+    ):
         return None
     plan = _plan(definition, keywords, _bce_plan, probs)
     if plan is None:
@@ -642,7 +647,9 @@ def binary_cross_entropy_with_logits(
         if weights is None:
             return None
         weight, pos_weight = weights
-    y, valid = _targets(plan, target, zero=probs)
+    y, valid = target, None
+    if plan.ignore is not None or plan.smoothing is not None:
+        y, valid = _targets(plan, target, zero=probs)
     if probs:
         if input.requires_grad and torch.is_grad_enabled():
             low, high = torch.aminmax(input.detach())
@@ -662,7 +669,10 @@ def binary_cross_entropy_with_logits(
     loss = torch.lerp(F.softplus(input), negative, y)
     if weight is not None:
         loss = loss * weight
-    return _reduce(loss, valid, reduction)
+    if valid is not None or reduction == "none":
+        return _reduce(loss, valid, reduction)
+    out = loss.mean() if reduction == "mean" else loss.sum()
+    return out if math.isfinite(out.item()) else None
 
 
 def sigmoid_focal(
