@@ -331,8 +331,8 @@ def cross_entropy(
     """Cross entropy through ATen's fused kernel, with class indices or class probabilities.
 
     For probabilities ATen does not know ``ignore_index`` (a row holding it everywhere is
-    ignored): the call is computed here only where no row is one, which the smallest first
-    entry of the rows tells (a row of probabilities in [0, 1] never holds -100)."""
+    ignored): the call is computed here only where no row is one, which the smallest target
+    tells (a row of probabilities in [0, 1] never holds -100)."""
     dtype = input.dtype
     if dtype is not _FLOAT32 and dtype is not _FLOAT64:
         return None
@@ -350,11 +350,10 @@ def cross_entropy(
         return None
     ignore = plan.ignore
     if not index and ignore != _NEVER:
-        # a row is ignored only if every entry equals ignore_index: not where every first
-        # entry exceeds it (one small reduction; the whole test only where that fails)
-        dim = int(input.dim() > 1)
-        if not target.select(dim, 0).min().item() > ignore and not bool(
-            (target != ignore).any(dim=dim).all()
+        # a row is ignored only if every entry equals ignore_index: not where every entry
+        # exceeds it (one reduction over contiguous memory; the row test only where not)
+        if not target.min().item() > ignore and not bool(
+            (target != ignore).any(dim=int(input.dim() > 1)).all()
         ):
             return None
         ignore = _NEVER
