@@ -130,9 +130,10 @@ def test_small_path_only_where_it_applies(monkeypatch):
     t = torch.randint(0, 4, (8,))
     y = torch.rand(8, 4)
     assert not _fused(crossent.cross_entropy(x, t))
-    # an explicit backend, the environment's, an ignore_index, a larger input: general path
+    # an explicit backend, the environment's, an option not covered, a larger input: general
     assert _fused(crossent.cross_entropy(x, t, backend="fused"))
-    assert _fused(crossent.binary_cross_entropy_with_logits(x, y, ignore_index=-1))
+    assert _fused(crossent.softmax_focal_loss(x, t, label_smoothing=0.1))
+    assert _fused(crossent.binary_focal_loss(torch.sigmoid(x), y))
     big = torch.randn(SMALL_NUMEL // 4 + 1, 4, requires_grad=True)
     assert _fused(crossent.cross_entropy(big, torch.randint(0, 4, (big.shape[0],))))
     monkeypatch.setenv("CROSSENT_BACKEND", "fused")
@@ -227,7 +228,8 @@ def test_sigmoid_focal_small_precision_and_where_it_does_not_apply():
     y = (torch.rand(6, 3) < 0.5).float()
     # gamma in (0, 1): the general path's closed form (finite gradient at p_t = 1)
     assert _fused(crossent.sigmoid_focal_loss(x, y, gamma=0.5))
-    assert _fused(crossent.sigmoid_focal_loss(x, y, ignore_index=-1))
+    assert _fused(crossent.asymmetric_loss(x, y, gamma_neg=0.5))
+    assert _fused(crossent.softmax_focal_loss(x, y.argmax(1), gamma=0.5))
     with pytest.raises(ValueError, match=r"values in \[0, 1\] for the focal loss"):
         crossent.sigmoid_focal_loss(x, y * 2)
 
@@ -250,3 +252,250 @@ def test_small_path_never_drops_an_option_it_does_not_compute(options):
     assert_close(ours, ref)
     assert_close(grad, ref_grad)
     assert not torch.allclose(ours, plain)
+
+
+# ---- the formulations added for every loss ----------------------------------------------------
+
+_G = torch.Generator().manual_seed(7)
+
+
+def _case_tensors(kind: str, dtype: torch.dtype):
+    """Input, target and the tensors options refer to, for one kind of call."""
+    g = _G.manual_seed(7)
+    x = torch.randn(12, 5, generator=g, dtype=torch.float64) * 3
+    made = {
+        "w": torch.rand(5, generator=g, dtype=torch.float64) + 0.5,
+        "ew": torch.rand(12, 5, generator=g, dtype=torch.float64),
+    }
+    if kind in ("index", "index3", "index_plain"):
+        t = torch.randint(0, 5, (12,), generator=g)
+        if kind != "index_plain":
+            t[[2, 7]] = -100
+        if kind == "index3":  # (N, C, d): the class dimension in the middle
+            x, t = x.view(4, 3, 5).transpose(1, 2), t.view(4, 3)
+            t = torch.where(t < 0, t, t % 5)
+        return x.to(dtype), t, {k: v.to(dtype) for k, v in made.items()}
+    if kind == "probs_target":
+        t = torch.softmax(torch.randn(12, 5, generator=g, dtype=torch.float64), 1)
+        return x.to(dtype), t.to(dtype), {k: v.to(dtype) for k, v in made.items()}
+    y = torch.rand(12, 5, generator=g, dtype=torch.float64)
+    y[:6] = y[:6].round()
+    if kind.endswith("_ignore"):
+        y[3, :2] = -1.0  # ignored with ignore_index=-1
+    if kind.startswith("multilabel_probs"):
+        x = torch.sigmoid(x)
+    return x.to(dtype), y.to(dtype), {k: v.to(dtype) for k, v in made.items()}
+
+
+_NEW_CASES = {
+    "ce_probs": ("cross_entropy", "probs_target", {}),
+    "ce_probs_options": (
+        "cross_entropy",
+        "probs_target",
+        {"weight": "w", "label_smoothing": 0.1, "ignore_index": None},
+    ),
+    "softmax_focal": ("softmax_focal_loss", "index", {}),
+    "softmax_focal_options": (
+        "softmax_focal_loss",
+        "index",
+        {"gamma": 3.0, "alpha": 0.3, "weight": "w"},
+    ),
+    "softmax_focal_alpha_classes": ("softmax_focal_loss", "index3", {"gamma": 1.5, "alpha": "w"}),
+    "softmax_focal_gamma0": ("softmax_focal_loss", "index", {"gamma": 0.0, "alpha": 0.5}),
+    "softmax_focal_ignore_a_class": ("softmax_focal_loss", "index_plain", {"ignore_index": 1}),
+    "softmax_focal_no_ignore": (
+        "softmax_focal_loss",
+        "index_plain",
+        {"ignore_index": None, "alpha": 0.25, "gamma": 4.0},
+    ),
+    "poly1": ("poly1_cross_entropy", "index", {}),
+    "poly1_options": ("poly1_cross_entropy", "index3", {"epsilon": -0.5, "weight": "w"}),
+    "bce_probs": ("binary_cross_entropy", "multilabel_probs", {}),
+    "bce_probs_options": (
+        "binary_cross_entropy",
+        "multilabel_probs_ignore",
+        {"weight": "ew", "ignore_index": -1},
+    ),
+    "bce_ignore": (
+        "binary_cross_entropy_with_logits",
+        "multilabel_ignore",
+        {"ignore_index": -1, "pos_weight": "w", "weight": "ew", "label_smoothing": 0.1},
+    ),
+    "focal_ignore": ("sigmoid_focal_loss", "multilabel_ignore", {"ignore_index": -1}),
+    "focal_gamma4": ("sigmoid_focal_loss", "multilabel", {"gamma": 4.0, "alpha": None}),
+    "poly1_focal_options": (
+        "poly1_focal_loss",
+        "multilabel_ignore",
+        {"ignore_index": -1, "epsilon": 0.5, "gamma": 3.0, "pos_weight": "w"},
+    ),
+    "poly1_focal_gamma0": ("poly1_focal_loss", "multilabel", {"gamma": 0.0, "alpha": None}),
+    "asl": ("asymmetric_loss", "multilabel", {}),
+    "asl_options": (
+        "asymmetric_loss",
+        "multilabel_ignore",
+        {
+            "gamma_pos": 1.0,
+            "gamma_neg": 2.0,
+            "clip": 0.1,
+            "ignore_index": -1,
+            "weight": "ew",
+            "label_smoothing": 0.1,
+        },
+    ),
+    "asl_no_clip": ("asymmetric_loss", "multilabel", {"clip": None, "gamma_pos": 2.0}),
+    "asl_gamma0": ("asymmetric_loss", "multilabel", {"gamma_neg": 0.0}),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", list(_NEW_CASES))
+def test_small_formulations_equal_the_closed_form(case, reduction, dtype):
+    # values and gradients of every option the small formulation covers, against the general
+    # path's closed form (what backend="auto" ran at this size before), to the dtype's table
+    name, kind, options = _NEW_CASES[case]
+    fn = getattr(crossent, name)
+    x, y, made = _case_tensors(kind, dtype)
+    options = {k: made.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
+    ours, grad = _value_and_grad(fn, x, y, reduction=reduction, **options)
+    assert not _fused(ours)
+    ref, ref_grad = _value_and_grad(fn, x, y, reduction=reduction, backend="fused", **options)
+    assert_close(ours, ref)
+    assert_close(grad, ref_grad)
+    assert ours.dtype == dtype
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("sigmoid_focal_loss", {}),
+        ("sigmoid_focal_loss", {"gamma": 1.0, "alpha": None, "pos_weight": "pw"}),
+        ("poly1_focal_loss", {"epsilon": 2.0}),
+        ("asymmetric_loss", {}),
+        ("asymmetric_loss", {"gamma_pos": 1.0, "clip": None}),
+        ("binary_cross_entropy_with_logits", {"ignore_index": -1.0, "pos_weight": "pw"}),
+    ],
+    ids=["focal", "focal_gamma1_pos_weight", "poly1_focal", "asl", "asl_no_clip", "bce_ignore"],
+)
+def test_small_binary_losses_keep_float32_precision_at_every_logit(name, options):
+    # loss and gradient within 1e-5 of float64 at every logit from -80 to 80, hard and soft
+    # targets (where both are above float32's underflow)
+    fn = getattr(crossent, name)
+    x = torch.linspace(-80, 80, 321)
+    for value in (0.0, 1.0, 0.3):
+        y = torch.full_like(x, value)
+        made = {"pw": torch.full((321,), 2.0)}
+        kw = {k: made.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
+        ours, grad = _value_and_grad(fn, x, y, reduction="none", **kw)
+        assert not _fused(ours)
+        kw64 = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+        exact, exact_grad = _value_and_grad(
+            fn, x.double(), y.double(), reduction="none", backend="fused", **kw64
+        )
+        for got, want in ((ours, exact), (grad, exact_grad)):
+            big = want.abs() > 1e-30
+            error = (got.double() - want).abs()[big]
+            assert torch.all(error <= 1e-5 * want.abs()[big]), (name, value, error.max())
+
+
+def _same_error(call):
+    """The error of ``call(backend)`` on the small path and on the general path: the same type
+    and message."""
+    with pytest.raises((ValueError, TypeError)) as small:
+        call(None)
+    with pytest.raises((ValueError, TypeError)) as general:
+        call("fused")
+    assert type(small.value) is type(general.value)
+    assert str(small.value) == str(general.value)
+
+
+def test_small_formulations_keep_the_errors():
+    x = torch.randn(6, 4, requires_grad=True)
+    t = torch.tensor([0, 1, 4, 2, 3, 1])  # 4: out of range
+    p = torch.rand(6, 4)
+    y = (torch.rand(6, 4) < 0.5).float()
+    for fn in (crossent.softmax_focal_loss, crossent.poly1_cross_entropy):
+        _same_error(lambda b, fn=fn: fn(x, t, backend=b))
+        _same_error(lambda b, fn=fn: fn(x, t.clamp_max(3), weight=torch.ones(3), backend=b))
+    _same_error(lambda b: crossent.softmax_focal_loss(x, t % 4, alpha=-torch.ones(4), backend=b))
+    _same_error(lambda b: crossent.binary_cross_entropy(p * 2, y, backend=b))
+    _same_error(lambda b: crossent.binary_cross_entropy(p - 0.5, y, backend=b))
+    _same_error(lambda b: crossent.binary_cross_entropy(p, y, weight=torch.ones(3), backend=b))
+    _same_error(lambda b: crossent.asymmetric_loss(x, y, weight=torch.ones(3), backend=b))
+    _same_error(lambda b: crossent.sigmoid_focal_loss(x, y + 1, ignore_index=-1, backend=b))
+    _same_error(lambda b: crossent.cross_entropy(x, p[:, :3], backend=b))
+
+
+def _edge_cases():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    p = torch.softmax(torch.randn(6, 4, generator=g, dtype=torch.float64), 1)
+    y = (torch.rand(6, 4, generator=g) < 0.5).double()
+    t = torch.arange(6) % 3
+    masked = torch.cat([x[:, :3], torch.full((6, 1), float("-inf"), dtype=x.dtype)], 1)
+    return {
+        # every element ignored: crossent's mean is 0 with a zero gradient
+        "bce_all_ignored": (
+            crossent.binary_cross_entropy_with_logits,
+            x,
+            torch.full_like(y, -1.0),
+            {"ignore_index": -1},
+        ),
+        "asl_all_ignored": (
+            crossent.asymmetric_loss,
+            x,
+            torch.full_like(y, -1.0),
+            {"ignore_index": -1},
+        ),
+        "softmax_focal_all_ignored": (crossent.softmax_focal_loss, x, torch.full((6,), -100), {}),
+        "poly1_all_ignored": (crossent.poly1_cross_entropy, x, torch.full((6,), -100), {}),
+        # a row of probability targets that holds ignore_index everywhere is ignored
+        "ce_probs_ignored_row": (
+            crossent.cross_entropy,
+            x,
+            torch.cat([p[:5], torch.full((1, 4), -100.0, dtype=p.dtype)]),
+            {},
+        ),
+        "ce_probs_row_starting_with_ignore_index": (
+            crossent.cross_entropy,
+            x,
+            torch.cat([p[:5], torch.tensor([[-100.0, 0.2, 0.3, 0.5]], dtype=p.dtype)]),
+            {},
+        ),
+        # torch's own binary_cross_entropy gradient is not crossent's at p = 0 and 1
+        "bce_probs_at_0_and_1": (crossent.binary_cross_entropy, torch.cat([p[:5], y[:1]]), y, {}),
+        # a -inf logit outside the target: a zero gradient there, not 0 * inf = NaN
+        "softmax_focal_minus_inf_logit": (crossent.softmax_focal_loss, masked, t, {}),
+        "poly1_minus_inf_logit": (crossent.poly1_cross_entropy, masked, t, {}),
+        "ce_probs_minus_inf_logit": (
+            crossent.cross_entropy,
+            masked,
+            torch.cat([p[:, :3], torch.zeros(6, 1, dtype=p.dtype)], 1),
+            {"reduction": "none"},
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_edge_cases()))
+def test_small_formulations_keep_the_general_paths_answers_at_the_edges(case):
+    fn, x, target, options = _edge_cases()[case]
+    ours, grad = _value_and_grad(fn, x, target, **options)
+    ref, ref_grad = _value_and_grad(fn, x, target, backend="fused", **options)
+    assert_close(ours, ref)
+    assert torch.isfinite(grad).all()
+    assert_close(grad, ref_grad)
+
+
+def test_small_path_caches_no_inference_tensor():
+    # tensors the small path makes and keeps (a class weight of -1, a row of ones) are made
+    # outside inference mode: a first call under it must not break a later training call
+    x, t, w = torch.randn(8, 6), torch.randint(0, 6, (8,)), torch.rand(6)
+    with torch.inference_mode():
+        crossent.softmax_focal_loss(x, t, weight=w, gamma=3.0)
+    ours, grad = _value_and_grad(crossent.softmax_focal_loss, x, t, weight=w, gamma=3.0)
+    assert not _fused(ours)
+    ref, ref_grad = _value_and_grad(
+        crossent.softmax_focal_loss, x, t, weight=w, gamma=3.0, backend="fused"
+    )
+    assert_close(ours, ref)
+    assert_close(grad, ref_grad)

@@ -26,9 +26,9 @@ Backends -- every loss function takes ``backend=`` (``None``: the environment va
     Hand-written Triton kernels (:mod:`crossent.kernels._triton`), for CUDA tensors. With
     ``TRITON_INTERPRET=1`` they also run on CPU tensors, slowly: for testing.
 ``"auto"`` (default)
-    On CPU up to ``crossent.losses._small.SMALL_NUMEL`` elements, cross entropy with class
-    indices, BCE with logits and the sigmoid focal losses first take the small-input path (a
-    few torch operations, differentiated by autograd; :mod:`crossent.losses._small`).
+    On CPU up to ``crossent.losses._small.SMALL_NUMEL`` elements, every loss first takes
+    the small-input path where it covers the call (a few torch operations, differentiated by
+    autograd; :mod:`crossent.losses._small`).
     Otherwise:
     ``"reference"`` when a target or weight requires a gradient (the fused paths
     differentiate the input only); ``"triton"`` for CUDA tensors (``"fused"`` without

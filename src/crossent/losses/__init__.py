@@ -282,6 +282,7 @@ ASL = LossDefinition(
     reference=_reference.asymmetric,
     options_from=_asl_options,
     check=_check_bce,
+    small=_small.asymmetric,
     function_name="asymmetric_loss",
     formula=r"""p_m = \max(p - m, 0), \qquad
     \ell = -w \left[ y (1 - p)^{\gamma_+} \log p
@@ -474,6 +475,7 @@ SOFTMAX_FOCAL = LossDefinition(
     reference=_reference.softmax_family,
     options_from=_softmax_focal_options,
     check=_check_softmax,
+    small=_small.softmax_focal,
     function_name="softmax_focal_loss",
     formula=_SOFTMAX_FORMULA.replace(r"+ \epsilon (1 - p_c) ", ""),
     symbolic=_softmax_symbolic,
@@ -489,6 +491,7 @@ POLY1 = LossDefinition(
     reference=_reference.softmax_family,
     options_from=_poly1_options,
     check=_check_softmax,
+    small=_small.poly1_cross_entropy,
     function_name="poly1_cross_entropy",
     formula=r"P_t = \sum_c y'_c\, p_c, \qquad \ell = \mathrm{CE}(x, y') + \epsilon\, (1 - P_t)",
     symbolic=_softmax_symbolic,

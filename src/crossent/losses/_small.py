@@ -8,29 +8,49 @@ operations, the autograd node) was five times slower. On CPU below :data:`SMALL_
 elements, with ``backend="auto"``, the functions here compute the loss directly, differentiated
 by autograd, with the same formula as the closed form:
 
-* cross entropy with class-index targets: ATen's fused ``cross_entropy_loss`` (``log_softmax``
-  is ``z - log(sum exp z)`` with ``z = x - max``, exactly the closed form's formula, so the
-  rounding is the same; torch's options -- ``weight``, ``ignore_index``, ``label_smoothing``
-  -- have torch's meaning, which is crossent's);
-* BCE with logits: ``y softplus(-x) + (1 - y) softplus(x)``, two terms that never cancel, so
+* cross entropy, class indices or class probabilities: ATen's fused ``cross_entropy_loss``
+  (``log_softmax`` is ``z - log(sum exp z)`` with ``z = x - max``, exactly the closed form's
+  formula, so the rounding is the same; torch's options -- ``weight``, ``ignore_index``,
+  ``label_smoothing`` -- have torch's meaning, which is crossent's);
+* the softmax focal loss (class indices): ``log p_t`` from the same kernel (a class weight of
+  -1 turns its negative log-likelihood into ``log p_t``), ``(1 - p_t)^gamma`` as
+  ``expm1(log p_t)^gamma``, and ``nll_loss`` for the class weights, ``ignore_index`` and the
+  mean's denominator (:func:`softmax_focal`);
+* Poly-1 cross entropy (class indices): ``nll_loss`` of ``log p + epsilon expm1(log p)``;
+* BCE with logits: ``lerp(softplus(x), softplus(-x), y)``, two terms that never cancel, so
   every logit keeps float32's relative precision (torch's own kernel computes
   ``log(1 + exp(-|x|))`` and loses it from ``x = -15`` on);
-* the sigmoid focal and Poly-1 focal losses: the same BCE times ``alpha_t (1 - p_t)^gamma``
-  with ``1 - p_t = y sigmoid(-x) + (1 - y) sigmoid(x)`` (:func:`sigmoid_focal`).
+* BCE from probabilities: ATen's ``binary_cross_entropy`` (torch's formula and -100 clamp of
+  the logs, which crossent keeps), where its gradient is crossent's (see
+  :func:`binary_cross_entropy_with_logits`);
+* the sigmoid focal and Poly-1 focal losses: the same BCE, from ``logsigmoid(x)`` and
+  ``logsigmoid(-x)``, times ``alpha_t (1 - p_t)^gamma`` with ``1 - p_t = lerp(p, 1 - p, y)``
+  (:func:`sigmoid_focal`);
+* the asymmetric loss: ``logsigmoid``, the shifted probability ``softshrink(p, m) =
+  max(p - m, 0)`` with ``p = exp(logsigmoid(x))`` (:func:`asymmetric`);
+* ``ignore_index`` of the binary losses: a mask, and the mean over the valid elements.
 
 Each returns ``None`` where the call is not one it covers (another dtype, a tensor option that
 requires a gradient, a value it cannot check as cheaply); the general path then computes
-it. The value checks keep their meaning at a lower cost: a class index out of range is caught
-by ATen's own bounds check, and the call is then handed to the general path, which raises
-crossent's error; a reduced result that is not finite (every target ignored, an overflow) is
-handed over the same way, for the general path's answers (0, the rescaled sum).
+it. The value checks keep their meaning at a lower cost: a class index out of range, a
+probability outside [0, 1], are caught by ATen's own checks inside its kernels, and the call
+is then handed to the general path, which raises crossent's error (focal targets outside
+[0, 1]: one ``aminmax``; a negative ``alpha`` tensor: checked once per value); a reduced
+result that is not finite (every target ignored, an overflow) is handed over the same way,
+for the general path's answers (0, the rescaled sum).
+
+Everything a call's options decide -- whether the formulation covers them, their numbers, the
+sizes their tensors were checked against -- is worked out once per distinct options value
+(:func:`cached_options`) and kept with them as a :class:`_Plan`, which the next call with the
+same keyword objects finds by identity (:func:`_plan`): a training loop passes the same
+options every step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections import OrderedDict
+from operator import is_
 from typing import Any
 
 import torch
@@ -40,10 +60,13 @@ from crossent import _validation as V
 
 __all__ = [
     "SMALL_NUMEL",
+    "asymmetric",
     "binary_cross_entropy_with_logits",
     "cached_options",
     "cross_entropy",
+    "poly1_cross_entropy",
     "sigmoid_focal",
+    "softmax_focal",
 ]
 
 #: Up to this many input elements, ``backend="auto"`` takes the small path on CPU (above it the
@@ -52,183 +75,735 @@ SMALL_NUMEL = 1 << 15
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 _NEVER = -(2**63)  # an ignore_index no class index can equal
-_FLOATS = (torch.float32, torch.float64)
+_FLOAT32, _FLOAT64, _INT64 = torch.float32, torch.float64, torch.int64
+_cross_entropy = torch._C._nn.cross_entropy_loss
+_nll = torch._C._nn.nll_loss_nd
+_binary_cross_entropy = torch._C._nn.binary_cross_entropy
 
-_options_cache: OrderedDict = OrderedDict()
+# Keyword values of these types are keys as they are; any other (a tensor) needs a closer look.
+_PLAIN = frozenset({int, float, bool, str, type(None)})
+_UNSET = object()
+_cache: dict[tuple, list] = {}
+_CACHE_SIZE = 64
 # A tensor option of at most this many elements (a class weight, a pos_weight) is cached by
 # identity with its options; a larger one is validated on each call.
 _CACHED_NUMEL = 4096
 
 
+def _entry(definition: Any, keywords: dict[str, Any], probs: bool = False) -> list:
+    """``[options, plan]`` for these keywords: ``options`` from ``definition.options_from``,
+    validated once per distinct value, and the plan of the small formulation of the logits
+    (or ``probs``) form (``_UNSET`` until one is made). A tensor option is keyed by its
+    identity and version (an in-place change is a new value); the entry holds it, so the
+    identity cannot be reused while the entry lives."""
+    values = tuple(keywords.values())
+    # the types too: 1, 1.0 and True are equal keys, but not equally valid options
+    types = tuple(map(type, values))
+    if not _PLAIN.issuperset(types):
+        keyed = []
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                if v.numel() > _CACHED_NUMEL:
+                    # per-batch data (a sample weight, an elementwise weight): not kept alive
+                    return [definition.options_from(**keywords), _UNSET]
+                v = (id(v), v._version)  # never the tensor itself: its == is elementwise
+            keyed.append(v)
+        values = tuple(keyed)
+    key = (definition.name, probs, tuple(keywords), values, types)
+    try:
+        entry = _cache.get(key)
+    except TypeError:  # an unhashable keyword value: validate it the ordinary way
+        return [definition.options_from(**keywords), _UNSET]
+    if entry is None:
+        entry = [definition.options_from(**keywords), _UNSET]
+        if len(_cache) >= _CACHE_SIZE:
+            del _cache[next(iter(_cache))]  # the oldest
+        _cache[key] = entry
+    return entry
+
+
 def cached_options(definition: Any, keywords: dict[str, Any]) -> Any:
     """``definition.options_from(**keywords)``, validated once per distinct value: a training
-    loop passes the same options every step. A tensor option is keyed by its identity and
-    version (an in-place change is a new value); the cache holds it, so the identity cannot be
-    reused while the entry lives."""
+    loop passes the same options every step (see :func:`_entry`)."""
     if torch.compiler.is_compiling():  # traced once per graph: nothing to save
         return definition.options_from(**keywords)
-    # the types too: 1, 1.0 and True are equal keys, but not equally valid options; a tensor
-    # by identity and version, never the tensor itself (its == is elementwise)
+    return _entry(definition, keywords)[0]
+
+
+class _Plan:
+    """What a small formulation reads from one options value, worked out once: the options'
+    numbers as plain floats, the tensor options, the input shapes their sizes were checked
+    against."""
+
+    __slots__ = (
+        "alpha",
+        "checked",
+        "clip",
+        "epsilon",
+        "gamma",
+        "gamma_neg",
+        "gamma_pos",
+        "ignore",
+        "pos_weight",
+        "rows",
+        "smoothing",
+        "weight",
+    )
+
+    def __init__(self, options: Any) -> None:
+        get = options.__dict__.get  # fields the options class lacks read as None
+        self.weight = get("weight")
+        self.pos_weight = get("pos_weight")
+        self.ignore = get("ignore_index")
+        self.smoothing = get("label_smoothing")
+        self.gamma = get("gamma")
+        self.alpha = get("alpha")
+        self.epsilon = get("epsilon")
+        self.clip = get("clip")
+        self.gamma_pos = get("gamma_pos")
+        self.gamma_neg = get("gamma_neg")
+        self.checked: Any = None  # what the tensor options were last checked against
+        self.rows: dict | None = None  # per-class rows, by (classes, dtype, input rank)
+
+
+def _plan(
+    definition: Any, keywords: dict[str, Any], make: Any, probs: bool = False
+) -> _Plan | None:
+    """The plan of this options value (``make(options, probs)``, made once), or ``None`` where
+    the small formulation does not cover it.
+
+    A loop calls a loss with the same keyword objects every step (the defaults of the public
+    function, the same literals, the same weight tensor): the last call's names and values,
+    compared by identity (and a tensor's version), find its plan without hashing them."""
+    recent = _recent.get(definition.name)
+    if (
+        recent is not None
+        and recent[0] is probs
+        and len(keywords) == recent[1]
+        and all(map(is_, keywords.values(), recent[2]))
+        and all(map(is_, keywords, recent[3]))
+        and (recent[4] is None or [keywords[k]._version for k in recent[4][0]] == recent[4][1])
+    ):
+        return recent[5]
+    entry = _entry(definition, keywords, probs)
+    plan = entry[1]
+    if plan is _UNSET:
+        plan = entry[1] = make(entry[0], probs)
+    tensors = [k for k, v in keywords.items() if isinstance(v, torch.Tensor)]
+    versions = None
+    if tensors:
+        if any(keywords[k].numel() > _CACHED_NUMEL for k in tensors):
+            return plan  # not kept alive here either
+        versions = (tensors, [keywords[k]._version for k in tensors])
+    # holds the values: a tensor's identity is not reused while it lives
     values = tuple(keywords.values())
-    types = tuple(map(type, values))
-    if torch.Tensor in types or any(isinstance(v, torch.Tensor) for v in values):
-        if any(isinstance(v, torch.Tensor) and v.numel() > _CACHED_NUMEL for v in values):
-            # per-batch data (a sample weight, an elementwise weight): not kept alive here
-            return definition.options_from(**keywords)
-        values = tuple((id(v), v._version) if isinstance(v, torch.Tensor) else v for v in values)
-    key = (definition.name, tuple(keywords), values, types)
-    try:
-        options = _options_cache[key]
-    except KeyError:
-        options = definition.options_from(**keywords)
-        _options_cache[key] = options
-        if len(_options_cache) > 64:
-            _options_cache.popitem(last=False)
-    except TypeError:  # an unhashable keyword value: validate it the ordinary way
-        options = definition.options_from(**keywords)
-    return options
+    _recent[definition.name] = (probs, len(values), values, tuple(keywords), versions, plan)
+    return plan
+
+
+_recent: dict[str, tuple] = {}
 
 
 def _covers(options: Any, allowed: frozenset[str]) -> bool:
     """Whether every option that is on is one the small formulation computes: an option it does
-    not know (one added to the loss later included) sends the call to the general path.
-    Remembered per options object (:func:`cached_options` returns the same one each call)."""
-    key = (id(options), allowed)
-    known = _covered.get(key)
-    if known is not None and known[0] is options:
-        return known[1]
-    result = True
+    not know (one added to the loss later included) sends the call to the general path."""
     for f in dataclasses.fields(options):
         if f.name.startswith("_") or f.name in allowed or not f.init:
             continue
         value = getattr(options, f.name)
         if value is not None and value is not False:
-            result = False
-            break
-    if len(_covered) > 256:
-        _covered.clear()
-    _covered[key] = (options, result)  # holds the object: its id is not reused meanwhile
-    return result
+            return False
+    return True
 
 
-_covered: dict[tuple[int, frozenset], tuple[Any, bool]] = {}
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-_CE_OPTIONS = frozenset({"weight", "ignore_index", "label_smoothing"})
-_BCE_OPTIONS = frozenset({"weight", "pos_weight", "label_smoothing"})
-_FOCAL_OPTIONS = _BCE_OPTIONS | {"gamma", "alpha", "epsilon"}
+
+def _power(value: Any) -> bool:
+    """An exponent of a factor that can be 0: ``(1 - p_t)^gamma`` for ``gamma`` 0 or at least
+    1. Below 1 its derivative at 0 is infinite, and autograd's product with the 0 that
+    multiplies it would give NaN, which the general path's closed form avoids."""
+    return value is None or (_number(value) and (value == 0 or value >= 1))
 
 
 def _finite(out: torch.Tensor) -> bool:
     return out.dim() > 0 or math.isfinite(out.item())
 
 
-def cross_entropy(
-    definition: Any, input: torch.Tensor, target: torch.Tensor, reduction: str, keywords: dict
-) -> torch.Tensor | None:
-    """Cross entropy with class-index targets through ATen's fused kernel."""
-    if input.dtype not in _FLOATS or target.dtype != torch.int64 or input.dim() == 0:
-        return None
-    options = cached_options(definition, keywords)
+def _power_of(t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``t ** gamma``; the small integer powers by multiplication (a general ``pow`` costs ten
+    times more per element on CPU)."""
+    if gamma == 2.0:
+        return t.square()
+    if gamma == 1.0:
+        return t
+    if gamma == 4.0:
+        return t.square().square()
+    return t.pow(gamma)  # ATen multiplies out 3 itself
+
+
+# ---- the softmax family ----------------------------------------------------------------------
+
+_CE_OPTIONS = frozenset({"weight", "ignore_index", "label_smoothing"})
+_FOCAL_SOFTMAX_OPTIONS = frozenset({"weight", "ignore_index", "gamma", "alpha"})
+_POLY1_OPTIONS = frozenset({"weight", "ignore_index", "epsilon"})
+
+
+def _ce_plan(options: Any, probs: bool) -> _Plan | None:
     if not _covers(options, _CE_OPTIONS):
         return None
-    weight = options.weight
-    if weight is not None and (weight.requires_grad or weight.dtype != input.dtype):
+    plan = _Plan(options)
+    plan.ignore = _NEVER if plan.ignore is None else plan.ignore
+    plan.smoothing = plan.smoothing or 0.0
+    return plan
+
+
+def _softmax_focal_plan(options: Any, probs: bool) -> _Plan | None:
+    if not _covers(options, _FOCAL_SOFTMAX_OPTIONS):
         return None
-    V.check_class_target(input, target)
-    V.check_class_vector("weight", weight, input.shape[input.dim() > 1], floating=True)
-    ignore = options.ignore_index
+    plan = _Plan(options)
+    if not _power(plan.gamma) or not (
+        plan.alpha is None or _number(plan.alpha) or isinstance(plan.alpha, torch.Tensor)
+    ):
+        return None
+    plan.ignore = _NEVER if plan.ignore is None else plan.ignore
+    return plan
+
+
+def _poly1_plan(options: Any, probs: bool) -> _Plan | None:
+    if not _covers(options, _POLY1_OPTIONS):
+        return None
+    plan = _Plan(options)
+    if not (plan.epsilon is None or _number(plan.epsilon)):
+        return None
+    plan.ignore = _NEVER if plan.ignore is None else plan.ignore
+    return plan
+
+
+def _class_weight_ok(weight: torch.Tensor, input: torch.Tensor, classes: int) -> bool:
+    """A class weight ATen takes as it is; else the general path must see it (another dtype, a
+    gradient, a size that is an error)."""
+    return weight.dtype == input.dtype and not weight.requires_grad and weight.shape == (classes,)
+
+
+_MINUS_ONES: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+
+def _minus_ones(classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """A class weight of -1 everywhere: ``nll_loss`` with it is ``log p_t`` (0 where ignored)."""
+    w = _MINUS_ONES.get((classes, dtype))
+    if w is None:
+        if len(_MINUS_ONES) > 16:
+            _MINUS_ONES.clear()
+        with torch.inference_mode(False):  # an inference tensor could not be saved for backward
+            w = _MINUS_ONES[classes, dtype] = torch.full((classes,), -1.0, dtype=dtype)
+    return w
+
+
+def _index_call(input: torch.Tensor, target: torch.Tensor) -> int | None:
+    """The class count of a call with class-index targets of the right size, else ``None``
+    (the general path checks and words the error; int64 indices only: ATen's dtype)."""
+    if target.dtype is not _INT64:
+        return None
+    shape = input.shape
+    n = len(shape)
+    if n == 2:  # (N, C) and (N,): the common case, without slicing a Size
+        ok = target.dim() == 1 and target.shape[0] == shape[0]
+        classes = shape[1]
+    elif n == 1:
+        ok, classes = target.dim() == 0, shape[0]
+    elif n:
+        ok, classes = target.shape == shape[:1] + shape[2:], shape[1]
+    else:
+        return None
+    return classes if ok and classes else None
+
+
+def cross_entropy(
+    definition: Any,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    probs: bool,
+    keywords: dict,
+) -> torch.Tensor | None:
+    """Cross entropy through ATen's fused kernel, with class indices or class probabilities.
+
+    For probabilities ATen does not know ``ignore_index`` (a row holding it everywhere is
+    ignored): the call is computed here only where no row is one, which the smallest target
+    tells (a row of probabilities in [0, 1] never holds -100)."""
+    dtype = input.dtype
+    if dtype is not _FLOAT32 and dtype is not _FLOAT64:
+        return None
+    plan = _plan(definition, keywords, _ce_plan)
+    if plan is None:
+        return None
+    classes = _index_call(input, target)
+    index = classes is not None
+    if not index:
+        if target.dtype is not dtype or target.shape != input.shape or not target.numel():
+            return None
+        classes = input.shape[input.dim() > 1]
+    weight = plan.weight
+    if weight is not None and not _class_weight_ok(weight, input, classes):
+        return None
+    ignore = plan.ignore
+    if not index and ignore != _NEVER:
+        # a row is ignored only if every entry equals ignore_index: not where every entry
+        # exceeds it (one reduction over contiguous memory; the row test only where not)
+        if not target.min().item() > ignore and not bool(
+            (target != ignore).any(dim=int(input.dim() > 1)).all()
+        ):
+            return None
+        ignore = _NEVER
     try:
-        out = torch._C._nn.cross_entropy_loss(
-            input,
-            target,
-            weight,
-            _REDUCTIONS[reduction],
-            _NEVER if ignore is None else ignore,
-            options.label_smoothing or 0.0,
-        )
+        out = _cross_entropy(input, target, weight, _REDUCTIONS[reduction], ignore, plan.smoothing)
     except (IndexError, RuntimeError):
         return None  # an index out of range: the general path words the error
+    if reduction != "none":
+        return out if math.isfinite(out.item()) else None
+    if not index and not math.isfinite(out.sum().item()):
+        return None  # 0 * log p at a -inf logit is NaN in ATen's sum, 0 in the general path's
+    return out
+
+
+def _spread(v: torch.Tensor, input: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """A per-sample value ``v`` as an input-sized tensor whose every class holds it, times the
+    class's ``alpha`` (1 without): ``nll_loss`` then picks the target's. One multiplication by
+    a row cached in the plan; a contiguous result (``nll_loss`` would copy an expanded view,
+    which costs three times as much)."""
+    dim = input.dim()
+    key = (input.shape[dim > 1], input.dtype, dim)
+    row = plan.rows.get(key) if plan.rows is not None else None
+    if row is None:
+        alpha = plan.alpha
+        if isinstance(alpha, torch.Tensor):
+            row = alpha
+        else:
+            with torch.inference_mode(False):  # kept for calls that save it for backward
+                row = torch.full((key[0],), 1.0 if alpha is None else alpha, dtype=input.dtype)
+        if dim > 2:
+            row = row.view([-1] + [1] * (dim - 2))
+        if plan.rows is None or len(plan.rows) > 8:
+            plan.rows = {}
+        plan.rows[key] = row  # the plan's alpha: its version is the plan's
+    return v.unsqueeze(int(dim > 1)) * row
+
+
+def softmax_focal(
+    definition: Any,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    probs: bool,
+    keywords: dict,
+) -> torch.Tensor | None:
+    """The softmax focal loss with class-index targets, ``-w_t alpha_t (1 - p_t)^gamma log p_t``.
+
+    ``log p_t`` comes from ATen's cross-entropy kernel with a class weight of -1 (0 where
+    ignored, an index out of range raises there); ``1 - p_t = -expm1(log p_t)``; ``nll_loss``
+    of the per-sample ``(1 - p_t)^gamma log p_t`` (spread over the classes, times ``alpha``;
+    without class weights, as one class) applies the class weights, ``ignore_index`` and the
+    mean's denominator ``sum w_t`` -- the general path's, alpha left out. Only the target
+    class enters an elementwise operation, so a ``-inf`` logit elsewhere has a zero gradient,
+    as there. ``gamma`` 0 or at least 1."""
+    dtype = input.dtype
+    if dtype is not _FLOAT32 and dtype is not _FLOAT64:
+        return None
+    classes = _index_call(input, target)
+    if classes is None:
+        return None
+    plan = _plan(definition, keywords, _softmax_focal_plan)
+    if plan is None:
+        return None
+    weight = plan.weight
+    if weight is not None and not _class_weight_ok(weight, input, classes):
+        return None
+    alpha, gamma, ignore = plan.alpha, plan.gamma, plan.ignore
+    if isinstance(alpha, torch.Tensor) and not _alpha_ok(plan, alpha, input, classes):
+        return None
+    reduce = _REDUCTIONS[reduction]
+    try:
+        if gamma is None and not isinstance(alpha, torch.Tensor):
+            out = _cross_entropy(input, target, weight, reduce, ignore, 0.0)
+            if alpha is not None:
+                out = out * alpha
+        else:
+            log_pt = _cross_entropy(input, target, _minus_ones(classes, dtype), 0, ignore, 0.0)
+            v = log_pt
+            if gamma is not None:
+                e = torch.expm1(log_pt)  # p_t - 1, exact where p_t <= 1/2
+                v = (e.square() if gamma == 2.0 else _power_of(-e, gamma)) * log_pt
+            if weight is None and not isinstance(alpha, torch.Tensor) and ignore < 0:
+                # one class: every valid target becomes class 0 (ignore_index, negative, stays;
+                # an index out of range has raised above), and nothing input-sized is formed
+                if alpha is not None:
+                    v = v * alpha
+                v = v.unsqueeze(int(input.dim() > 1))
+                out = _nll(v, target.clamp_max(0), None, reduce, ignore)
+            else:
+                out = _nll(_spread(v, input, plan), target, weight, reduce, ignore)
+    except (IndexError, RuntimeError):
+        return None
     return out if _finite(out) else None
+
+
+def _alpha_ok(plan: _Plan, alpha: torch.Tensor, input: torch.Tensor, classes: int) -> bool:
+    """A tensor ``alpha`` the formulation takes as is: the input's dtype, no gradient, one
+    value per class, non-negative (checked once per options value and class count; a
+    negative one raises crossent's error)."""
+    if alpha.dtype != input.dtype or alpha.requires_grad or alpha.shape != (classes,):
+        return False
+    if plan.checked != classes:
+        V.check_class_vector("alpha", alpha, classes, nonnegative=True)
+        if V.value_checks_enabled():
+            plan.checked = classes
+    return True
+
+
+def poly1_cross_entropy(
+    definition: Any,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    probs: bool,
+    keywords: dict,
+) -> torch.Tensor | None:
+    """Poly-1 cross entropy with class-index targets, ``w_t (-log p_t + epsilon (1 - p_t))``:
+    ``nll_loss`` of ``log p + epsilon expm1(log p)``, which applies the class weights,
+    ``ignore_index`` and the mean's denominator as the general path does. A sum, not a
+    product, of the per-class terms: a ``-inf`` logit outside the target has a zero
+    gradient."""
+    dtype = input.dtype
+    if dtype is not _FLOAT32 and dtype is not _FLOAT64:
+        return None
+    classes = _index_call(input, target)
+    if classes is None:
+        return None
+    plan = _plan(definition, keywords, _poly1_plan)
+    if plan is None:
+        return None
+    weight = plan.weight
+    if weight is not None and not _class_weight_ok(weight, input, classes):
+        return None
+    reduce, ignore = _REDUCTIONS[reduction], plan.ignore
+    try:
+        if plan.epsilon is None:
+            out = _cross_entropy(input, target, weight, reduce, ignore, 0.0)
+        else:
+            log_p = torch.log_softmax(input, int(input.dim() > 1))
+            v = torch.add(log_p, torch.expm1(log_p), alpha=plan.epsilon)
+            out = _nll(v, target, weight, reduce, ignore)
+    except (IndexError, RuntimeError):
+        return None
+    return out if _finite(out) else None
+
+
+# ---- the binary family -----------------------------------------------------------------------
+
+_BCE_OPTIONS = frozenset({"weight", "pos_weight", "label_smoothing", "ignore_index"})
+_BCE_PROBS_OPTIONS = frozenset({"weight", "ignore_index"})
+_FOCAL_OPTIONS = _BCE_OPTIONS | {"gamma", "alpha", "epsilon"}
+_ASL_OPTIONS = frozenset(
+    {"weight", "label_smoothing", "ignore_index", "gamma_pos", "gamma_neg", "clip"}
+)
+
+
+def _bce_plan(options: Any, probs: bool) -> _Plan | None:
+    if not _covers(options, _BCE_PROBS_OPTIONS if probs else _BCE_OPTIONS):
+        return None
+    return _Plan(options)
+
+
+def _focal_plan(options: Any, probs: bool) -> _Plan | None:
+    if probs or not _covers(options, _FOCAL_OPTIONS):
+        return None
+    plan = _Plan(options)
+    if not _power(plan.gamma) or not all(
+        v is None or _number(v) for v in (plan.alpha, plan.epsilon)
+    ):
+        return None
+    return plan
+
+
+def _asl_plan(options: Any, probs: bool) -> _Plan | None:
+    if not _covers(options, _ASL_OPTIONS):
+        return None
+    plan = _Plan(options)
+    if not (_power(plan.gamma_pos) and _power(plan.gamma_neg)):
+        return None
+    if not (plan.clip is None or _number(plan.clip)):
+        return None
+    return plan
+
+
+def _binary_call(input: torch.Tensor, target: torch.Tensor) -> bool:
+    """float32 or float64 input, and targets of its dtype and size (else the general path
+    converts them, or words the error)."""
+    dtype = input.dtype
+    return (
+        (dtype is _FLOAT32 or dtype is _FLOAT64)
+        and target.dtype is dtype
+        and target.shape == input.shape
+    )
+
+
+def _binary_weights(plan: _Plan, input: torch.Tensor) -> tuple | None:
+    """``weight`` and ``pos_weight`` in the input's dtype; ``None`` where one requires a
+    gradient (the general path's reference differentiates it). Their sizes are checked
+    against the input's once per options value and input size (a wrong one raises crossent's
+    error)."""
+    weight, pos_weight = plan.weight, plan.pos_weight
+    key = (input.shape, input.dtype)
+    if plan.checked != key:
+        for name, w in (("weight", weight), ("pos_weight", pos_weight)):
+            if w is not None:
+                V.check_broadcastable(name, w, input.shape)
+                if w.requires_grad or not w.is_floating_point():
+                    return None
+        plan.checked = key
+    if weight is not None:
+        if weight.requires_grad:
+            return None
+        if weight.dtype != input.dtype:
+            weight = weight.to(input.dtype)
+    if pos_weight is not None:
+        if pos_weight.requires_grad:
+            return None
+        if pos_weight.dtype != input.dtype:
+            pos_weight = pos_weight.to(input.dtype)
+    return weight, pos_weight
+
+
+def _targets(
+    plan: _Plan, target: torch.Tensor, zero: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The targets, ignored positions set to 0 (``zero``; else left as they are, for a formula
+    that is finite at any finite target: they are masked out), then smoothed (the reference's
+    order), and the valid mask (``None``: nothing can be ignored)."""
+    y, valid = target, None
+    if plan.ignore is not None:
+        valid = target != plan.ignore
+        if zero:
+            y = torch.where(valid, target, 0.0)
+    if plan.smoothing is not None:
+        s = plan.smoothing
+        y = y * (1.0 - s) + 0.5 * s
+    return y, valid
+
+
+def _reduce(loss: torch.Tensor, valid: torch.Tensor | None, reduction: str) -> torch.Tensor | None:
+    """``"none"``, ``"sum"``, or ``"mean"`` over the valid elements; ``None`` where the reduced
+    result is not finite (every element ignored: the general path's mean is 0)."""
+    if valid is not None:
+        # where, not multiply: an ignored element contributes exactly 0 whatever its input
+        loss = torch.where(valid, loss, 0.0)
+        if reduction == "mean":
+            out = loss.sum() / valid.sum()
+            return out if math.isfinite(out.item()) else None
+    if reduction == "none":
+        return loss
+    out = loss.mean() if reduction == "mean" else loss.sum()
+    return out if math.isfinite(out.item()) else None
 
 
 def binary_cross_entropy_with_logits(
-    definition: Any, input: torch.Tensor, target: torch.Tensor, reduction: str, keywords: dict
+    definition: Any,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    probs: bool,
+    keywords: dict,
 ) -> torch.Tensor | None:
-    """BCE with logits as ``y softplus(-x) + (1 - y) softplus(x)`` (weights, ``pos_weight``,
-    label smoothing; ``ignore_index`` takes the general path)."""
-    if input.dtype not in _FLOATS or target.dtype != input.dtype:
+    """BCE, from logits or (``probs``) probabilities, with every option.
+
+    Logits: ``lerp(softplus(x), w_pos softplus(-x), y)`` -- for a hard target exactly one of
+    the two terms, and lerp's two branches (``a + y (b - a)`` below 1/2, ``b - (1 - y)(b - a)``
+    above) keep a soft target's mix within a few units in the last place.
+
+    Probabilities: ATen's ``binary_cross_entropy``, whose loss is crossent's (logs clamped at
+    -100) and whose gradient ``(p - y) / (p (1 - p))`` is the closed form's wherever both logs
+    are live and ``p (1 - p)`` is above torch's floor of 1e-12. Its kernel rejects a
+    probability outside [0, 1] (the general path then words the error); a call that needs a
+    gradient is checked for a probability within 2e-12 of 0, or 1, where the two gradients
+    part (one ``aminmax``). ``pos_weight`` and label smoothing take the general path, which
+    computes them in float64 (the gradient is ill-conditioned at ``p ~ y`` for a smoothed
+    target)."""
+    dtype = input.dtype  # _binary_call, inline: every call takes it
+    if (
+        (dtype is not _FLOAT32 and dtype is not _FLOAT64)
+        or target.dtype is not dtype
+        or target.shape != input.shape
+    ):
         return None
-    options = cached_options(definition, keywords)
-    if not _covers(options, _BCE_OPTIONS):
+    plan = _plan(definition, keywords, _bce_plan, probs)
+    if plan is None:
         return None
-    V.check_same_shape(input, target)
-    weight, pos_weight = options.weight, options.pos_weight
-    V.check_broadcastable("weight", weight, input.shape)
-    V.check_broadcastable("pos_weight", pos_weight, input.shape)
-    y = target
-    if options.label_smoothing is not None:
-        s = options.label_smoothing
-        y = y * (1.0 - s) + 0.5 * s
-    positive = F.softplus(-input)
+    weight = pos_weight = None
+    if plan.weight is not None or plan.pos_weight is not None:
+        weights = _binary_weights(plan, input)
+        if weights is None:
+            return None
+        weight, pos_weight = weights
+    y, valid = target, None
+    if plan.ignore is not None or plan.smoothing is not None:
+        y, valid = _targets(plan, target, zero=probs)
+    if probs:
+        if input.requires_grad and torch.is_grad_enabled():
+            low, high = torch.aminmax(input.detach())
+            if not (low.item() > 2e-12 and high.item() < 1.0 - 2e-12):
+                return None
+        try:
+            if valid is None:
+                out = _binary_cross_entropy(input, y, weight, _REDUCTIONS[reduction])
+                return out if _finite(out) else None
+            loss = _binary_cross_entropy(input, y, weight, 0)
+        except RuntimeError:  # a probability or target outside [0, 1]
+            return None
+        return _reduce(loss, valid, reduction)
+    negative = F.softplus(-input)
     if pos_weight is not None:
-        positive = positive * pos_weight.to(input.dtype)
-    loss = torch.addcmul(y * positive, 1.0 - y, F.softplus(input))
+        negative = negative * pos_weight
+    loss = torch.lerp(F.softplus(input), negative, y)
     if weight is not None:
-        loss = loss * weight.to(input.dtype)
-    if reduction == "none":
-        return loss
+        loss = loss * weight
+    if valid is not None or reduction == "none":
+        return _reduce(loss, valid, reduction)
     out = loss.mean() if reduction == "mean" else loss.sum()
-    return out if _finite(out) else None
+    return out if math.isfinite(out.item()) else None
 
 
 def sigmoid_focal(
-    definition: Any, input: torch.Tensor, target: torch.Tensor, reduction: str, keywords: dict
+    definition: Any,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    probs: bool,
+    keywords: dict,
 ) -> torch.Tensor | None:
-    """The sigmoid focal loss (and Poly-1 focal loss) from logits, in about as many operations
-    as torchvision's formula, without its cancellations:
+    """The sigmoid focal loss (and Poly-1 focal loss) from logits, in fewer operations than
+    torchvision's formula, without its cancellations: from ``log p = logsigmoid(x)`` and
+    ``log(1 - p) = logsigmoid(-x)``,
 
-    ``alpha_t (1 - p_t)^gamma (y softplus(-x) + (1 - y) softplus(x))`` (+ ``epsilon
-    (1 - p_t)^(gamma + 1)``) with ``1 - p_t = y sigmoid(-x) + (1 - y) sigmoid(x)``, a sum of
-    non-negative terms (torchvision forms ``1 - p_t`` from the rounded ``p``, which is 0 from
-    ``x = 17`` on in float32). For ``gamma`` 0 or at least 1 -- below 1 the factor's
-    derivative at ``p_t = 1`` is infinite and autograd's product with 0 would give NaN, which
-    the general path's closed form avoids -- and without ``ignore_index``."""
-    if input.dtype not in _FLOATS or target.dtype != input.dtype:
+    ``-BCE = lerp(log(1 - p), w_pos log p, y)`` and ``1 - p_t = lerp(p, 1 - p, y)``, exact for
+    a hard target (torchvision forms ``1 - p_t`` from the rounded ``p``, which is 0 from ``x =
+    17`` on in float32); ``p = exp(log p)``, whose derivative ``p (1 - p)`` autograd then forms
+    from the two exact factors (``sigmoid``'s would subtract the rounded ``p`` from 1). The
+    loss is ``alpha_t (1 - p_t)^gamma BCE`` (+ ``epsilon (1 - p_t)^(gamma + 1)``). For
+    ``gamma`` 0 or at least 1 (see :func:`_power`); the targets are checked to lie in [0, 1]
+    by one ``aminmax``."""
+    if not _binary_call(input, target):
         return None
-    options = cached_options(definition, keywords)
-    gamma = options.gamma
-    if not _covers(options, _FOCAL_OPTIONS) or isinstance(gamma, torch.Tensor):
+    plan = _plan(definition, keywords, _focal_plan, probs)
+    if plan is None:
         return None
-    if gamma is not None and 0.0 < gamma < 1.0:
-        return None
-    V.check_same_shape(input, target)
-    weight, pos_weight = options.weight, options.pos_weight
-    V.check_broadcastable("weight", weight, input.shape)
-    V.check_broadcastable("pos_weight", pos_weight, input.shape)
-    V.check_unit_targets("the focal loss", target, None)
-    y = target
-    if options.label_smoothing is not None:
-        s = options.label_smoothing
+    weight = pos_weight = None
+    if plan.weight is not None or plan.pos_weight is not None:
+        weights = _binary_weights(plan, input)
+        if weights is None:
+            return None
+        weight, pos_weight = weights
+    y, valid = target, None
+    if plan.ignore is not None:
+        valid = target != plan.ignore
+        y = torch.where(valid, target, 0.0)
+    if V.value_checks_enabled():
+        # targets in [0, 1] (ignored ones aside): the general path's check words the error
+        low, high = torch.aminmax(y)
+        if not (low.item() >= 0.0 and high.item() <= 1.0):
+            return None
+    if plan.smoothing is not None:
+        s = plan.smoothing
         y = y * (1.0 - s) + 0.5 * s
-    y1 = 1.0 - y
-    neg_x = -input
-    positive = F.softplus(neg_x)
-    if pos_weight is not None:
-        positive = positive * pos_weight.to(input.dtype)
-    loss = torch.addcmul(y * positive, y1, F.softplus(input))
-    one_minus_pt = None
-    if gamma or options.epsilon is not None:
-        one_minus_pt = torch.addcmul(y * torch.sigmoid(neg_x), y1, torch.sigmoid(input))
-    if gamma:
-        loss = loss * (one_minus_pt.square() if gamma == 2.0 else one_minus_pt.pow(gamma))
-    if options.alpha is not None:
-        a = options.alpha
-        loss = loss * (y * (2.0 * a - 1.0) + (1.0 - a))
-    if options.epsilon is not None:
-        loss = loss + options.epsilon * one_minus_pt.pow((gamma or 0.0) + 1.0)
+    log_p = F.logsigmoid(input)
+    log_q = F.logsigmoid(-input)
+    loss = torch.lerp(log_q, log_p if pos_weight is None else log_p * pos_weight, y)
+    sign = -1.0  # loss holds minus the loss until the sign is turned
+    gamma, epsilon = plan.gamma, plan.epsilon
+    factor = one_minus_pt = None
+    if gamma or epsilon is not None:
+        one_minus_pt = torch.lerp(torch.exp(log_p), torch.exp(log_q), y)
+        if gamma:
+            factor = _power_of(one_minus_pt, gamma)
+            loss = loss * factor
+    if plan.alpha is not None:
+        # -alpha_t = (alpha - 1) + (1 - 2 alpha) y from the targets (no gradient there), which
+        # turns the sign too: one product in the graph
+        a = plan.alpha
+        loss = loss * (y * (1.0 - 2.0 * a)).add_(a - 1.0)
+        sign = 1.0
+    if epsilon is not None:
+        # epsilon (1 - p_t)^(gamma + 1), with the sign loss has now
+        if factor is None:
+            loss = torch.add(loss, one_minus_pt, alpha=sign * epsilon)
+        else:
+            loss = torch.addcmul(loss, factor, one_minus_pt, value=sign * epsilon)
     if weight is not None:
-        loss = loss * weight.to(input.dtype)
+        loss = loss * weight
+    return _signed(loss, valid, reduction, sign)
+
+
+def _signed(
+    loss: torch.Tensor, valid: torch.Tensor | None, reduction: str, sign: float
+) -> torch.Tensor | None:
+    """:func:`_reduce` of ``sign * loss``, the sign turned on the reduced value where there is
+    one."""
+    if sign > 0:
+        return _reduce(loss, valid, reduction)
     if reduction == "none":
-        return loss
-    out = loss.mean() if reduction == "mean" else loss.sum()
-    return out if _finite(out) else None
+        return _reduce(loss.neg(), valid, reduction)
+    out = _reduce(loss, valid, reduction)
+    return None if out is None else out.neg()
+
+
+def asymmetric(
+    definition: Any,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    probs: bool,
+    keywords: dict,
+) -> torch.Tensor | None:
+    """The asymmetric loss (ASL) from logits, ``-[y (1 - p)^gamma_pos log p + (1 - y)
+    p_m^gamma_neg log(1 - p_m)]`` with ``p_m = max(p - m, 0)``, in log space as the closed
+    form computes it:
+
+    ``log p = logsigmoid(x)`` and ``log(1 - p) = logsigmoid(-x)`` (exact for every logit),
+    ``(1 - p)^gamma_pos = exp(gamma_pos log(1 - p))``, ``p = exp(log p)`` (its derivative
+    ``p (1 - p)`` from two exact factors), ``p_m = softshrink(p, m)`` (``max(p - m, 0)`` for
+    ``p`` in [0, 1]) and ``log(1 - p_m) = log1p(-p_m)``; without a clip
+    ``p^gamma_neg = exp(gamma_neg log p)``. The two terms mixed by one ``lerp``.
+    ``gamma_pos`` and ``gamma_neg`` 0 or at least 1 (see :func:`_power`)."""
+    if not _binary_call(input, target):
+        return None
+    plan = _plan(definition, keywords, _asl_plan, probs)
+    if plan is None:
+        return None
+    weight = None
+    if plan.weight is not None:
+        weights = _binary_weights(plan, input)
+        if weights is None:
+            return None
+        weight = weights[0]
+    y, valid = _targets(plan, target)
+    gamma_pos, gamma_neg, clip = plan.gamma_pos, plan.gamma_neg, plan.clip
+    log_p = F.logsigmoid(input)
+    log_q = F.logsigmoid(-input) if gamma_pos or clip is None else None
+    positive = log_p
+    if gamma_pos:
+        positive = positive * torch.exp(gamma_pos * log_q)
+    if clip is None:
+        negative = log_q
+        if gamma_neg:
+            negative = negative * torch.exp(gamma_neg * log_p)
+    else:
+        p_m = F.softshrink(torch.exp(log_p), clip)
+        negative = torch.log1p(-p_m)  # 1 - p_m >= m: no cancellation
+        if gamma_neg:
+            negative = negative * _power_of(p_m, gamma_neg)
+    # minus the loss: both terms are logs (<= 0), mixed by the target
+    loss = torch.lerp(negative, positive, y)
+    if weight is not None:
+        loss = loss * weight
+    return _signed(loss, valid, reduction, -1.0)
