@@ -499,3 +499,24 @@ def test_small_path_caches_no_inference_tensor():
     )
     assert_close(ours, ref)
     assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cross_entropy",
+        "binary_cross_entropy_with_logits",
+        "sigmoid_focal_loss",
+        "asymmetric_loss",
+        "softmax_focal_loss",
+        "poly1_cross_entropy",
+    ],
+)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_inputs_take_the_general_path(name, reduction):
+    fn = getattr(crossent, name)
+    x = torch.zeros(0, 5, requires_grad=True)
+    softmax = name in ("cross_entropy", "softmax_focal_loss", "poly1_cross_entropy")
+    t = torch.zeros(0, dtype=torch.long) if softmax else torch.zeros(0, 5)
+    ours, general = fn(x, t, reduction=reduction), fn(x, t, reduction=reduction, backend="fused")
+    torch.testing.assert_close(ours, general, equal_nan=True)
