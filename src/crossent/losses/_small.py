@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from operator import is_
 from typing import Any
 
@@ -320,6 +321,27 @@ def _index_call(input: torch.Tensor, target: torch.Tensor) -> int | None:
     return classes if ok and classes else None
 
 
+def _index_plan(
+    definition: Any, keywords: dict, make_plan: Callable, input: torch.Tensor, target: torch.Tensor
+) -> tuple[int, _Plan] | None:
+    """``(classes, plan)`` of a softmax-family call with class-index targets that the small
+    formulations take as it is (float32 or float64, the targets' size, a class weight ATen
+    takes), else ``None``."""
+    dtype = input.dtype
+    if dtype is not _FLOAT32 and dtype is not _FLOAT64:
+        return None
+    classes = _index_call(input, target)
+    if classes is None:
+        return None
+    plan = _plan(definition, keywords, make_plan)
+    if plan is None:
+        return None
+    weight = plan.weight
+    if weight is not None and not _class_weight_ok(weight, input, classes):
+        return None
+    return classes, plan
+
+
 def cross_entropy(
     definition: Any,
     input: torch.Tensor,
@@ -408,18 +430,11 @@ def softmax_focal(
     mean's denominator ``sum w_t`` -- the general path's, alpha left out. Only the target
     class enters an elementwise operation, so a ``-inf`` logit elsewhere has a zero gradient,
     as there. ``gamma`` 0 or at least 1."""
-    dtype = input.dtype
-    if dtype is not _FLOAT32 and dtype is not _FLOAT64:
+    call = _index_plan(definition, keywords, _softmax_focal_plan, input, target)
+    if call is None:
         return None
-    classes = _index_call(input, target)
-    if classes is None:
-        return None
-    plan = _plan(definition, keywords, _softmax_focal_plan)
-    if plan is None:
-        return None
-    weight = plan.weight
-    if weight is not None and not _class_weight_ok(weight, input, classes):
-        return None
+    classes, plan = call
+    dtype, weight = input.dtype, plan.weight
     alpha, gamma, ignore = plan.alpha, plan.gamma, plan.ignore
     if isinstance(alpha, torch.Tensor) and not _alpha_ok(plan, alpha, input, classes):
         return None
@@ -475,18 +490,10 @@ def poly1_cross_entropy(
     ``ignore_index`` and the mean's denominator as the general path does. A sum, not a
     product, of the per-class terms: a ``-inf`` logit outside the target has a zero
     gradient."""
-    dtype = input.dtype
-    if dtype is not _FLOAT32 and dtype is not _FLOAT64:
+    call = _index_plan(definition, keywords, _poly1_plan, input, target)
+    if call is None:
         return None
-    classes = _index_call(input, target)
-    if classes is None:
-        return None
-    plan = _plan(definition, keywords, _poly1_plan)
-    if plan is None:
-        return None
-    weight = plan.weight
-    if weight is not None and not _class_weight_ok(weight, input, classes):
-        return None
+    plan, weight = call[1], call[1].weight
     reduce, ignore = _REDUCTIONS[reduction], plan.ignore
     try:
         if plan.epsilon is None:
