@@ -475,9 +475,10 @@ _EAGER_CHUNK = 1 << 16
 _EAGER_CHUNK_DEVICE = 1 << 22  # on a GPU each slice costs kernel launches: fewer, larger ones
 # While a graph compiles in a background thread, the eager calls that stand in for it run
 # over few, large slices: every torch operation hands the GIL back and forth with the
-# compiling thread (up to the 5 ms switch interval each), so the number of operations, not
-# their size, decides how long such a call takes (measured on two cores: slices of 2^16
-# elements made the first cross entropy at 4096 x 1000 take 9 s, the whole input 0.7 s).
+# compiling thread (up to the switch interval each, see _COMPILING_SWITCH_INTERVAL), so the
+# number of operations, not their size, decides how long such a call takes (measured on two
+# cores: slices of 2^16 elements made the first cross entropy at 4096 x 1000 take 9 s, the
+# whole input 0.7 s).
 _EAGER_CHUNK_WHILE_COMPILING = 1 << 22
 
 
