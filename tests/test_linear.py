@@ -38,7 +38,8 @@ LOSSES = {
 }
 
 
-def _case(name, dtype, *, lead=(N,), bias=True, seed=0):
+def _case(name, dtype, *, lead=(N,), bias=True, seed=0, classes=V):
+    V = classes
     g = torch.Generator().manual_seed(seed)
     options, kind = LOSSES[name]
     x = torch.randn(*lead, H, generator=g, dtype=torch.float64)
@@ -83,8 +84,8 @@ def _assert_normwise(actual, expected, rtol, label=""):
     assert error <= rtol, f"{label}: relative error {error:.3g} > {rtol:g}"
 
 
-def _compare(name, dtype, reduction, backend="fused", rtol=None, grad_rtol=None, **call):
-    tensors, t, opts, loss = _case(name, dtype)
+def _compare(name, dtype, reduction, backend="fused", rtol=None, grad_rtol=None, classes=V, **call):
+    tensors, t, opts, loss = _case(name, dtype, classes=classes)
     x, w, b = tensors
     with no_fallback():
         ours = crossent.linear_loss(
@@ -219,6 +220,78 @@ def test_blocks_never_hold_all_the_logits(monkeypatch):
     w = torch.randn(V, H, requires_grad=True)
     crossent.linear_cross_entropy(x, w, torch.randint(0, V, (9,)), backend="fused").backward()
     assert seen == [(2, V)] * 4 + [(1, V)]
+
+
+SIGMOID = [name for name, (_, kind) in LOSSES.items() if kind == "dense"]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", SIGMOID)
+def test_sigmoid_losses_over_more_classes_than_rows_run_in_blocks_of_classes(
+    name, reduction, monkeypatch
+):
+    """An elementwise loss with fewer rows than classes is cut into blocks of classes over
+    every row (4 of 11 classes per block here: the last block narrower), with the per-class
+    and per-element weights sliced along: exact all the same."""
+    seen = []
+    real = _chunked.Plan._run_columns
+
+    def spy(self, *args):
+        seen.append(self.columns)
+        return real(self, *args)
+
+    monkeypatch.setattr(_chunked.Plan, "_run_columns", spy)
+    monkeypatch.setattr(_chunked, "BLOCK_ELEMENTS", 4 * N)
+    _compare(name, torch.float64, reduction, rtol=1e-10, grad_rtol=1e-10, classes=11)
+    assert seen and set(seen) == {4}
+    assert _chunked.block_columns(N, 11, torch.device("cpu"), None, True) == 4
+    # row blocks where asked (batch_chunk_size), for the softmax family, or rows <= classes
+    assert _chunked.block_columns(N, 11, torch.device("cpu"), 2, True) is None
+    assert _chunked.block_columns(N, 11, torch.device("cpu"), None, False) is None
+    assert _chunked.block_columns(N, N, torch.device("cpu"), None, True) is None
+
+
+def test_blocks_of_classes_hold_one_block_of_logits(monkeypatch):
+    """The closed form sees ``(N, k)`` blocks with ``N k <= BLOCK_ELEMENTS``."""
+    seen = []
+    real = _math.sigmoid_family
+
+    def spy(input, *args, **kwargs):
+        seen.append(tuple(input.shape))
+        return real(input, *args, **kwargs)
+
+    monkeypatch.setattr(_math, "sigmoid_family", spy)
+    monkeypatch.setattr(_chunked, "BLOCK_ELEMENTS", 3 * 5)
+    x = torch.randn(5, H, requires_grad=True)
+    w = torch.randn(8, H, requires_grad=True)
+    y = (torch.rand(5, 8) < 0.3).float()
+    crossent.linear_loss(x, w, y, loss="focal", backend="fused").backward()
+    assert seen == [(5, 3), (5, 3), (5, 2)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compiled_blocks_of_classes(reduction, monkeypatch):
+    """The compiled closed form takes the blocks' strided targets and sliced weights."""
+    monkeypatch.setattr(_chunked, "BLOCK_ELEMENTS", 4 * N)
+    _compare("bce", torch.float64, reduction, "compiled", 1e-10, 1e-10, classes=11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_blocks_of_classes_accumulate_in_float32(dtype, monkeypatch):
+    """Blocks of classes with half-precision operands: the input's gradient is summed over
+    the blocks in float32 and rounded once -- as the float32 computation, rounded."""
+    monkeypatch.setattr(_chunked, "BLOCK_ELEMENTS", 4 * N)
+    tensors, t, opts, loss = _case("focal", dtype, classes=11)
+    ours = crossent.linear_loss(*tensors[:2], t, loss=loss, linear_bias=tensors[2], **opts)
+    up = [v.detach().float().requires_grad_() for v in tensors]
+    ref = _unfused(loss, *up, t.float(), **opts)
+    assert ours.dtype == dtype
+    torch.testing.assert_close(ours, ref.to(dtype), rtol=1e-3, atol=0)
+    grads = torch.autograd.grad(ours, tensors)
+    for g, r in zip(grads, torch.autograd.grad(ref, up), strict=True):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.float(), r.to(dtype).float(), rtol=1e-2, atol=1e-5)
 
 
 def test_repeated_and_retained_backward():

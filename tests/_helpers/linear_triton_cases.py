@@ -1,6 +1,7 @@
 """The fused linear + loss through the Triton loss kernels, run as
 ``python -m tests._helpers.linear_triton_cases`` with ``TRITON_INTERPRET=1`` (started by
-tests/test_linear.py). Small CPU tensors; prints one line per failure, exits 1 if any, else
+tests/test_linear.py). Small CPU tensors, in blocks of rows and, for the sigmoid losses, of
+classes; prints one line per failure, exits 1 if any, else
 prints ``N cases passed``.
 """
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 import crossent
 from crossent.kernels import no_fallback
+from crossent.linear import _chunked
 from crossent.registry import get_loss
 
 
@@ -33,9 +35,16 @@ def main() -> int:
         ("softmax_focal", index, {"gamma": 2.0}),
         ("focal", dense, {"gamma": 2.0, "alpha": 0.25}),
         ("asl", dense, {}),
+        ("bce", dense, {"pos_weight": torch.rand(v, generator=g, dtype=torch.float64) + 0.5}),
     ]
-    for (loss, target, opts), dtype, reduction in [
-        (c, d, r) for c in cases for d in (torch.float64, torch.float32) for r in ("mean", "none")
+    # blocks of classes: 3 of the 7 per block (the last narrower) over all 5 rows
+    _chunked.BLOCK_ELEMENTS = 3 * n
+    for (loss, target, opts), dtype, reduction, chunk in [
+        (c, d, r, k)
+        for c in cases
+        for d in (torch.float64, torch.float32)
+        for r in ("mean", "none")
+        for k in ((2,) if c[0] in ("ce", "softmax_focal") else (2, None))
     ]:
         x = torch.randn(n, h, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
         w = torch.randn(v, h, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
@@ -51,7 +60,7 @@ def main() -> int:
                 linear_bias=b,
                 reduction=reduction,
                 backend="triton",
-                batch_chunk_size=2,
+                batch_chunk_size=chunk,
                 **o,
             )
         ref = get_loss(loss).logits(
@@ -61,7 +70,8 @@ def main() -> int:
         got = torch.autograd.grad(ours, (x, w, b), grad_out)
         want = torch.autograd.grad(ref, (x, w, b), grad_out)
         rtol = 1e-10 if dtype == torch.float64 else 1e-4
-        label = f"{loss} {opts and sorted(opts)} {dtype} {reduction}"
+        blocks = "rows" if chunk else "classes"
+        label = f"{loss} {opts and sorted(opts)} {dtype} {reduction} blocks of {blocks}"
         try:
             torch.testing.assert_close(ours, ref, rtol=rtol, atol=rtol * 1e-2)
             for a, r in zip(got, want, strict=True):

@@ -2,8 +2,9 @@
 
 :func:`linear_cross_entropy` (a drop-in for torch's ``F.linear_cross_entropy``) and
 :func:`linear_loss` (any crossent loss by name) compute the loss of ``F.linear(x, W, b)``
-block of rows by block of rows, so the ``(N, V)`` logits and their gradient never exist
-whole; :mod:`crossent.linear._chunked` describes the pass and its memory bound.
+one block of rows (or, for a sigmoid loss over more classes than rows, of classes) at a
+time, so the ``(N, V)`` logits and their gradient never exist whole;
+:mod:`crossent.linear._chunked` describes the pass and its memory bound.
 """
 
 from crossent.linear._functional import linear_cross_entropy, linear_loss

@@ -1,4 +1,4 @@
-"""The chunked pass of a fused linear + loss: a block of rows at a time, never all the logits.
+"""The chunked pass of a fused linear + loss: a block at a time, never all the logits.
 
 For a block of ``B`` rows ``x_c`` of the ``(N, H)`` input, one step computes
 
@@ -28,6 +28,17 @@ Memory (the bound): the extra memory of a forward plus backward is
   other compiled closed forms and the Triton kernels (CUDA), about 4 for cross entropy and
   up to about 15 for the focal losses on the eager ``"fused"`` path (and while a block's
   graph is still compiling in the background).
+
+An elementwise (sigmoid) loss over fewer rows than classes is cut the other way
+(:func:`block_columns`): blocks of ``C = max(1, BLOCK_ELEMENTS // N)`` classes over every row,
+
+.. code-block:: text
+
+    logits_c = x W_c^T + b_c                       (N, C)
+    grad_input += g_c W_c      grad_W[c] = g_c^T x      grad_b[c] = g_c summed over rows
+
+with the same ``k`` tensors of ``N x C`` elements (for half precision a float32 copy of
+``input`` instead of ``linear_weight``).
 
 Neither term grows with ``N x V``: the full logits (``N x V x 4`` bytes, 2 GB at
 ``N = 4096, V = 128k``) and their gradient (as much again) are never held. ``reduction=
@@ -66,6 +77,7 @@ __all__ = [
     "BLOCK_ELEMENTS_DEVICE",
     "LinearLossFunction",
     "Plan",
+    "block_columns",
     "block_rows",
     "gradient_in_place",
 ]
@@ -95,6 +107,31 @@ def block_rows(
     if in_place:
         budget *= 2
     return max(1, min(n_rows, budget // max(n_classes, 1)))
+
+
+def block_columns(
+    n_rows: int,
+    n_classes: int,
+    device: torch.device,
+    batch_chunk_size: int | None,
+    elementwise: bool,
+) -> int | None:
+    """Classes per block for an elementwise (sigmoid) loss with fewer rows than classes --
+    as many as keep the block's logits and their gradient within twice ``BLOCK_ELEMENTS``
+    -- or ``None``: blocks of rows (:func:`block_rows`).
+
+    An elementwise loss needs no row's other classes, so its blocks can be column slices
+    ``x W_c^T`` of every row. Which way to cut is a matter of the matmuls: a block of rows
+    adds its ``(V, H)`` product into ``grad_W`` (read and written whole per block), a block
+    of columns its ``(N, H)`` product into ``grad_input`` and writes its own rows of
+    ``grad_W`` once -- the smaller accumulator wins, and every block's matmuls run over all
+    ``N`` rows instead of a few hundred (measured at N = 2048, H = 256, V = 50000, sigmoid
+    focal: 0.85x the unfused time against 1.36x for row blocks). A ``batch_chunk_size``
+    asks for row blocks."""
+    if not elementwise or batch_chunk_size is not None or not 0 < n_rows < n_classes:
+        return None
+    budget = BLOCK_ELEMENTS if device.type == "cpu" else BLOCK_ELEMENTS_DEVICE
+    return max(1, min(n_classes, budget // max(n_rows, 1)))
 
 
 def gradient_in_place(fn: Callable) -> Callable | None:
@@ -146,6 +183,9 @@ class Plan:
             all-reduce over the group); ``None``: nothing.
         in_place: the kernel writes the gradient over the logits block
             (:func:`gradient_in_place`): no block-sized allocation per block.
+        columns: classes per block (:func:`block_columns`): the blocks are slices of the
+            classes over every row, not of the rows (``rows`` is then unused); ``None``:
+            blocks of rows.
     """
 
     kernel: Callable
@@ -160,6 +200,7 @@ class Plan:
     needs: tuple[bool, bool, bool]
     finish_grad_input: Callable | None = None
     in_place: bool = False
+    columns: int | None = None
 
     def run(
         self,
@@ -176,6 +217,8 @@ class Plan:
         needed). ``grad_out`` (``reduction="none"``'s backward) scales each block's logit
         gradient before the matmuls."""
         with _no_autocast(x.device.type):
+            if self.columns is not None:
+                return self._run_columns(x, w, b, need_grad, grad_out)
             return self._run(x, w, b, need_grad, grad_out)
 
     def _run(self, x, w, b, need_grad, grad_out):
@@ -193,12 +236,7 @@ class Plan:
         # kernel's gradient, if it does not write it over the buffer (see TRIM_BYTES for what
         # its frees cost on CPU)
         buf = torch.empty((min(self.rows, n), v), dtype=mm, device=x.device)
-        trim = (
-            x.device.type == "cpu"
-            and not self.in_place
-            and buf.numel() * buf.element_size() >= TRIM_BYTES
-            and not torch.compiler.is_compiling()
-        )
+        trim = not self.in_place and _trims(buf)
         for start in range(0, n, self.rows):
             sl = slice(start, min(start + self.rows, n))
             xc = x[sl] if x.dtype == mm else x[sl].to(mm)
@@ -243,10 +281,81 @@ class Plan:
             del g, gm
             if trim:
                 _trim()
+        return self._finish(outs, denominators, 0, x, gi, gw, gb)
+
+    def _run_columns(self, x, w, b, need_grad, grad_out):
+        """The loop over blocks of classes (``columns`` of them) of an elementwise loss:
+        ``logits_c = x W_c^T + b_c`` over every row, ``grad_input += g_c W_c``,
+        ``grad_W[c] = g_c^T x``, ``grad_b[c] = g_c`` summed over rows."""
+        n, h = x.shape
+        v = w.shape[0]
+        mm, acc = self.mm_dtype, self.acc_dtype
+        need_x, need_w, need_b = self.needs if need_grad else (False, False, False)
+        xm = x if x.dtype == mm else x.to(mm)  # (N, H): the one whole-size conversion
+        gi = torch.zeros((n, h), dtype=acc, device=x.device) if need_x else None
+        gw = torch.empty((v, h), dtype=acc, device=x.device) if need_w else None
+        gb = torch.empty((v,), dtype=acc, device=x.device) if need_b else None
+        outs, denominators = [], []
+        width = min(self.columns, v)
+        # one flat buffer: each block's logits a contiguous (N, k) view of it
+        buf = torch.empty((n * width,), dtype=mm, device=x.device)
+        trim = _trims(buf)
+        for start in range(0, v, width):
+            cols = slice(start, min(start + width, v))
+            k = cols.stop - start
+            wc = w[cols] if w.dtype == mm else w[cols].to(mm)
+            logits = buf[: n * k].view(n, k)
+            if b is None:
+                torch.mm(xm, wc.t(), out=logits)
+            else:
+                bc = b[cols] if b.dtype == mm else b[cols].to(mm)
+                torch.addmm(bc, xm, wc.t(), out=logits)
+            if logits.dtype != acc:
+                logits = logits.to(acc)
+            out, denominator, g = self.kernel(
+                logits,
+                self.target[:, cols],
+                self.options.columns(cols, v),
+                mean_denominator=self.mean_denominator,
+                reduce=self.reduce,
+                need_grad=need_grad,
+            )
+            del logits
+            outs.append(out)
+            denominators.append(denominator)
+            if not need_grad:
+                continue
+            if grad_out is not None:
+                g = g * grad_out[:, cols].to(g.dtype)
+            if g.dtype != acc:
+                g = g.to(acc)
+            gm = g if g.dtype == mm else g.to(mm)
+            if need_x:
+                if gi.dtype == mm:
+                    gi.addmm_(gm, wc)
+                else:
+                    gi += gm @ wc  # each block's product added in float32, not rounded
+            if need_w:
+                if gw.dtype == mm:
+                    torch.mm(gm.t(), xm, out=gw[cols])
+                else:
+                    gw[cols] = gm.t() @ xm
+            if need_b:
+                torch.sum(g, 0, out=gb[cols])
+            del g, gm
+            if trim:
+                _trim()
+        return self._finish(outs, denominators, 1, x, gi, gw, gb)
+
+    def _finish(self, outs, denominators, dim, x, gi, gw, gb):
+        """The loss summed over the blocks (or the unreduced blocks joined along ``dim``), the
+        summed denominator, and the gradients (``finish_grad_input`` applied)."""
         if self.reduce:
             out = outs[0] if len(outs) == 1 else torch.stack(outs).sum()
+        elif outs:
+            out = torch.cat(outs, dim)
         else:
-            out = torch.cat(outs) if outs else torch.empty(0, dtype=acc, device=x.device)
+            out = torch.empty(0, dtype=self.acc_dtype, device=x.device)
         denominator = None
         if denominators and denominators[0] is not None:
             denominator = denominators[0] if len(outs) == 1 else torch.stack(denominators).sum()
@@ -273,6 +382,16 @@ def _malloc_trim():
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
+
+
+def _trims(buf: torch.Tensor) -> bool:
+    """Whether the loop calls :func:`_trim` after each block: on CPU, for blocks of at least
+    ``TRIM_BYTES`` (outside a trace)."""
+    return (
+        buf.device.type == "cpu"
+        and buf.numel() * buf.element_size() >= TRIM_BYTES
+        and not torch.compiler.is_compiling()
+    )
 
 
 def _trim() -> None:

@@ -26,7 +26,7 @@ from crossent.kernels._dispatch import (
     requested_backend,
     select_backend,
 )
-from crossent.linear._chunked import Plan, block_rows, gradient_in_place, run_plan
+from crossent.linear._chunked import Plan, block_columns, block_rows, gradient_in_place, run_plan
 from crossent.linear._vocab import _known_denominator as vocab_known_denominator
 from crossent.linear._vocab import check_vocab_call, vocab_closed_form, vocab_layout
 from crossent.losses import CE, LossDefinition, run
@@ -165,6 +165,11 @@ def compute(
     plan = plan_reduction(reduction, process_group, proxy, known)
     finish_grad_input = None
     in_place = False
+    # an elementwise loss over fewer rows than classes: blocks of classes (not with
+    # vocab_group, whose ranks must run the same number of blocks)
+    columns = None
+    if not shard:
+        columns = block_columns(n, n_classes, input.device, rows, not family.classes)
     if shard:
         kernel, finish_grad_input = _vocab_kernel(
             family, options, vocab_group, target_rows, n_classes, input.device
@@ -174,7 +179,8 @@ def compute(
     elif path == "compiled":
         import functools
 
-        flat = not family.classes and len(options.tensors()) == 0
+        # a block of classes is a strided view of the targets: kept 2-D, not copied flat
+        flat = not family.classes and len(options.tensors()) == 0 and columns is None
         closed_form = family.closed_form(options)
         writes_in_place = gradient_in_place(closed_form)
         if writes_in_place is not None:
@@ -209,6 +215,7 @@ def compute(
         needs=needs,
         finish_grad_input=finish_grad_input,
         in_place=in_place,
+        columns=columns,
     )
     out, denominator = run_plan(chunked, x, linear_weight, linear_bias)
     # with vocab_group a reduced sigmoid loss always has its global denominator: not used
@@ -404,7 +411,7 @@ def linear_loss(
     backend: str | None = None,
     **options: Any,
 ) -> torch.Tensor:
-    r"""Any crossent loss of a linear classifier head, computed in row blocks: the ``(N, V)``
+    r"""Any crossent loss of a linear classifier head, computed in blocks: the ``(N, V)``
     logits are never held whole.
 
     Use it for a large label space with a loss other than cross entropy: extreme multi-label
@@ -417,7 +424,9 @@ def linear_loss(
 
         \ell = \operatorname{loss}(x W^\top + b,\ y)
 
-    Memory and precision as :func:`linear_cross_entropy`.
+    Memory and precision as :func:`linear_cross_entropy`, except that a sigmoid loss over
+    fewer rows than classes (and no ``batch_chunk_size``) runs in blocks of classes over every
+    row: ``N x C`` logits per block, ``C = 2**23 // N`` on CPU, ``2**25 // N`` on GPUs.
 
     Args:
         input: the features, size ``(H)``, ``(N, H)`` or ``(..., H)``.
@@ -430,7 +439,8 @@ def linear_loss(
         linear_bias: the head's bias, size ``(V)``, or ``None`` (default).
         reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"global_mean"``, as the loss defines
             them. Default: ``"mean"``.
-        batch_chunk_size: rows per block; ``None`` (default): from the memory budget.
+        batch_chunk_size: rows per block (blocks of rows for every loss); ``None``
+            (default): from the memory budget.
         process_group: the group ``"global_mean"`` reduces over.
         vocab_group: the process group of a vocab-parallel head, as in
             :func:`linear_cross_entropy`: each rank passes its rows of ``linear_weight`` and

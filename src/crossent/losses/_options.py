@@ -114,6 +114,22 @@ class KernelOptions:
                 changes[name] = w[rows]
         return dataclasses.replace(self, **changes) if changes else self
 
+    def columns(self, columns: slice, n_classes: int) -> KernelOptions:
+        """The options for a slice of the classes (the last dimension) of an elementwise
+        loss's input of ``n_classes`` classes: a tensor option that varies along the classes
+        (a per-class or per-element weight) is sliced; one that broadcasts along them is
+        kept."""
+        if self._class_dims:
+            raise TypeError(
+                f"{type(self).__name__} is a per-sample loss's: its classes are not sliced."
+            )
+        changes = {}
+        for name in self._row_tensors:
+            w = getattr(self, name)
+            if w is not None and w.dim() > 0 and w.shape[-1] == n_classes > 1:
+                changes[name] = w[..., columns]
+        return dataclasses.replace(self, **changes) if changes else self
+
 
 @dataclass(frozen=True)
 class SigmoidOptions(KernelOptions):
