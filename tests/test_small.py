@@ -84,13 +84,22 @@ def test_cross_entropy_small_keeps_the_errors_and_the_all_ignored_mean():
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"pos_weight": "pw", "weight": "w"}, {"label_smoothing": 0.1, "pos_weight": "pw"}],
-    ids=["plain", "weights", "smoothing"],
+    [
+        {},
+        {"pos_weight": "pw", "weight": "w"},
+        {"label_smoothing": 0.1, "pos_weight": "pw"},
+        {"ignore_index": -1.0, "pos_weight": "pw"},
+    ],
+    ids=["plain", "weights", "smoothing", "ignore"],
 )
-def test_bce_with_logits_small_equals_the_reference(dtype, reduction, options):
-    x = torch.randn(16, 5, dtype=dtype) * 4
-    y = torch.rand(16, 5, dtype=dtype)
-    made = {"pw": torch.rand(5, dtype=dtype) + 0.5, "w": torch.rand(16, 5, dtype=dtype)}
+@pytest.mark.parametrize("rows", [16, 512], ids=["fewest_operations", "one_softplus"])
+def test_bce_with_logits_small_equals_the_reference(dtype, reduction, options, rows):
+    x = torch.randn(rows, 5, dtype=dtype) * 4
+    y = torch.rand(rows, 5, dtype=dtype)
+    y[::3] = y[::3].round()  # hard targets among the soft ones
+    if "ignore_index" in options:
+        y[1, :2] = -1.0
+    made = {"pw": torch.rand(5, dtype=dtype) + 0.5, "w": torch.rand(rows, 5, dtype=dtype)}
     options = {k: made.get(v, v) for k, v in options.items()}
     ours, grad = _value_and_grad(
         crossent.binary_cross_entropy_with_logits, x, y, reduction=reduction, **options
@@ -109,15 +118,31 @@ def test_bce_with_logits_small_equals_the_reference(dtype, reduction, options):
 
 
 def test_bce_with_logits_small_keeps_float32_precision_at_every_logit():
-    # torch's own float32 kernel forms log(1 + exp(-|x|)) and loses the loss's relative
-    # precision from about x = -15 on; the small path's two softplus terms never cancel
-    x = torch.linspace(-85, 85, 341)
-    for y in (torch.zeros_like(x), torch.ones_like(x), torch.full_like(x, 0.3)):
-        ours = crossent.binary_cross_entropy_with_logits(x, y, reduction="none")
-        exact = crossent.binary_cross_entropy_with_logits(
-            x.double(), y.double(), reduction="none", backend="reference"
-        )
-        assert torch.all((ours.double() - exact).abs() <= 1e-5 * exact.abs()), (x, ours, exact)
+    # torch's own float32 kernel forms (1 - y) x - logsigmoid(x) and loses the loss's relative
+    # precision from about x = -15 on. The small path's two formulations do not: up to _FEW
+    # elements two softplus terms that never cancel, above it one softplus of the logit
+    # flipped towards the nearer hard target, and a soft target's correction
+    from crossent.losses._small import _FEW
+
+    for n in (341, 2 * _FEW + 1):
+        x = torch.linspace(-85, 85, n)
+        for value in (0.0, 1.0, 0.3, 0.5, 0.97, 0.999):
+            y = torch.full_like(x, value)
+            ours, grad = _value_and_grad(
+                crossent.binary_cross_entropy_with_logits, x, y, reduction="none"
+            )
+            exact, exact_grad = _value_and_grad(
+                crossent.binary_cross_entropy_with_logits,
+                x.double(),
+                y.double(),
+                reduction="none",
+                backend="reference",
+            )
+            assert not _fused(ours)
+            for got, want in ((ours, exact), (grad, exact_grad)):
+                big = want.abs() > 1e-30
+                error = (got.double() - want).abs()[big]
+                assert torch.all(error <= 1e-5 * want.abs()[big]), (n, value, error.max())
     torch_loss = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")
     exact = crossent.binary_cross_entropy_with_logits(
         x.double(), torch.zeros_like(x.double()), reduction="none", backend="reference"
@@ -382,7 +407,7 @@ def test_small_binary_losses_keep_float32_precision_at_every_logit(name, options
     # targets (where both are above float32's underflow)
     fn = getattr(crossent, name)
     x = torch.linspace(-80, 80, 321)
-    for value in (0.0, 1.0, 0.3):
+    for value in (0.0, 1.0, 0.3, 0.5, 0.97):
         y = torch.full_like(x, value)
         made = {"pw": torch.full((321,), 2.0)}
         kw = {k: made.get(v, v) if isinstance(v, str) else v for k, v in options.items()}

@@ -17,15 +17,16 @@ by autograd, with the same formula as the closed form:
   ``expm1(log p_t)^gamma``, and ``nll_loss`` for the class weights, ``ignore_index`` and the
   mean's denominator (:func:`softmax_focal`);
 * Poly-1 cross entropy (class indices): ``nll_loss`` of ``log p + epsilon expm1(log p)``;
-* BCE with logits: ``lerp(softplus(x), softplus(-x), y)``, two terms that never cancel, so
-  every logit keeps float32's relative precision (torch's own kernel computes
-  ``log(1 + exp(-|x|))`` and loses it from ``x = -15`` on);
+* BCE with logits: up to :data:`_FEW` elements ``lerp(softplus(x), softplus(-x), y)`` (the
+  fewest operations), above it ``softplus`` of the logit flipped towards the nearer hard
+  target plus a soft target's correction (:func:`_bce_flipped`: one transcendental pass);
+  both keep float32's relative precision at every logit (torch's own kernel forms
+  ``(1 - y) x - logsigmoid(x)`` and loses it from ``x = -15`` on);
 * BCE from probabilities: ATen's ``binary_cross_entropy`` (torch's formula and -100 clamp of
   the logs, which crossent keeps), where its gradient is crossent's (see
   :func:`binary_cross_entropy_with_logits`);
-* the sigmoid focal and Poly-1 focal losses: the same BCE, from ``logsigmoid(x)`` and
-  ``logsigmoid(-x)``, times ``alpha_t (1 - p_t)^gamma`` with ``1 - p_t = lerp(p, 1 - p, y)``
-  (:func:`sigmoid_focal`);
+* the sigmoid focal and Poly-1 focal losses: the flipped BCE, times ``alpha_t (1 -
+  p_t)^gamma`` with ``1 - p_t = sigmoid(v)`` of the flipped logit ``v`` (:func:`sigmoid_focal`);
 * the asymmetric loss: ``logsigmoid``, the shifted probability ``softshrink(p, m) =
   max(p - m, 0)`` with ``p = exp(logsigmoid(x))`` (:func:`asymmetric`);
 * ``ignore_index`` of the binary losses: a mask, and the mean over the valid elements.
@@ -73,6 +74,11 @@ __all__ = [
 #: Up to this many input elements, ``backend="auto"`` takes the small path on CPU (above it the
 #: fused closed form's single pass wins).
 SMALL_NUMEL = 1 << 15
+
+#: Up to this many elements BCE with logits takes its formulation with the fewest operations
+#: (each costs a microsecond or two, whatever its size), above it the one with the fewest
+#: transcendental passes (a softplus costs about 1.6 ns per element on one core).
+_FEW = 2048
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 _NEVER = -(2**63)  # an ignore_index no class index can equal
@@ -625,9 +631,10 @@ def binary_cross_entropy_with_logits(
 ) -> torch.Tensor | None:
     """BCE, from logits or (``probs``) probabilities, with every option.
 
-    Logits: ``lerp(softplus(x), w_pos softplus(-x), y)`` -- for a hard target exactly one of
-    the two terms, and lerp's two branches (``a + y (b - a)`` below 1/2, ``b - (1 - y)(b - a)``
-    above) keep a soft target's mix within a few units in the last place.
+    Logits: up to :data:`_FEW` elements ``lerp(softplus(x), w_pos softplus(-x), y)`` -- for a
+    hard target exactly one of the two terms, and lerp's two branches (``a + y (b - a)`` below
+    1/2, ``b - (1 - y)(b - a)`` above) keep a soft target's mix within a few units in the last
+    place; above, :func:`_bce_flipped`, with one softplus instead of two.
 
     Probabilities: ATen's ``binary_cross_entropy``, whose loss is crossent's (logs clamped at
     -100) and whose gradient ``(p - y) / (p (1 - p))`` is the closed form's wherever both logs
@@ -669,16 +676,71 @@ def binary_cross_entropy_with_logits(
         except RuntimeError:  # a probability or target outside [0, 1]
             return None
         return _reduce(loss, valid, reduction)
-    negative = F.softplus(-input)
-    if pos_weight is not None:
-        negative = negative * pos_weight
-    loss = torch.lerp(F.softplus(input), negative, y)
+    if input.numel() <= _FEW:
+        # fewest operations: two softplus terms that never cancel, one of them for a hard
+        # target
+        negative = F.softplus(-input)
+        if pos_weight is not None:
+            negative = negative * pos_weight
+        loss = torch.lerp(F.softplus(input), negative, y)
+    else:  # fewest transcendental passes
+        loss = _bce_flipped(input, y, pos_weight)[0]
     if weight is not None:
         loss = loss * weight
     if valid is not None or reduction == "none":
         return _reduce(loss, valid, reduction)
-    out = loss.mean() if reduction == "mean" else loss.sum()
+    out = loss.sum() / loss.numel() if reduction == "mean" else loss.sum()
     return out if math.isfinite(out.item()) else None
+
+
+def _flip(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(r, v, d)``: ``r = round(y)``, the nearer hard target; ``v = (1 - 2r) x``, the logit
+    flipped where the target is nearer 1 (so that ``softplus(v)`` is the BCE of a hard
+    target, ``sigmoid(v)`` its ``1 - p_t``); ``d = y - r`` (``|d| <= 1/2``, exact): how soft
+    the target is, 0 for a hard one."""
+    r = torch.round(y)
+    return r, torch.addcmul(x, r, x, value=-2.0), y - r
+
+
+def _bce_flipped(
+    x: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None, hard: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(loss, v, d)``: BCE with logits, elementwise, with one softplus and exact for every
+    logit and target, and :func:`_flip`'s ``v`` and ``d`` (``None`` for ``hard`` targets,
+    every one 0 or 1, where ``r = y``):
+
+    ``loss = c softplus(v) - m d x``, ``c = lerp(1, w_pos, y)``, ``m = lerp(w_pos, 1, r)``
+
+    (``c = m = 1`` without ``pos_weight``). For a hard target ``d = 0``: one term, and
+    ``softplus`` keeps float32's relative precision at every logit (torch's own kernel
+    forms ``(1 - y) x - logsigmoid(x)``, which cancels from ``x = -15`` on). For a soft one
+    the two terms cancel by at most a factor ``1 + w_pos`` (``softplus(x) - y x`` cancels
+    without bound at ``y = 1``)."""
+    if hard:
+        r, v, d = y, torch.addcmul(x, y, x, value=-2.0), None
+    else:
+        r, v, d = _flip(x, y)
+    loss = F.softplus(v)
+    one = None
+    if pos_weight is not None:
+        one = _one(x.dtype)
+        loss = loss * torch.lerp(one, pos_weight, y)
+    if d is not None:
+        md = d if pos_weight is None else torch.lerp(pos_weight, one, r).mul_(d)
+        loss = torch.addcmul(loss, md, x, value=-1.0)
+    return loss, v, d
+
+
+_ONES: dict[torch.dtype, torch.Tensor] = {}
+
+
+def _one(dtype: torch.dtype) -> torch.Tensor:
+    """A 0-dim 1 of ``dtype`` (for ``lerp``, which takes no number as its start)."""
+    one = _ONES.get(dtype)
+    if one is None:
+        with torch.inference_mode(False):  # kept for calls that save it for backward
+            one = _ONES[dtype] = torch.ones((), dtype=dtype)
+    return one
 
 
 def sigmoid_focal(
@@ -690,16 +752,16 @@ def sigmoid_focal(
     keywords: dict,
 ) -> torch.Tensor | None:
     """The sigmoid focal loss (and Poly-1 focal loss) from logits, in fewer operations than
-    torchvision's formula, without its cancellations: from ``log p = logsigmoid(x)`` and
-    ``log(1 - p) = logsigmoid(-x)``,
-
-    ``-BCE = lerp(log(1 - p), w_pos log p, y)`` and ``1 - p_t = lerp(p, 1 - p, y)``, exact for
-    a hard target (torchvision forms ``1 - p_t`` from the rounded ``p``, which is 0 from ``x =
-    17`` on in float32); ``p = exp(log p)``, whose derivative ``p (1 - p)`` autograd then forms
-    from the two exact factors (``sigmoid``'s would subtract the rounded ``p`` from 1). The
-    loss is ``alpha_t (1 - p_t)^gamma BCE`` (+ ``epsilon (1 - p_t)^(gamma + 1)``). For
-    ``gamma`` 0 or at least 1 (see :func:`_power`); the targets are checked to lie in [0, 1]
-    by one ``aminmax``."""
+    torchvision's formula, without its cancellations. With the logit flipped towards the
+    target, ``v = (1 - 2 round(y)) x`` (:func:`_flip`), the BCE is
+    :func:`_bce_flipped`'s (one softplus) and ``1 - p_t`` is ``sigmoid(v)`` for a hard target,
+    ``lerp(sigmoid(v), sigmoid(-v), |d|)`` for a soft one: exact for a confident correct
+    prediction, where torchvision forms ``1 - p_t`` from the rounded ``p`` (0 from ``x = 17``
+    on in float32); its derivative is formed as a product of two sigmoids (:func:`_sigmoid`).
+    The loss is ``alpha_t (1 - p_t)^gamma BCE`` (+ ``epsilon (1 - p_t)^(gamma + 1)``). For
+    ``gamma`` 0 or at least 1 (see :func:`_power`). One ``aminmax`` of ``y (1 - y)`` checks
+    that the targets lie in [0, 1] and tells whether every one is hard (0 or 1), which needs
+    no soft correction."""
     if not _binary_call(input, target):
         return None
     plan = _plan(definition, keywords, _focal_plan, probs)
@@ -715,40 +777,56 @@ def sigmoid_focal(
     if plan.ignore is not None:
         valid = target != plan.ignore
         y = torch.where(valid, target, 0.0)
+    hard = False
     if V.value_checks_enabled():
-        # targets in [0, 1] (ignored ones aside): the general path's check words the error
-        low, high = torch.aminmax(y)
-        if not (low.item() >= 0.0 and high.item() <= 1.0):
+        # targets in [0, 1] (ignored ones aside), where y (1 - y) >= 0, the general path's
+        # check words the error; and whether every one is 0 or 1, where y (1 - y) = 0
+        low, high = torch.aminmax(torch.addcmul(y, y, y, value=-1.0))
+        if not low.item() >= 0.0:
             return None
+        hard = high.item() == 0.0
     if plan.smoothing is not None:
         s = plan.smoothing
         y = y * (1.0 - s) + 0.5 * s
-    log_p = F.logsigmoid(input)
-    log_q = F.logsigmoid(-input)
-    loss = torch.lerp(log_q, log_p if pos_weight is None else log_p * pos_weight, y)
-    sign = -1.0  # loss holds minus the loss until the sign is turned
+        hard = False
+    loss, v, d = _bce_flipped(input, y, pos_weight, hard)
     gamma, epsilon = plan.gamma, plan.epsilon
     factor = one_minus_pt = None
     if gamma or epsilon is not None:
-        one_minus_pt = torch.lerp(torch.exp(log_p), torch.exp(log_q), y)
+        # 1 - p_t = sigmoid(v) for a hard target; lerp(sigmoid(v), sigmoid(-v), |d|) for a
+        # soft one
+        one_minus_pt = _sigmoid(v, input.requires_grad and torch.is_grad_enabled())
+        if d is not None:
+            a = d.abs()
+            one_minus_pt = torch.addcmul(a, one_minus_pt, a.mul(-2.0).add_(1.0))
         if gamma:
             factor = _power_of(one_minus_pt, gamma)
             loss = loss * factor
     if plan.alpha is not None:
-        # -alpha_t = (alpha - 1) + (1 - 2 alpha) y from the targets (no gradient there), which
-        # turns the sign too: one product in the graph
+        # alpha_t = (1 - alpha) + (2 alpha - 1) y from the targets (no gradient there)
         a = plan.alpha
-        loss = loss * (y * (1.0 - 2.0 * a)).add_(a - 1.0)
-        sign = 1.0
+        loss = loss * (y * (2.0 * a - 1.0)).add_(1.0 - a)
     if epsilon is not None:
-        # epsilon (1 - p_t)^(gamma + 1), with the sign loss has now
+        # + epsilon (1 - p_t)^(gamma + 1)
         if factor is None:
-            loss = torch.add(loss, one_minus_pt, alpha=sign * epsilon)
+            loss = torch.add(loss, one_minus_pt, alpha=epsilon)
         else:
-            loss = torch.addcmul(loss, factor, one_minus_pt, value=sign * epsilon)
+            loss = torch.addcmul(loss, factor, one_minus_pt, value=epsilon)
     if weight is not None:
         loss = loss * weight
-    return _signed(loss, valid, reduction, sign)
+    return _reduce(loss, valid, reduction)
+
+
+def _sigmoid(v: torch.Tensor, need_grad: bool) -> torch.Tensor:
+    """``sigmoid(v)``, whose derivative is formed as the product ``sigmoid(v) sigmoid(-v)``:
+    autograd's own forms ``1 - sigmoid(v)``, which loses float32's relative precision as
+    ``sigmoid(v)`` nears 1 (a focal factor's derivative 4x less precise at ``gamma = 4``).
+    The value is ``sigmoid(v)`` exactly: the derivative rides on ``v - v``, which is 0."""
+    vd = v.detach()
+    w = torch.sigmoid(vd)
+    if not need_grad:
+        return w
+    return torch.addcmul(w, w * torch.sigmoid(-vd), v - vd)
 
 
 def _signed(
