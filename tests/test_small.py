@@ -92,7 +92,7 @@ def test_cross_entropy_small_keeps_the_errors_and_the_all_ignored_mean():
     ],
     ids=["plain", "weights", "smoothing", "ignore"],
 )
-@pytest.mark.parametrize("rows", [16, 512], ids=["fewest_operations", "one_softplus"])
+@pytest.mark.parametrize("rows", [16, 512])
 def test_bce_with_logits_small_equals_the_reference(dtype, reduction, options, rows):
     x = torch.randn(rows, 5, dtype=dtype) * 4
     y = torch.rand(rows, 5, dtype=dtype)
@@ -119,15 +119,17 @@ def test_bce_with_logits_small_equals_the_reference(dtype, reduction, options, r
 
 def test_bce_with_logits_small_keeps_float32_precision_at_every_logit():
     # torch's own float32 kernel forms (1 - y) x - logsigmoid(x) and loses the loss's relative
-    # precision from about x = -15 on. The small path's two formulations do not: up to _FEW
-    # elements two softplus terms that never cancel, above it one softplus of the logit
-    # flipped towards the nearer hard target, and a soft target's correction
-    from crossent.losses._small import _FEW
-
-    for n in (341, 2 * _FEW + 1):
+    # precision from about x = -15 on. The small path does not: one softplus of the logit
+    # flipped towards the nearer hard target, and for soft targets a correction that never
+    # cancels it; hard and soft targets, alone and mixed
+    for n in (341, 4097):
         x = torch.linspace(-85, 85, n)
-        for value in (0.0, 1.0, 0.3, 0.5, 0.97, 0.999):
-            y = torch.full_like(x, value)
+        for value in (0.0, 1.0, 0.3, 0.5, 0.97, 0.999, "mixed"):
+            if value == "mixed":
+                y = (torch.arange(n) % 3 == 0).float()
+                y[1::3] = 0.97
+            else:
+                y = torch.full_like(x, value)
             ours, grad = _value_and_grad(
                 crossent.binary_cross_entropy_with_logits, x, y, reduction="none"
             )
@@ -148,6 +150,28 @@ def test_bce_with_logits_small_keeps_float32_precision_at_every_logit():
         x.double(), torch.zeros_like(x.double()), reduction="none", backend="reference"
     )
     assert ((torch_loss.double() - exact).abs() > 1e-2 * exact.abs()).any()  # torch's does not
+
+
+def test_bce_with_logits_small_is_one_autograd_node():
+    """Loss and gradient in one pass, handed to autograd as one node: a retained graph
+    backpropagates twice (a new gradient each time), an incoming gradient scales it, and
+    second derivatives are refused as on the fused path (not silently wrong)."""
+    x = torch.randn(32, 10, requires_grad=True)
+    y = (torch.rand(32, 10) < 0.3).float()
+    loss = crossent.binary_cross_entropy_with_logits(x, y, pos_weight=torch.full((10,), 2.0))
+    assert loss.grad_fn.name() == "SmallLossBackward"
+    assert loss.grad_fn.next_functions[0][0].name() == "torch::autograd::AccumulateGrad"
+    (3.0 * loss).backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()
+    ref = F.binary_cross_entropy_with_logits(
+        x.double(), y.double(), pos_weight=torch.full((10,), 2.0, dtype=torch.float64)
+    )
+    (ref_grad,) = torch.autograd.grad(ref, x)
+    assert_close(first, 3.0 * ref_grad.float())
+    assert_close(x.grad, 4.0 * ref_grad.float())
+    with pytest.raises(RuntimeError, match=r"first derivatives only.*backend=\"reference\""):
+        torch.autograd.grad(crossent.binary_cross_entropy_with_logits(x, y), x, create_graph=True)
 
 
 def test_small_path_only_where_it_applies(monkeypatch):
