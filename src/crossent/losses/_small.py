@@ -16,7 +16,8 @@ by autograd, with the same formula as the closed form:
   -1 turns its negative log-likelihood into ``log p_t``), ``(1 - p_t)^gamma`` as
   ``expm1(log p_t)^gamma``, and ``nll_loss`` for the class weights, ``ignore_index`` and the
   mean's denominator (:func:`softmax_focal`);
-* Poly-1 cross entropy (class indices): ``nll_loss`` of ``log p + epsilon expm1(log p)``;
+* Poly-1 cross entropy (class indices): ``log p_t`` from the same kernel, and ``nll_loss`` of
+  the per-sample ``log p_t + epsilon expm1(log p_t)``;
 * BCE with logits: ``softplus`` of the logit flipped towards the nearer hard target, plus a
   soft target's correction (:func:`_bce_flipped`: one transcendental pass, float32's relative
   precision at every logit and target; torch's own kernel forms ``(1 - y) x -
@@ -451,18 +452,27 @@ def softmax_focal(
             if gamma is not None:
                 e = torch.expm1(log_pt)  # p_t - 1, exact where p_t <= 1/2
                 v = (e.square() if gamma == 2.0 else _power_of(-e, gamma)) * log_pt
-            if weight is None and not isinstance(alpha, torch.Tensor) and ignore < 0:
-                # one class: every valid target becomes class 0 (ignore_index, negative, stays;
-                # an index out of range has raised above), and nothing input-sized is formed
-                if alpha is not None:
-                    v = v * alpha
-                v = v.unsqueeze(int(input.dim() > 1))
-                out = _nll(v, target.clamp_max(0), None, reduce, ignore)
-            else:
-                out = _nll(_spread(v, input, plan), target, weight, reduce, ignore)
+            out = _per_sample_nll(v, input, target, plan, reduce)
     except (IndexError, RuntimeError):
         return None
     return out if _finite(out) else None
+
+
+def _per_sample_nll(
+    v: torch.Tensor, input: torch.Tensor, target: torch.Tensor, plan: _Plan, reduce: int
+) -> torch.Tensor:
+    """``nll_loss`` of a per-sample value ``v`` (``log p_t`` and what multiplies it, 0 where
+    ignored) times ``alpha_t``: ``-w_t alpha_t v``, reduced with the class weights,
+    ``ignore_index`` and the mean's denominator ``sum w_t`` as the general path reduces."""
+    weight, alpha, ignore = plan.weight, plan.alpha, plan.ignore
+    if weight is None and not isinstance(alpha, torch.Tensor) and ignore < 0:
+        # one class: every valid target becomes class 0 (ignore_index, negative, stays; an
+        # index out of range has raised before), and nothing input-sized is formed
+        if alpha is not None:
+            v = v * alpha
+        v = v.unsqueeze(int(input.dim() > 1))
+        return _nll(v, target.clamp_max(0), None, reduce, ignore)
+    return _nll(_spread(v, input, plan), target, weight, reduce, ignore)
 
 
 def _alpha_ok(plan: _Plan, alpha: torch.Tensor, input: torch.Tensor, classes: int) -> bool:
@@ -487,22 +497,24 @@ def poly1_cross_entropy(
     keywords: dict,
 ) -> torch.Tensor | None:
     """Poly-1 cross entropy with class-index targets, ``w_t (-log p_t + epsilon (1 - p_t))``:
-    ``nll_loss`` of ``log p + epsilon expm1(log p)``, which applies the class weights,
-    ``ignore_index`` and the mean's denominator as the general path does. A sum, not a
-    product, of the per-class terms: a ``-inf`` logit outside the target has a zero
-    gradient."""
+    ``log p_t`` from ATen's cross-entropy kernel as in :func:`softmax_focal`, then the
+    per-sample ``log p_t + epsilon expm1(log p_t)`` (``expm1``: exact where ``p_t`` nears 1)
+    reduced by :func:`_per_sample_nll` -- one pass over the logits, and the rest over one
+    value per sample. Only the target class enters an elementwise operation: a ``-inf``
+    logit outside it has a zero gradient."""
     call = _index_plan(definition, keywords, _poly1_plan, input, target)
     if call is None:
         return None
-    plan, weight = call[1], call[1].weight
+    classes, plan = call
     reduce, ignore = _REDUCTIONS[reduction], plan.ignore
     try:
         if plan.epsilon is None:
-            out = _cross_entropy(input, target, weight, reduce, ignore, 0.0)
+            out = _cross_entropy(input, target, plan.weight, reduce, ignore, 0.0)
         else:
-            log_p = torch.log_softmax(input, int(input.dim() > 1))
-            v = torch.add(log_p, torch.expm1(log_p), alpha=plan.epsilon)
-            out = _nll(v, target, weight, reduce, ignore)
+            minus_ones = _minus_ones(classes, input.dtype)
+            log_pt = _cross_entropy(input, target, minus_ones, 0, ignore, 0.0)
+            v = torch.add(log_pt, torch.expm1(log_pt), alpha=plan.epsilon)
+            out = _per_sample_nll(v, input, target, plan, reduce)
     except (IndexError, RuntimeError):
         return None
     return out if _finite(out) else None
