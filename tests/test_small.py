@@ -174,6 +174,27 @@ def test_bce_with_logits_small_is_one_autograd_node():
         torch.autograd.grad(crossent.binary_cross_entropy_with_logits(x, y), x, create_graph=True)
 
 
+@pytest.mark.parametrize("name", ["sigmoid_focal_loss", "poly1_focal_loss"])
+def test_focal_small_hard_targets_are_one_autograd_node(name):
+    """Hard targets (every one 0 or 1): loss and gradient in one pass, one node, equal to the
+    reference under a non-unit incoming gradient; soft targets: differentiated by autograd."""
+    fn = getattr(crossent, name)
+    x = (torch.randn(32, 10, dtype=torch.float64) * 5).requires_grad_()
+    y = (torch.rand(32, 10) < 0.3).double()
+    options = {"gamma": 3.0, "alpha": 0.3, "pos_weight": torch.rand(10, dtype=torch.float64) + 0.5}
+    for reduction in ("mean", "none"):
+        ours = fn(x, y, reduction=reduction, **options)
+        assert ours.grad_fn.name() == "SmallLossBackward"
+        ref = fn(x, y, reduction=reduction, backend="reference", **options)
+        scale = torch.rand(ours.shape, dtype=torch.float64) + 0.5
+        (got,) = torch.autograd.grad(ours, x, scale)
+        (want,) = torch.autograd.grad(ref, x, scale)
+        assert_close(ours, ref)
+        assert_close(got, want)
+    soft = fn(x, torch.full_like(y, 0.3), **options)
+    assert soft.grad_fn.name() != "SmallLossBackward" and not _fused(soft)
+
+
 def test_small_path_only_where_it_applies(monkeypatch):
     x = torch.randn(8, 4, requires_grad=True)
     t = torch.randint(0, 4, (8,))

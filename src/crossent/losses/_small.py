@@ -28,6 +28,8 @@ by autograd, with the same formula as the closed form:
   :func:`binary_cross_entropy_with_logits`);
 * the sigmoid focal and Poly-1 focal losses: the flipped BCE, times ``alpha_t (1 -
   p_t)^gamma`` with ``1 - p_t = sigmoid(v)`` of the flipped logit ``v`` (:func:`sigmoid_focal`);
+  for hard targets the loss and its gradient in one pass, one autograd node
+  (:func:`_focal_hard`);
 * the asymmetric loss: ``logsigmoid``, the shifted probability ``softshrink(p, m) =
   max(p - m, 0)`` with ``p = exp(logsigmoid(x))`` (:func:`asymmetric`);
 * ``ignore_index`` of the binary losses: a mask, and the mean over the valid elements.
@@ -887,6 +889,17 @@ def sigmoid_focal(
         s = plan.smoothing
         y = y * (1.0 - s) + 0.5 * s
         hard = False
+    if hard:
+        if input.requires_grad and torch.is_grad_enabled():
+            out = _small_loss().apply(
+                input,
+                lambda x: _focal_hard(x, y, plan, pos_weight, weight, valid, reduction, True),
+            )
+        else:
+            out = _focal_hard(input, y, plan, pos_weight, weight, valid, reduction, False)[0]
+        if reduction == "none":
+            return out
+        return out if math.isfinite(out.item()) else None
     loss, v, d = _bce_flipped(input, y, pos_weight, hard)
     gamma, epsilon = plan.gamma, plan.epsilon
     factor = one_minus_pt = None
@@ -913,6 +926,82 @@ def sigmoid_focal(
     if weight is not None:
         loss = loss * weight
     return _reduce(loss, valid, reduction)
+
+
+def _focal_hard(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    plan: _Plan,
+    pos_weight: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    valid: torch.Tensor | None,
+    reduction: str,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(out, d out / d x)`` of the sigmoid focal (and Poly-1 focal) loss for hard targets
+    (every one 0 or 1), in one pass -- :class:`~crossent.kernels._function.SmallLoss` hands
+    the gradient to autograd as one node, where the formula's dozen operations would make a
+    dozen.
+
+    With ``s = 1 - 2y`` and ``v = s x``: ``B = c softplus(v)`` (``c = lerp(1, w_pos, y)``),
+    ``q = 1 - p_t = sigmoid(v)``, ``p_t = sigmoid(-v)``, ``M = q^gamma``;
+
+    ``loss = alpha_t M B + epsilon M q``,
+    ``d loss / dv = alpha_t M (c q + gamma p_t B) + epsilon (gamma + 1) M q p_t``
+
+    (the closed form's ``alpha_t M (dB/dz + gamma B dL/dz)`` with ``L = log q``), and
+    ``d loss / dx = s d loss / dv``: sums and products of positive factors, each from its own
+    exact sigmoid, so no cancellation."""
+    v = torch.addcmul(x, y, x, value=-2.0)
+    b = F.softplus(v)
+    q = torch.sigmoid(v)
+    if pos_weight is not None:
+        c = torch.lerp(_one(x.dtype), pos_weight, y)
+        b = b * c
+    gamma, epsilon, alpha = plan.gamma, plan.epsilon, plan.alpha
+    m = _power_of(q, gamma) if gamma else None
+    loss = b if m is None else b * m
+    alpha_t = None
+    if alpha is not None:
+        alpha_t = (y * (2.0 * alpha - 1.0)).add_(1.0 - alpha)
+        loss = loss * alpha_t
+    mq = None
+    if epsilon is not None:
+        mq = q if m is None else m * q
+        loss = torch.add(loss, mq, alpha=epsilon)
+    grad = None
+    if need_grad:
+        p_t = torch.sigmoid(v.neg())
+        grad = q if pos_weight is None else q * c
+        if gamma:
+            grad = torch.addcmul(grad, p_t, b, value=gamma)
+        if m is not None:
+            grad = grad * m
+        if alpha_t is not None:
+            grad = grad * alpha_t
+        if mq is not None:
+            grad = torch.addcmul(grad, mq, p_t, value=epsilon * ((gamma or 0.0) + 1.0))
+        grad = torch.addcmul(grad, y, grad, value=-2.0)  # times s
+    if weight is not None:
+        loss = loss * weight
+        if grad is not None:
+            grad = grad.mul_(weight)
+    if valid is not None:
+        loss = torch.where(valid, loss, 0.0)
+        if grad is not None:
+            grad = torch.where(valid, grad, 0.0)
+    if reduction == "none":
+        return loss, grad
+    if reduction == "sum":
+        return loss.sum(), grad
+    if valid is None:
+        if grad is not None:
+            grad = grad.mul_(_reciprocal(x.numel(), x.dtype))
+        return loss.mean(), grad
+    count = valid.sum()
+    if grad is not None:
+        grad = grad.div_(count)
+    return loss.sum() / count, grad
 
 
 def _sigmoid(v: torch.Tensor, need_grad: bool) -> torch.Tensor:
