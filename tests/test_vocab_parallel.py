@@ -102,6 +102,15 @@ def test_fused_linear_with_vocab_group(ranks):
                     expected = 1 + (2 * per_pass if reduction == "none" else per_pass) + 1
                 assert r["all_reduces"] == expected, where
                 assert r["collectives"] == r["all_reduces"], where
+        # blocks from the memory budget: sized by the largest slice, as many on every rank
+        # (four), and the layout exchanged once (for the sigmoid family only for this)
+        for case_id, _, _, _, _, per_block in (LINEAR_CASES[0], LINEAR_CASES[-1]):
+            r = lin[("budget", case_id)]
+            where = f"rank {rank}, {case_id}, blocks from the budget: {r}"
+            for key in ("value", "input_grad", "weight_grad", "bias_grad"):
+                assert r[f"{key}_error"] <= RTOL, where
+            assert r["same_on_every_rank"], where
+            assert r["all_reduces"] == 1 + 4 * max(per_block, 1) + 1, where
         assert lin["module"]["input_grad_error"] <= RTOL, (rank, lin["module"])
         assert lin["module"]["weight_grad_error"] <= RTOL, (rank, lin["module"])
         assert "but got 'compiled'" in lin["compiled_backend"], (rank, lin["compiled_backend"])

@@ -397,6 +397,52 @@ def _linear_data(kind: str, n_classes: int, options: dict[str, Any]):
     return x, w, b, target, opts
 
 
+def _linear_case(case, reduction, world, group, part, **call) -> dict[str, Any]:
+    """One fused linear + loss call with ``vocab_group`` against one process on the whole
+    head: errors, and the collectives it launched."""
+    _, function, loss, kind, options, _ = case
+    x, w, b, target, opts = _linear_data(kind, sum(SLICES[world]), options)
+    fn = getattr(crossent, function)
+    extra = {} if loss is None else {"loss": loss}
+    mine = {k: (v[part] if isinstance(v, torch.Tensor) else v) for k, v in opts.items()}
+    shard_target = target if kind == "index" else target[:, part]
+    xr, wr, br = (t.clone().requires_grad_(True) for t in (x, w, b))
+    ref = fn(xr, wr, target, linear_bias=br, reduction=reduction, **extra, **opts)
+    ref.sum().backward()
+    xs = x.clone().requires_grad_(True)
+    ws = w[part].clone().requires_grad_(True)
+    bs = b[part].clone().requires_grad_(True)
+    with collectives() as launched:
+        value = fn(
+            xs,
+            ws,
+            shard_target,
+            linear_bias=bs,
+            reduction=reduction,
+            vocab_group=group,
+            **call,
+            **extra,
+            **mine,
+        )
+        value.sum().backward()
+    elementwise = kind == "binary" and reduction == "none"
+    values = [value.detach()]
+    if not elementwise:
+        values = [torch.empty_like(value) for _ in range(world)]
+        dist.all_gather(values, value.detach().contiguous(), group=group)
+    expected = ref.detach()[:, part] if elementwise else ref.detach()
+    return {
+        "value_error": _rel(value.detach(), expected),
+        "input_grad_error": _rel(xs.grad, xr.grad),
+        "weight_grad_error": _rel(ws.grad, wr.grad[part]),
+        "bias_grad_error": _rel(bs.grad, br.grad[part]),
+        "same_on_every_rank": all(torch.equal(v, values[0]) for v in values),
+        "dtype": value.dtype,
+        "all_reduces": launched.count("all_reduce"),
+        "collectives": len(launched),
+    }
+
+
 def _check_linear(rank: int, world: int, group) -> dict[str, Any]:
     """``linear_cross_entropy`` / ``linear_loss`` with ``vocab_group``: each rank passes its
     rows of ``W`` and ``b`` (and its slice of class weights and dense targets), the whole
@@ -406,50 +452,26 @@ def _check_linear(rank: int, world: int, group) -> dict[str, Any]:
     lo = sum(sizes[:rank])
     part = slice(lo, lo + sizes[rank])
     out: dict[str, Any] = {}
-    for case_id, function, loss, kind, options, _ in LINEAR_CASES:
-        x, w, b, target, opts = _linear_data(kind, sum(sizes), options)
-        fn = getattr(crossent, function)
-        extra = {} if loss is None else {"loss": loss}
-        mine = {k: (v[part] if isinstance(v, torch.Tensor) else v) for k, v in opts.items()}
-        shard_target = target if kind == "index" else target[:, part]
+    for case in LINEAR_CASES:
         for reduction in REDUCTIONS:
-            xr, wr, br = (t.clone().requires_grad_(True) for t in (x, w, b))
-            ref = fn(xr, wr, target, linear_bias=br, reduction=reduction, **extra, **opts)
-            ref.sum().backward()
-            xs = x.clone().requires_grad_(True)
-            ws = w[part].clone().requires_grad_(True)
-            bs = b[part].clone().requires_grad_(True)
-            with collectives() as launched:
-                value = fn(
-                    xs,
-                    ws,
-                    shard_target,
-                    linear_bias=bs,
-                    reduction=reduction,
-                    batch_chunk_size=LINEAR_CHUNK,
-                    vocab_group=group,
-                    **extra,
-                    **mine,
-                )
-                value.sum().backward()
-            elementwise = kind == "binary" and reduction == "none"
-            values = [value.detach()]
-            if not elementwise:
-                values = [torch.empty_like(value) for _ in range(world)]
-                dist.all_gather(values, value.detach().contiguous(), group=group)
-            expected = ref.detach()[:, part] if elementwise else ref.detach()
-            out[(case_id, reduction)] = {
-                "value_error": _rel(value.detach(), expected),
-                "input_grad_error": _rel(xs.grad, xr.grad),
-                "weight_grad_error": _rel(ws.grad, wr.grad[part]),
-                "bias_grad_error": _rel(bs.grad, br.grad[part]),
-                "same_on_every_rank": all(torch.equal(v, values[0]) for v in values),
-                "dtype": value.dtype,
-                "all_reduces": launched.count("all_reduce"),
-                "collectives": len(launched),
-            }
+            out[(case[0], reduction)] = _linear_case(
+                case, reduction, world, group, part, batch_chunk_size=LINEAR_CHUNK
+            )
+    # no batch_chunk_size: every rank sizes its blocks by the largest slice (2 rows per block
+    # here: four blocks of the 7 rows on every rank, also on one without classes) -- sized
+    # by their own slices, the ranks would run different numbers of blocks and their
+    # per-block collectives would not pair up
+    from crossent.linear import _chunked
+
+    saved = _chunked.BLOCK_ELEMENTS
+    _chunked.BLOCK_ELEMENTS = 2 * max(sizes)
+    try:
+        for case in (LINEAR_CASES[0], LINEAR_CASES[-1]):
+            out[("budget", case[0])] = _linear_case(case, "mean", world, group, part)
+    finally:
+        _chunked.BLOCK_ELEMENTS = saved
     # the module form on a (1, N, H) input without a bias, and a refused backend
-    x, w, b, target, opts = _linear_data("index", sum(sizes), {})
+    x, w, _, target, _ = _linear_data("index", sum(sizes), {})
     x, target = x.unsqueeze(0), target.unsqueeze(0)
     xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
     crossent.linear_cross_entropy(xr, wr, target, label_smoothing=0.1).backward()

@@ -170,10 +170,12 @@ def compute(
     columns = None
     if not shard:
         columns = block_columns(n, n_classes, input.device, rows, not family.classes)
+    block_classes = n_classes
     if shard:
-        kernel, finish_grad_input = _vocab_kernel(
-            family, options, vocab_group, target_rows, n_classes, input.device
+        kernel, finish_grad_input, largest = _vocab_kernel(
+            family, options, vocab_group, target_rows, n_classes, input.device, rows
         )
+        block_classes = n_classes if largest is None else largest
     elif path == "triton":
         kernel = family.triton(options)
     elif path == "compiled":
@@ -206,7 +208,7 @@ def compute(
         kernel=kernel,
         target=target_rows,
         options=options,
-        rows=block_rows(n, n_classes, input.device, rows, in_place),
+        rows=block_rows(n, block_classes, input.device, rows, in_place),
         mean_denominator=plan.fold,
         reduce=plan.reduce,
         per_row=family.classes,
@@ -231,8 +233,14 @@ def _vocab_kernel(
     target: torch.Tensor,
     local_classes: int,
     device: torch.device,
-) -> tuple[Any, Any]:
-    """The block kernel and the ``grad_input`` hook of a vocab-parallel call.
+    batch_chunk_size: int | None = None,
+) -> tuple[Any, Any, int | None]:
+    """The block kernel, the ``grad_input`` hook of a vocab-parallel call, and the most
+    classes a rank of the group holds (``None`` where ``batch_chunk_size`` sets the blocks):
+    the blocks' rows are sized by it, so that every rank runs as many blocks -- each block's
+    collectives pair up across the ranks, and uneven slices sized by their own counts would
+    not (one more all-reduce of the counts for the sigmoid family, whose call needs no
+    layout otherwise).
 
     Each rank's blocks are the logits of its slice of the classes, ``x_c W_r^T + b_r``; the
     kernel is the vocab-parallel closed form (:func:`crossent.linear._vocab.vocab_closed_form`),
@@ -244,11 +252,13 @@ def _vocab_kernel(
     The softmax family's layout (every rank's class range) is exchanged once for the call
     and the class indices are checked once against the total, not per block."""
     layout = None
-    if family.classes:
+    if family.classes or batch_chunk_size is None:
         layout = vocab_layout(group, local_classes, device)
-        if not target.is_floating_point():
-            V.check_class_indices(target, layout.total, options.ignore_index)
-    kernel = vocab_closed_form(family, options, group, layout=layout, check_targets=False)
+    if family.classes and not target.is_floating_point():
+        V.check_class_indices(target, layout.total, options.ignore_index)
+    kernel = vocab_closed_form(
+        family, options, group, layout=layout if family.classes else None, check_targets=False
+    )
 
     def finish_grad_input(grad_input: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
@@ -256,7 +266,8 @@ def _vocab_kernel(
         dist.all_reduce(grad_input, op=dist.ReduceOp.SUM, group=group)
         return grad_input
 
-    return kernel, finish_grad_input
+    largest = None if batch_chunk_size is not None else layout.largest
+    return kernel, finish_grad_input, largest
 
 
 def _shaped(out: torch.Tensor, reduction: str, lead: tuple[int, ...], definition) -> torch.Tensor:

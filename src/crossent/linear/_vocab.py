@@ -90,12 +90,15 @@ _SPLIT = 4096  # a class count travels as two numbers below this: exact in any f
 
 @dataclass(frozen=True)
 class VocabLayout:
-    """Where this rank's classes lie: ``[start, start + local)`` of ``total``. The fields are
-    Python integers (from :func:`vocab_layout`) or 0-dim tensors (computed inside a call)."""
+    """Where this rank's classes lie: ``[start, start + local)`` of ``total``; ``largest``:
+    the most classes a rank holds (what a chunked pass sizes its blocks by, so that every
+    rank runs as many). The fields are Python integers (from :func:`vocab_layout`) or 0-dim
+    tensors (computed inside a call)."""
 
     start: int | torch.Tensor
     local: int
     total: int | torch.Tensor
+    largest: int | torch.Tensor | None = None
 
 
 def _rank_and_size(group: Any) -> tuple[int, int]:
@@ -137,7 +140,9 @@ def _size_slots(local: int, rank: int, world: int, like: torch.Tensor) -> torch.
 
 def _layout_from_slots(slots: torch.Tensor, rank: int, local: int) -> VocabLayout:
     sizes = (slots[0::2] * _SPLIT + slots[1::2]).to(torch.long)
-    return VocabLayout(start=sizes[:rank].sum(), local=local, total=sizes.sum())
+    return VocabLayout(
+        start=sizes[:rank].sum(), local=local, total=sizes.sum(), largest=sizes.max()
+    )
 
 
 def vocab_layout(group: Any, local_classes: int, device: torch.device | str = "cpu") -> VocabLayout:
@@ -149,7 +154,7 @@ def vocab_layout(group: Any, local_classes: int, device: torch.device | str = "c
     rank, world = _rank_and_size(group)
     slots = _size_slots(local_classes, rank, world, torch.zeros((), device=device))
     layout = _layout_from_slots(_all_reduce(slots, "SUM", group), rank, local_classes)
-    return VocabLayout(int(layout.start), local_classes, int(layout.total))
+    return VocabLayout(int(layout.start), local_classes, int(layout.total), int(layout.largest))
 
 
 def _reduce_rows(parts: list[torch.Tensor], group: Any) -> list[torch.Tensor]:
