@@ -86,18 +86,20 @@ def binary_cross_entropy_with_logits(
         :func:`binary_cross_entropy` (from probabilities), :func:`sigmoid_focal_loss`
         (down-weights easy examples), :func:`asymmetric_loss` (multi-label with many negatives).
     """
-    return BCE.compute(
+    return BCE.call(
         input,
         target,
-        probs=False,
-        pos_weight=pos_weight,
-        weight=weight,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        process_group=process_group,
-        vocab_group=vocab_group,
-        backend=backend,
+        reduction,
+        process_group,
+        vocab_group,
+        backend,
+        False,
+        {
+            "pos_weight": pos_weight,
+            "weight": weight,
+            "label_smoothing": label_smoothing,
+            "ignore_index": ignore_index,
+        },
     )
 
 
@@ -162,18 +164,20 @@ def binary_cross_entropy(
     See also:
         :func:`binary_cross_entropy_with_logits` (preferred), :func:`binary_focal_loss`.
     """
-    return BCE.compute(
+    return BCE.call(
         input,
         target,
-        probs=True,
-        pos_weight=pos_weight,
-        weight=weight,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        process_group=process_group,
-        vocab_group=vocab_group,
-        backend=backend,
+        reduction,
+        process_group,
+        vocab_group,
+        backend,
+        True,
+        {
+            "pos_weight": pos_weight,
+            "weight": weight,
+            "label_smoothing": label_smoothing,
+            "ignore_index": ignore_index,
+        },
     )
 
 
@@ -247,20 +251,22 @@ def sigmoid_focal_loss(
         :func:`binary_focal_loss` (from probabilities), :func:`asymmetric_loss`,
         :func:`binary_cross_entropy_with_logits`.
     """
-    return FOCAL.compute(
+    return FOCAL.call(
         input,
         target,
-        probs=False,
-        gamma=gamma,
-        alpha=alpha,
-        pos_weight=pos_weight,
-        weight=weight,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        process_group=process_group,
-        vocab_group=vocab_group,
-        backend=backend,
+        reduction,
+        process_group,
+        vocab_group,
+        backend,
+        False,
+        {
+            "gamma": gamma,
+            "alpha": alpha,
+            "pos_weight": pos_weight,
+            "weight": weight,
+            "label_smoothing": label_smoothing,
+            "ignore_index": ignore_index,
+        },
     )
 
 
@@ -327,20 +333,22 @@ def binary_focal_loss(
     See also:
         :func:`sigmoid_focal_loss` (preferred), :func:`binary_cross_entropy`.
     """
-    return FOCAL.compute(
+    return FOCAL.call(
         input,
         target,
-        probs=True,
-        gamma=gamma,
-        alpha=alpha,
-        pos_weight=pos_weight,
-        weight=weight,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        process_group=process_group,
-        vocab_group=vocab_group,
-        backend=backend,
+        reduction,
+        process_group,
+        vocab_group,
+        backend,
+        True,
+        {
+            "gamma": gamma,
+            "alpha": alpha,
+            "pos_weight": pos_weight,
+            "weight": weight,
+            "label_smoothing": label_smoothing,
+            "ignore_index": ignore_index,
+        },
     )
 
 
@@ -412,19 +420,22 @@ def asymmetric_loss(
     See also:
         :func:`sigmoid_focal_loss`, :func:`binary_cross_entropy_with_logits`.
     """
-    return ASL.compute(
+    return ASL.call(
         input,
         target,
-        gamma_pos=gamma_pos,
-        gamma_neg=gamma_neg,
-        clip=clip,
-        weight=weight,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        process_group=process_group,
-        vocab_group=vocab_group,
-        backend=backend,
+        reduction,
+        process_group,
+        vocab_group,
+        backend,
+        False,
+        {
+            "gamma_pos": gamma_pos,
+            "gamma_neg": gamma_neg,
+            "clip": clip,
+            "weight": weight,
+            "label_smoothing": label_smoothing,
+            "ignore_index": ignore_index,
+        },
     )
 
 
@@ -500,18 +511,21 @@ def poly1_focal_loss(
     See also:
         :func:`sigmoid_focal_loss`, :func:`poly1_cross_entropy` (the softmax Poly-1 loss).
     """
-    return POLY1_FOCAL.compute(
+    return POLY1_FOCAL.call(
         input,
         target,
-        epsilon=epsilon,
-        gamma=gamma,
-        alpha=alpha,
-        pos_weight=pos_weight,
-        weight=weight,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        process_group=process_group,
-        vocab_group=vocab_group,
-        backend=backend,
+        reduction,
+        process_group,
+        vocab_group,
+        backend,
+        False,
+        {
+            "epsilon": epsilon,
+            "gamma": gamma,
+            "alpha": alpha,
+            "pos_weight": pos_weight,
+            "weight": weight,
+            "label_smoothing": label_smoothing,
+            "ignore_index": ignore_index,
+        },
     )

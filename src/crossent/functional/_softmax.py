@@ -114,19 +114,22 @@ def cross_entropy(
         :func:`crossent.class_weights` (a ``weight`` from class counts),
         :func:`binary_cross_entropy_with_logits` (independent labels).
     """
-    return CE.compute(
+    return CE.call(
         input,
         target,
-        weight=weight,
-        sample_weight=sample_weight,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-        z_loss=z_loss,
-        softcap=softcap,
-        reduction=reduction,
-        process_group=process_group,
-        vocab_group=vocab_group,
-        backend=backend,
+        reduction,
+        process_group,
+        vocab_group,
+        backend,
+        False,
+        {
+            "weight": weight,
+            "sample_weight": sample_weight,
+            "label_smoothing": label_smoothing,
+            "ignore_index": ignore_index,
+            "z_loss": z_loss,
+            "softcap": softcap,
+        },
     )
 
 
@@ -217,21 +220,24 @@ def softmax_focal_loss(
         independent labels), :func:`crossent.class_weights` (a per-class ``alpha`` or
         ``weight`` from class counts).
     """
-    return SOFTMAX_FOCAL.compute(
+    return SOFTMAX_FOCAL.call(
         input,
         target,
-        gamma=gamma,
-        alpha=alpha,
-        weight=weight,
-        sample_weight=sample_weight,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-        z_loss=z_loss,
-        softcap=softcap,
-        reduction=reduction,
-        process_group=process_group,
-        vocab_group=vocab_group,
-        backend=backend,
+        reduction,
+        process_group,
+        vocab_group,
+        backend,
+        False,
+        {
+            "gamma": gamma,
+            "alpha": alpha,
+            "weight": weight,
+            "sample_weight": sample_weight,
+            "label_smoothing": label_smoothing,
+            "ignore_index": ignore_index,
+            "z_loss": z_loss,
+            "softcap": softcap,
+        },
     )
 
 
@@ -311,18 +317,21 @@ def poly1_cross_entropy(
         :func:`cross_entropy`, :func:`softmax_focal_loss`, :func:`poly1_focal_loss` (the
         sigmoid Poly-1 focal loss).
     """
-    return POLY1.compute(
+    return POLY1.call(
         input,
         target,
-        epsilon=epsilon,
-        weight=weight,
-        sample_weight=sample_weight,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-        z_loss=z_loss,
-        softcap=softcap,
-        reduction=reduction,
-        process_group=process_group,
-        vocab_group=vocab_group,
-        backend=backend,
+        reduction,
+        process_group,
+        vocab_group,
+        backend,
+        False,
+        {
+            "epsilon": epsilon,
+            "weight": weight,
+            "sample_weight": sample_weight,
+            "label_smoothing": label_smoothing,
+            "ignore_index": ignore_index,
+            "z_loss": z_loss,
+            "softcap": softcap,
+        },
     )

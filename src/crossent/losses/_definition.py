@@ -150,7 +150,26 @@ class LossDefinition:
         probs: bool = False,
         **keywords: Any,
     ) -> torch.Tensor:
-        """The loss of one call: what every public function of this loss returns."""
+        """The loss of one call, the loss's own options as keywords (see :meth:`call`)."""
+        return self.call(
+            input, target, reduction, process_group, vocab_group, backend, probs, keywords
+        )
+
+    def call(
+        self,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        reduction: str,
+        process_group: Any,
+        vocab_group: Any,
+        backend: str | None,
+        probs: bool,
+        keywords: dict[str, Any],
+    ) -> torch.Tensor:
+        """The loss of one call: what every public function of this loss returns. The
+        arguments by position and the loss's options as a dict the call may change (the
+        public functions pass a new one): at a batch of 32 rows the packing of a dozen
+        keyword arguments is a measurable part of a call."""
         small = self.small
         if (
             small is not None
