@@ -737,6 +737,19 @@ def _bce_logits(
         loss = torch.addcmul(loss, md, x, value=-1.0)
         if grad is not None:
             grad = grad.sub_(md)
+    return _weighted_reduction(loss, grad, weight, valid, reduction)
+
+
+def _weighted_reduction(
+    loss: torch.Tensor,
+    grad: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    valid: torch.Tensor | None,
+    reduction: str,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(out, d out / d x)`` from the elementwise loss and gradient of a one-pass
+    formulation (both new tensors, changed in place): weighted, the ignored elements masked,
+    and reduced as the general path reduces (the mean over the valid elements)."""
     if weight is not None:
         loss = loss.mul_(weight)
         if grad is not None:
@@ -752,7 +765,7 @@ def _bce_logits(
         return loss.sum(), grad
     if valid is None:
         if grad is not None:
-            grad = grad.mul_(_reciprocal(x.numel(), x.dtype))
+            grad = grad.mul_(_reciprocal(loss.numel(), loss.dtype))
         return loss.mean(), grad
     count = valid.sum()
     if grad is not None:
@@ -982,26 +995,7 @@ def _focal_hard(
         if mq is not None:
             grad = torch.addcmul(grad, mq, p_t, value=epsilon * ((gamma or 0.0) + 1.0))
         grad = torch.addcmul(grad, y, grad, value=-2.0)  # times s
-    if weight is not None:
-        loss = loss * weight
-        if grad is not None:
-            grad = grad.mul_(weight)
-    if valid is not None:
-        loss = torch.where(valid, loss, 0.0)
-        if grad is not None:
-            grad = torch.where(valid, grad, 0.0)
-    if reduction == "none":
-        return loss, grad
-    if reduction == "sum":
-        return loss.sum(), grad
-    if valid is None:
-        if grad is not None:
-            grad = grad.mul_(_reciprocal(x.numel(), x.dtype))
-        return loss.mean(), grad
-    count = valid.sum()
-    if grad is not None:
-        grad = grad.div_(count)
-    return loss.sum() / count, grad
+    return _weighted_reduction(loss, grad, weight, valid, reduction)
 
 
 def _sigmoid(v: torch.Tensor, need_grad: bool) -> torch.Tensor:
