@@ -816,11 +816,11 @@ def _flip(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def _bce_flipped(
-    x: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None, hard: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    x: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, v, d)``: BCE with logits, elementwise, with one softplus and exact for every
-    logit and target, and :func:`_flip`'s ``v`` and ``d`` (``None`` for ``hard`` targets,
-    every one 0 or 1, where ``r = y``):
+    logit and target, and :func:`_flip`'s ``v`` and ``d`` -- differentiated by autograd
+    (the focal losses' soft targets; :func:`_bce_logits` forms the gradient itself):
 
     ``loss = c softplus(v) - m d x``, ``c = lerp(1, w_pos, y)``, ``m = lerp(w_pos, 1, r)``
 
@@ -829,19 +829,14 @@ def _bce_flipped(
     forms ``(1 - y) x - logsigmoid(x)``, which cancels from ``x = -15`` on). For a soft one
     the two terms cancel by at most a factor ``1 + w_pos`` (``softplus(x) - y x`` cancels
     without bound at ``y = 1``)."""
-    if hard:
-        r, v, d = y, torch.addcmul(x, y, x, value=-2.0), None
-    else:
-        r, v, d = _flip(x, y)
+    r, v, d = _flip(x, y)
     loss = F.softplus(v)
-    one = None
+    md = d
     if pos_weight is not None:
         one = _one(x.dtype)
         loss = loss * torch.lerp(one, pos_weight, y)
-    if d is not None:
-        md = d if pos_weight is None else torch.lerp(pos_weight, one, r).mul_(d)
-        loss = torch.addcmul(loss, md, x, value=-1.0)
-    return loss, v, d
+        md = torch.lerp(pos_weight, one, r).mul_(d)
+    return torch.addcmul(loss, md, x, value=-1.0), v, d
 
 
 _ONES: dict[torch.dtype, torch.Tensor] = {}
@@ -913,16 +908,14 @@ def sigmoid_focal(
         if reduction == "none":
             return out
         return out if math.isfinite(out.item()) else None
-    loss, v, d = _bce_flipped(input, y, pos_weight, hard)
+    loss, v, d = _bce_flipped(input, y, pos_weight)
     gamma, epsilon = plan.gamma, plan.epsilon
     factor = one_minus_pt = None
     if gamma or epsilon is not None:
-        # 1 - p_t = sigmoid(v) for a hard target; lerp(sigmoid(v), sigmoid(-v), |d|) for a
-        # soft one
+        # 1 - p_t = lerp(sigmoid(v), sigmoid(-v), |d|)
         one_minus_pt = _sigmoid(v, input.requires_grad and torch.is_grad_enabled())
-        if d is not None:
-            a = d.abs()
-            one_minus_pt = torch.addcmul(a, one_minus_pt, a.mul(-2.0).add_(1.0))
+        a = d.abs()
+        one_minus_pt = torch.addcmul(a, one_minus_pt, a.mul(-2.0).add_(1.0))
         if gamma:
             factor = _power_of(one_minus_pt, gamma)
             loss = loss * factor
