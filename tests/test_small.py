@@ -152,6 +152,19 @@ def test_bce_with_logits_small_keeps_float32_precision_at_every_logit():
     assert ((torch_loss.double() - exact).abs() > 1e-2 * exact.abs()).any()  # torch's does not
 
 
+@pytest.mark.parametrize("n", [50, 5000])
+def test_bce_with_logits_small_takes_targets_outside_0_1_as_torch_does(n):
+    """BCE with logits is defined for any target (torch takes them): one outside [0, 1] is
+    not taken for a hard one, on either hardness check (50 and 5000 elements)."""
+    x = torch.randn(n, dtype=torch.float64) * 3
+    y = torch.rand(n, dtype=torch.float64) * 4 - 1.5
+    y[::2] = y[::2].round()  # integers outside [0, 1] among them: -1, 2
+    ours, grad = _value_and_grad(crossent.binary_cross_entropy_with_logits, x, y)
+    ref, ref_grad = _value_and_grad(F.binary_cross_entropy_with_logits, x, y)
+    assert_close(ours, ref)
+    assert_close(grad, ref_grad)
+
+
 def test_bce_with_logits_small_is_one_autograd_node():
     """Loss and gradient in one pass, handed to autograd as one node: a retained graph
     backpropagates twice (a new gradient each time), an incoming gradient scales it, and

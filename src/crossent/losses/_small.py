@@ -709,7 +709,7 @@ def _bce_logits(
     Targets that are all hard (``round(y)`` equals ``y``) skip the soft correction: up to
     :data:`_COMPARED` elements one ``torch.equal`` tells, above it (where ``equal`` is slower)
     one ``aminmax`` of ``d``, which the soft correction needs anyway."""
-    r = torch.round(y)
+    r = _nearer_hard_target(y)  # 0 or 1: a target outside [0, 1] is not hard
     d = None
     if x.numel() <= _COMPARED:
         hard = torch.equal(r, y)
@@ -811,8 +811,14 @@ def _flip(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     flipped where the target is nearer 1 (so that ``softplus(v)`` is the BCE of a hard
     target, ``sigmoid(v)`` its ``1 - p_t``); ``d = y - r`` (``|d| <= 1/2``, exact): how soft
     the target is, 0 for a hard one."""
-    r = torch.round(y)
+    r = _nearer_hard_target(y)
     return r, torch.addcmul(x, r, x, value=-2.0), y - r
+
+
+def _nearer_hard_target(y: torch.Tensor) -> torch.Tensor:
+    """``round(y)`` within [0, 1]: the nearer hard target of a target in [0, 1], and 0 or 1
+    for one outside (BCE takes any target; ``d = y - r`` then carries the rest exactly)."""
+    return torch.round(y).clamp_(0.0, 1.0)
 
 
 def _bce_flipped(
