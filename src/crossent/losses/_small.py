@@ -807,10 +807,10 @@ def _small_loss() -> Any:
 
 
 def _flip(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(r, v, d)``: ``r = round(y)``, the nearer hard target; ``v = (1 - 2r) x``, the logit
-    flipped where the target is nearer 1 (so that ``softplus(v)`` is the BCE of a hard
-    target, ``sigmoid(v)`` its ``1 - p_t``); ``d = y - r`` (``|d| <= 1/2``, exact): how soft
-    the target is, 0 for a hard one."""
+    """``(r, v, d)``: ``r`` the nearer hard target (:func:`_nearer_hard_target`);
+    ``v = (1 - 2r) x``, the logit flipped where the target is nearer 1 (so that
+    ``softplus(v)`` is the BCE of a hard target, ``sigmoid(v)`` its ``1 - p_t``); ``d = y - r``
+    (``|d| <= 1/2`` in [0, 1], exact): how soft the target is, 0 for a hard one."""
     r = _nearer_hard_target(y)
     return r, torch.addcmul(x, r, x, value=-2.0), y - r
 
