@@ -208,6 +208,20 @@ def test_focal_small_hard_targets_are_one_autograd_node(name):
     assert soft.grad_fn.name() != "SmallLossBackward" and not _fused(soft)
 
 
+@pytest.mark.parametrize("name", ["binary_cross_entropy_with_logits", "sigmoid_focal_loss"])
+def test_one_node_formulations_under_torch_func_grad(name):
+    """Under ``torch.func.grad`` the one-node formulations take their autograd form: the
+    transform's gradient equals autograd's (hard targets, the one-node case)."""
+    fn = getattr(crossent, name)
+    x = torch.randn(8, 5, dtype=torch.float64)
+    y = (torch.rand(8, 5) < 0.3).double()
+    ours = torch.func.grad(lambda a: fn(a, y, pos_weight=torch.full((5,), 2.0).double()))(x)
+    _, ref_grad = _value_and_grad(
+        fn, x, y, pos_weight=torch.full((5,), 2.0).double(), backend="reference"
+    )
+    assert_close(ours, ref_grad)
+
+
 def test_small_path_only_where_it_applies(monkeypatch):
     x = torch.randn(8, 4, requires_grad=True)
     t = torch.randint(0, 4, (8,))

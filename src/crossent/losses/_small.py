@@ -682,6 +682,9 @@ def binary_cross_entropy_with_logits(
         except RuntimeError:  # a probability or target outside [0, 1]
             return None
         return _reduce(loss, valid, reduction)
+    if _transformed():
+        loss = _bce_flipped(input, y, pos_weight)[0]
+        return _reduce(loss if weight is None else loss * weight, valid, reduction)
     if input.requires_grad and torch.is_grad_enabled():
         out = _small_loss().apply(
             input, lambda x: _bce_logits(x, y, valid, weight, pos_weight, reduction, True)
@@ -793,6 +796,12 @@ def _reciprocal(n: int, dtype: torch.dtype) -> torch.Tensor:
     return t
 
 
+_transformed = torch._C._are_functorch_transforms_active
+"""Whether a ``torch.func`` transform (``grad``, ``vmap``, ...) is running: the one-pass
+formulations then take their autograd form, since their one node
+(:class:`~crossent.kernels._function.SmallLoss`) is not a ``setup_context`` Function that the
+transforms can see through."""
+
 _SMALL_LOSS: list = []
 
 
@@ -903,7 +912,7 @@ def sigmoid_focal(
         s = plan.smoothing
         y = y * (1.0 - s) + 0.5 * s
         hard = False
-    if hard:
+    if hard and not _transformed():
         if input.requires_grad and torch.is_grad_enabled():
             out = _small_loss().apply(
                 input,
