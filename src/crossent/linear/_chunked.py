@@ -241,32 +241,24 @@ class Plan:
         for start in range(0, n, self.rows):
             sl = slice(start, min(start + self.rows, n))
             xc = x[sl] if x.dtype == mm else x[sl].to(mm)
-            logits = buf[: sl.stop - start]
-            if bm is None:
-                torch.mm(xc, wm.t(), out=logits)
-            else:
-                torch.addmm(bm, xc, wm.t(), out=logits)
-            if logits.dtype != acc:
-                logits = logits.to(acc)  # autocast: the loss in float32, as torch's losses
-            out, denominator, g = self.kernel(
-                logits,
+            # the buffer is free again after the block (or holds the gradient, in place)
+            out, denominator, g = self._block(
+                buf[: sl.stop - start],
+                xc,
+                wm,
+                bm,
                 self.target[sl],
                 self.options.rows(sl, n, 2),
-                mean_denominator=self.mean_denominator,
-                reduce=self.reduce,
-                need_grad=need_grad,
+                need_grad,
             )
-            del logits  # the buffer is free again (or holds the gradient, in place)
             outs.append(out)
             denominators.append(denominator)
             if not need_grad:
                 continue
+            scale = None
             if grad_out is not None:
-                go = grad_out[sl].to(g.dtype)
-                g = g * (go.unsqueeze(1) if self.per_row else go)
-            if g.dtype != acc:
-                g = g.to(acc)
-            gm = g if g.dtype == mm else g.to(mm)
+                scale = grad_out[sl].unsqueeze(1) if self.per_row else grad_out[sl]
+            g, gm = self._block_gradient(g, scale)
             if need_x:
                 if gi.dtype == mm:
                     torch.mm(gm, wm, out=gi[sl])
@@ -305,32 +297,21 @@ class Plan:
             cols = slice(start, min(start + width, v))
             k = cols.stop - start
             wc = w[cols] if w.dtype == mm else w[cols].to(mm)
-            logits = buf[: n * k].view(n, k)
-            if b is None:
-                torch.mm(xm, wc.t(), out=logits)
-            else:
-                bc = b[cols] if b.dtype == mm else b[cols].to(mm)
-                torch.addmm(bc, xm, wc.t(), out=logits)
-            if logits.dtype != acc:
-                logits = logits.to(acc)
-            out, denominator, g = self.kernel(
-                logits,
+            bc = None if b is None else (b[cols] if b.dtype == mm else b[cols].to(mm))
+            out, denominator, g = self._block(
+                buf[: n * k].view(n, k),
+                xm,
+                wc,
+                bc,
                 self.target[:, cols],
                 self.options.columns(cols, v),
-                mean_denominator=self.mean_denominator,
-                reduce=self.reduce,
-                need_grad=need_grad,
+                need_grad,
             )
-            del logits
             outs.append(out)
             denominators.append(denominator)
             if not need_grad:
                 continue
-            if grad_out is not None:
-                g = g * grad_out[:, cols].to(g.dtype)
-            if g.dtype != acc:
-                g = g.to(acc)
-            gm = g if g.dtype == mm else g.to(mm)
+            g, gm = self._block_gradient(g, None if grad_out is None else grad_out[:, cols])
             if need_x:
                 if gi.dtype == mm:
                     gi.addmm_(gm, wc)
@@ -347,6 +328,34 @@ class Plan:
             if trim:
                 _trim()
         return self._finish(outs, denominators, 1, x, gi, gw, gb)
+
+    def _block(self, logits, xm, wm, bm, target, options, need_grad):
+        """One block's closed form: ``logits = xm wm^T + bm`` computed into ``logits`` (a view
+        of the loop's buffer), in ``acc_dtype`` for the loss (under autocast the loss runs in
+        float32, as torch's losses do), then the kernel's ``(out, denominator, grad)``."""
+        if bm is None:
+            torch.mm(xm, wm.t(), out=logits)
+        else:
+            torch.addmm(bm, xm, wm.t(), out=logits)
+        if logits.dtype != self.acc_dtype:
+            logits = logits.to(self.acc_dtype)
+        return self.kernel(
+            logits,
+            target,
+            options,
+            mean_denominator=self.mean_denominator,
+            reduce=self.reduce,
+            need_grad=need_grad,
+        )
+
+    def _block_gradient(self, g, scale):
+        """A block's logit gradient times ``scale`` (the incoming gradient's slice, for
+        ``reduction="none"``; ``None``: 1), in ``acc_dtype`` and in ``mm_dtype``: ``(g, gm)``."""
+        if scale is not None:
+            g = g * scale.to(g.dtype)
+        if g.dtype != self.acc_dtype:
+            g = g.to(self.acc_dtype)
+        return g, (g if g.dtype == self.mm_dtype else g.to(self.mm_dtype))
 
     def _finish(self, outs, denominators, dim, x, gi, gw, gb):
         """The loss summed over the blocks (or the unreduced blocks joined along ``dim``), the
