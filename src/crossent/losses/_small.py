@@ -728,7 +728,7 @@ def _bce_logits(
         grad = torch.addcmul(w, r, w, value=-2.0)  # s sigmoid(v)
     one = None
     if pos_weight is not None:
-        one = _one(x.dtype)
+        one = _constant(1.0, x.dtype)
         c = torch.lerp(one, pos_weight, y)
         loss = loss.mul_(c)
         if grad is not None:
@@ -768,7 +768,7 @@ def _weighted_reduction(
         return loss.sum(), grad
     if valid is None:
         if grad is not None:
-            grad = grad.mul_(_reciprocal(loss.numel(), loss.dtype))
+            grad = grad.mul_(_constant(1.0 / loss.numel(), loss.dtype))
         return loss.mean(), grad
     count = valid.sum()
     if grad is not None:
@@ -781,18 +781,20 @@ def _weighted_reduction(
 #: of the difference takes 4).
 _COMPARED = 4096
 
-_RECIPROCALS: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+_CONSTANTS: dict[tuple[float, torch.dtype], torch.Tensor] = {}
 
 
-def _reciprocal(n: int, dtype: torch.dtype) -> torch.Tensor:
-    """``1 / n`` as a 0-dim tensor (a product with it costs a third of a division by a
-    number, which torch wraps into a tensor on every call)."""
-    t = _RECIPROCALS.get((n, dtype))
+def _constant(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` as a 0-dim tensor of ``dtype``, made once: ``lerp`` takes no number as its
+    start, and a product with a tensor ``1 / n`` costs a third of a division by the number
+    ``n``, which torch wraps into a tensor on every call. Made outside inference mode: calls
+    that save it for backward may follow."""
+    t = _CONSTANTS.get((value, dtype))
     if t is None:
-        if len(_RECIPROCALS) > 32:
-            _RECIPROCALS.clear()
+        if len(_CONSTANTS) > 32:
+            _CONSTANTS.clear()
         with torch.inference_mode(False):
-            t = _RECIPROCALS[n, dtype] = torch.full((), 1.0 / n, dtype=dtype)
+            t = _CONSTANTS[value, dtype] = torch.full((), value, dtype=dtype)
     return t
 
 
@@ -848,22 +850,10 @@ def _bce_flipped(
     loss = F.softplus(v)
     md = d
     if pos_weight is not None:
-        one = _one(x.dtype)
+        one = _constant(1.0, x.dtype)
         loss = loss * torch.lerp(one, pos_weight, y)
         md = torch.lerp(pos_weight, one, r).mul_(d)
     return torch.addcmul(loss, md, x, value=-1.0), v, d
-
-
-_ONES: dict[torch.dtype, torch.Tensor] = {}
-
-
-def _one(dtype: torch.dtype) -> torch.Tensor:
-    """A 0-dim 1 of ``dtype`` (for ``lerp``, which takes no number as its start)."""
-    one = _ONES.get(dtype)
-    if one is None:
-        with torch.inference_mode(False):  # kept for calls that save it for backward
-            one = _ONES[dtype] = torch.ones((), dtype=dtype)
-    return one
 
 
 def sigmoid_focal(
@@ -977,7 +967,7 @@ def _focal_hard(
     b = F.softplus(v)
     q = torch.sigmoid(v)
     if pos_weight is not None:
-        c = torch.lerp(_one(x.dtype), pos_weight, y)
+        c = torch.lerp(_constant(1.0, x.dtype), pos_weight, y)
         b = b * c
     gamma, epsilon, alpha = plan.gamma, plan.epsilon, plan.alpha
     m = _power_of(q, gamma) if gamma else None
