@@ -32,6 +32,16 @@ settings.register_profile("dev", max_examples=200, deadline=None, suppress_healt
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _native_operators():
+    """crossent's native CPU operators are built (or loaded from the cache) before the first
+    test, where this machine builds them: which formulation serves a small call then does not
+    depend on the order the tests run in (test_native.py compares the two)."""
+    from crossent.kernels import _native
+
+    _native.build(wait=True)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -266,9 +266,9 @@ def _compile_worker() -> None:
     except (AttributeError, OSError):
         pass
     while True:
-        entry, args, call, modes = _queue.get()
+        job = _queue.get()
         try:
-            _warm(entry, args, call, modes)
+            job()
         finally:
             with _worker_lock:
                 _pending -= 1
@@ -335,9 +335,11 @@ def _failed(entry: _Compiled, exc: BaseException) -> None:
         )
 
 
-def _compile_in_background(entry: _Compiled, args: tuple, call: dict) -> None:
+def run_in_background(job: Callable[[], None]) -> None:
+    """Run ``job`` in the compiling thread (after the compiles queued before it);
+    :func:`wait_for_compiles` waits for it too. The native operators' build is one
+    (:mod:`crossent.kernels._native`)."""
     global _worker, _pending, _switch_interval
-    entry.state = "compiling"
     with _worker_lock:
         _pending += 1
         if _switch_interval is None:
@@ -346,12 +348,17 @@ def _compile_in_background(entry: _Compiled, args: tuple, call: dict) -> None:
         if _worker is None:
             _worker = threading.Thread(target=_compile_worker, name="crossent-compile", daemon=True)
             _worker.start()
+    _queue.put(job)
+
+
+def _compile_in_background(entry: _Compiled, args: tuple, call: dict) -> None:
+    entry.state = "compiling"
     modes = (
         torch.is_grad_enabled(),
         torch.is_autocast_enabled("cpu"),
         torch.get_autocast_dtype("cpu"),
     )
-    _queue.put((entry, args, call, modes))
+    run_in_background(functools.partial(_warm, entry, args, call, modes))
 
 
 def wait_for_compiles(timeout: float | None = None) -> bool:

@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from crossent import _validation as V
+from crossent.kernels import _native
 
 __all__ = [
     "SMALL_NUMEL",
@@ -149,6 +150,7 @@ class _Plan:
         "gamma_neg",
         "gamma_pos",
         "ignore",
+        "native",
         "pos_weight",
         "rows",
         "smoothing",
@@ -168,6 +170,8 @@ class _Plan:
         self.gamma_pos = get("gamma_pos")
         self.gamma_neg = get("gamma_neg")
         self.checked: Any = None  # what the tensor options were last checked against
+        # whether the native operator reads the tensor options (None: none to check)
+        self.native: bool | None = None
         self.rows: dict | None = None  # per-class rows, by (classes, dtype, input rank)
 
 
@@ -584,6 +588,7 @@ def _binary_weights(plan: _Plan, input: torch.Tensor) -> tuple | None:
                 V.check_broadcastable(name, w, input.shape)
                 if w.requires_grad or not w.is_floating_point():
                     return None
+        plan.native = all(w is None or _native_layout(w, input.shape) for w in (weight, pos_weight))
         plan.checked = key
     if weight is not None:
         if weight.requires_grad:
@@ -596,6 +601,20 @@ def _binary_weights(plan: _Plan, input: torch.Tensor) -> tuple | None:
         if pos_weight.dtype != input.dtype:
             pos_weight = pos_weight.to(input.dtype)
     return weight, pos_weight
+
+
+def _native_layout(w: torch.Tensor, shape: torch.Size) -> bool:
+    """Whether a weight broadcasts over an input of ``shape`` in a way the native operator
+    reads directly: one value, one per class (the last dimension), or one per element."""
+    if w.shape == shape:
+        return True
+    if w.numel() == 1:
+        return w.dim() <= max(len(shape), 1)
+    return (
+        1 <= w.dim() <= len(shape)
+        and w.shape[-1] == shape[-1]
+        and all(size == 1 for size in w.shape[:-1])
+    )
 
 
 def _targets(
@@ -666,6 +685,21 @@ def binary_cross_entropy_with_logits(
         if weights is None:
             return None
         weight, pos_weight = weights
+    if not probs:
+        native = _native.bce_with_logits()
+        if native is not None and not _transformed() and plan.native is not False:
+            out = native(
+                input,
+                target,
+                weight,
+                pos_weight,
+                plan.ignore,
+                plan.smoothing or 0.0,
+                _REDUCTIONS[reduction],
+            )
+            if reduction == "none":
+                return out
+            return out if math.isfinite(out.item()) else None
     y, valid = target, None
     if plan.ignore is not None or plan.smoothing is not None:
         y, valid = _targets(plan, target, zero=probs)
