@@ -4,6 +4,7 @@ weight layout, and the torch formulation wherever they do not apply."""
 
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
 import sys
@@ -24,19 +25,30 @@ def _ready() -> None:
         pytest.skip(f"the native operators are not built here: {_native.status()}")
 
 
+class _Counted:
+    """The native operators, each call counted by operator name."""
+
+    def __init__(self, operators):
+        self.operators = operators
+        self.count = collections.Counter()
+
+    def __getattr__(self, name):
+        op = getattr(self.operators, name)
+
+        def counted(*args):
+            self.count[name] += 1
+            return op(*args)
+
+        return counted
+
+
 @pytest.fixture
 def calls(monkeypatch):
-    """The number of calls of the native operator so far (a list of one count)."""
+    """The calls of each native operator so far (a Counter by name)."""
     _ready()
-    op = _native._BCE_WITH_LOGITS
-    count = [0]
-
-    def counted(*args):
-        count[0] += 1
-        return op(*args)
-
-    monkeypatch.setattr(_native, "_BCE_WITH_LOGITS", counted)
-    return count
+    counted = _Counted(_native._OPERATORS)
+    monkeypatch.setattr(_native, "_OPERATORS", counted)
+    return counted.count
 
 
 def _value_and_grad(fn, x, *args, **kwargs):
@@ -114,7 +126,7 @@ def test_native_bce_with_logits_equals_the_reference(
     ours, grad = _value_and_grad(
         crossent.binary_cross_entropy_with_logits, x, y, reduction=reduction, **options
     )
-    assert calls[0] == 1
+    assert calls["bce_with_logits"] == 1
     ref, ref_grad = _exact(x, y, reduction=reduction, **options)
     assert ours.dtype == dtype and ours.shape == ref.shape
     assert_close(ours, ref.to(dtype))
@@ -143,7 +155,7 @@ def test_native_bce_with_logits_ignore_index_and_smoothing(calls, options, reduc
     ours, grad = _value_and_grad(
         crossent.binary_cross_entropy_with_logits, x, y, reduction=reduction, **options
     )
-    assert calls[0] == 1
+    assert calls["bce_with_logits"] == 1
     ref, ref_grad = _exact(x, y, reduction=reduction, **options)
     assert_close(ours, ref.to(dtype))
     assert_close(grad, ref_grad.to(dtype))
@@ -173,7 +185,7 @@ def test_native_bce_with_logits_keeps_float32_precision_at_every_logit(calls):
             error = (grad.double() - exact_grad).abs()
             floor = 2.0**-24 * (1 + options.get("pos_weight", torch.ones(1)).double())
             assert torch.all(error <= 1e-5 * exact_grad.abs() + floor), (value, error.max())
-    assert calls[0] == 14
+    assert calls["bce_with_logits"] == 14
 
 
 def test_native_bce_with_logits_autograd_node(calls):
@@ -183,7 +195,7 @@ def test_native_bce_with_logits_autograd_node(calls):
     y = (torch.rand(32, 10) < 0.3).float()
     pos_weight = torch.full((10,), 2.0)
     loss = crossent.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight)
-    assert loss.grad_fn.name().endswith("BceWithLogits>")
+    assert loss.grad_fn.name().endswith("OnePassLoss>")
     assert loss.grad_fn.next_functions[0][0].name() == "torch::autograd::AccumulateGrad"
     (3.0 * loss).backward(retain_graph=True)
     first = x.grad.clone()
@@ -205,7 +217,7 @@ def test_native_bce_with_logits_autograd_node(calls):
     assert_close(got, want)
     with pytest.raises(RuntimeError, match=r"first derivatives only.*backend=\"reference\""):
         torch.autograd.grad(crossent.binary_cross_entropy_with_logits(x, y), x, create_graph=True)
-    assert calls[0] == 3
+    assert calls["bce_with_logits"] == 3
 
 
 def test_native_bce_with_logits_without_a_graph_and_in_other_layouts(calls):
@@ -225,7 +237,7 @@ def test_native_bce_with_logits_without_a_graph_and_in_other_layouts(calls):
     for got in (plain, inference, ours):
         assert_close(got, ref)
     assert_close(grad, ref_grad)
-    assert calls[0] == 3
+    assert calls["bce_with_logits"] == 3
 
 
 def test_where_the_native_operator_does_not_apply(calls):
@@ -238,21 +250,21 @@ def test_where_the_native_operator_does_not_apply(calls):
     )
     assert_close(ours, ref)
     assert_close(grad, ref_grad)
-    assert calls[0] == 0
+    assert calls["bce_with_logits"] == 0
     # every target ignored: the general path's mean, 0 with a zero gradient
     ignored = torch.full_like(y, -1.0)
     out, grad = _value_and_grad(
         crossent.binary_cross_entropy_with_logits, x, ignored, ignore_index=-1
     )
-    assert calls[0] == 1
+    assert calls["bce_with_logits"] == 1
     assert out.item() == 0.0 and not grad.any()
     # a weight that requires a gradient: the reference path differentiates it
     w = torch.rand(5, requires_grad=True)
     crossent.binary_cross_entropy_with_logits(x, y, weight=w).backward()
-    assert w.grad is not None and calls[0] == 1
+    assert w.grad is not None and calls["bce_with_logits"] == 1
     with _native.disabled():
         crossent.binary_cross_entropy_with_logits(x, y)
-    assert calls[0] == 1
+    assert calls["bce_with_logits"] == 1
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -322,3 +334,132 @@ def test_turned_off_and_failed_builds_leave_the_torch_formulation(tmp_path):
     assert failed.stdout.split()[:2] == ["building", "failed"]
     assert "native CPU kernels could not be built" in failed.stderr
     assert not list((tmp_path / "native").glob("*"))  # nothing half-written left
+
+
+_CE_OPTIONS = {
+    "plain": {},
+    "weight": {"weight": "w"},
+    "smoothing": {"label_smoothing": 0.1},
+    "all": {"weight": "w", "label_smoothing": 0.2, "ignore_index": 2},
+    "no_ignore": {"ignore_index": None, "weight": "w"},
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(32, 10), (5, 3), (256, 80), (7, 33)])
+@pytest.mark.parametrize("options", list(_CE_OPTIONS))
+@pytest.mark.parametrize("probs", [False, True], ids=["indices", "probabilities"])
+def test_native_cross_entropy_equals_the_reference(calls, dtype, reduction, shape, options, probs):
+    n, c = shape
+    x = torch.randn(n, c, dtype=dtype) * 3
+    options = dict(_CE_OPTIONS[options])
+    if "weight" in options:
+        options["weight"] = torch.rand(c, dtype=dtype) + 0.2
+    ignore = options.get("ignore_index", -100)
+    if probs:
+        t = torch.softmax(torch.randn(n, c, dtype=dtype) * 2, 1)
+        if ignore is not None:
+            t[1] = ignore  # an ignored row
+        t[2] = 0.0  # a row without target mass
+    else:
+        t = torch.randint(0, c, (n,))
+        if ignore is not None:
+            t[0] = ignore
+    ours, grad = _value_and_grad(crossent.cross_entropy, x, t, reduction=reduction, **options)
+    # class indices without smoothing from 16 classes on: ATen's kernels (faster there)
+    native = probs or "label_smoothing" in options or c < 16
+    assert calls["cross_entropy_probs" if probs else "cross_entropy"] == native
+    ref, ref_grad = _value_and_grad(
+        crossent.cross_entropy,
+        x.double(),
+        t.double() if probs else t,
+        reduction=reduction,
+        backend="reference",
+        **{k: v.double() if isinstance(v, torch.Tensor) else v for k, v in options.items()},
+    )
+    assert ours.dtype == dtype and ours.shape == ref.shape
+    assert_close(ours, ref.to(dtype))
+    assert_close(grad, ref_grad.to(dtype))
+
+
+def test_native_cross_entropy_edges(calls):
+    # an out-of-range index: crossent's error (from the general path); every sample ignored:
+    # the general path's mean, 0 with a zero gradient; a -inf logit without target mass: 0
+    # and a zero gradient there, not 0 * inf = NaN
+    x = torch.randn(6, 4, requires_grad=True)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\]"):
+        crossent.cross_entropy(x, torch.tensor([0, 1, 4, 2, 3, 1]))
+    assert calls["cross_entropy"] == 1
+    out, grad = _value_and_grad(crossent.cross_entropy, x, torch.full((6,), -100))
+    assert out.item() == 0.0 and not grad.any() and calls["cross_entropy"] == 2
+    masked = torch.cat([x.detach()[:, :3], torch.full((6, 1), float("-inf"))], 1)
+    p = torch.cat([torch.softmax(torch.randn(6, 3), 1), torch.zeros(6, 1)], 1)
+    for target in (torch.arange(6) % 3, p):
+        ours, grad = _value_and_grad(crossent.cross_entropy, masked, target, reduction="none")
+        ref, ref_grad = _value_and_grad(
+            crossent.cross_entropy, masked, target, reduction="none", backend="fused"
+        )
+        assert torch.isfinite(ours).all() and torch.isfinite(grad).all()
+        assert_close(ours, ref)
+        assert_close(grad, ref_grad)
+    assert calls["cross_entropy"] == 3 and calls["cross_entropy_probs"] == 1
+    # a per-sample loss under an incoming gradient, and no node without a gradient
+    t = torch.randint(0, 4, (6,))
+    incoming = torch.randn(6)
+    (got,) = torch.autograd.grad(crossent.cross_entropy(x, t, reduction="none"), x, incoming)
+    (want,) = torch.autograd.grad(
+        crossent.cross_entropy(x, t, reduction="none", backend="reference"), x, incoming
+    )
+    assert_close(got, want)
+    with torch.no_grad():
+        assert crossent.cross_entropy(x, t).grad_fn is None
+    # other ranks of input take ATen's kernel
+    crossent.cross_entropy(torch.randn(4, 3, 2), torch.randint(0, 3, (4, 2)))
+    assert calls["cross_entropy"] == 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(7,), (32, 10), (256, 80)])
+@pytest.mark.parametrize("options", ["plain", "classes", "full_ignore"])
+def test_native_binary_cross_entropy_equals_the_closed_form(
+    calls, dtype, reduction, shape, options
+):
+    # against the general path's closed form, whose gradient at p = 0 and 1 (and within
+    # 1e-12 of them) is crossent's, not ATen's; hard and soft targets
+    tiny = 1e-300 if dtype == torch.float64 else 1e-30
+    p = torch.rand(*shape, dtype=dtype)
+    p.view(-1)[:4] = torch.tensor([0.0, 1.0, tiny, 1e-13], dtype=dtype)
+    y = torch.rand(*shape, dtype=dtype)
+    y.view(-1)[::2] = y.view(-1)[::2].round()
+    kw = {}
+    if options == "classes":
+        kw["weight"] = torch.rand(shape[-1], dtype=dtype) + 0.3
+    elif options == "full_ignore":
+        kw["weight"] = torch.rand(*shape, dtype=dtype) + 0.3
+        kw["ignore_index"] = -1
+        y.view(-1)[5::7] = -1.0
+    ours, grad = _value_and_grad(crossent.binary_cross_entropy, p, y, reduction=reduction, **kw)
+    assert calls["binary_cross_entropy"] == 1
+    ref, ref_grad = _value_and_grad(
+        crossent.binary_cross_entropy, p, y, reduction=reduction, backend="fused", **kw
+    )
+    assert torch.isfinite(grad).all()
+    assert_close(ours, ref)
+    assert_close(grad, ref_grad)
+
+
+def test_native_binary_cross_entropy_keeps_the_errors(calls):
+    y = torch.tensor([1.0, 0.0])
+    for bad in (1.5, -0.25, float("nan")):
+        with pytest.raises(ValueError, match=r"`input` to hold probabilities in \[0, 1\]"):
+            crossent.binary_cross_entropy(torch.tensor([0.5, bad]), y)
+    assert calls["binary_cross_entropy"] == 3
+    # a target outside [0, 1]: the general path's answer
+    p = torch.tensor([0.5, 0.2])
+    outside = torch.tensor([1.0, 2.0])
+    assert_close(
+        crossent.binary_cross_entropy(p, outside),
+        crossent.binary_cross_entropy(p, outside, backend="fused"),
+    )

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ENV_VAR", "bce_with_logits", "build", "disabled", "status"]
+__all__ = ["ENV_VAR", "Operators", "build", "disabled", "operators", "status"]
 
 ENV_VAR = "CROSSENT_NATIVE"
 CACHE_ENV_VAR = "CROSSENT_CACHE_DIR"
@@ -53,8 +53,19 @@ _state = "new"  # "building", "ready", "failed" or "off"
 _error: str | None = None
 _off = 0  # inside disabled()
 
-#: The operator, once loaded (``None`` until then): the one read on every call.
-_BCE_WITH_LOGITS: Any = None
+
+class Operators:
+    """The loaded operators (``torch.ops.crossent_native``'s overloads), by name."""
+
+    __slots__ = ("bce_with_logits", "binary_cross_entropy", "cross_entropy", "cross_entropy_probs")
+
+    def __init__(self, namespace: Any) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(namespace, name).default)
+
+
+#: The operators, once loaded (``None`` until then): what every call reads.
+_OPERATORS: Operators | None = None
 
 
 def _environment_allows() -> bool:
@@ -73,12 +84,12 @@ def _capability() -> str | None:
     return capability if capability in _CAPABILITY_FLAGS else None
 
 
-def bce_with_logits() -> Any:
-    """``crossent_native::bce_with_logits`` once it is loaded, else ``None`` (and, the first
-    time, the build starts in the background)."""
-    op = _BCE_WITH_LOGITS
-    if op is not None and not _off:
-        return op
+def operators() -> Operators | None:
+    """The native operators once they are loaded, else ``None`` (and, the first time, their
+    build starts in the background)."""
+    ops = _OPERATORS
+    if ops is not None and not _off:
+        return ops
     if _state == "new" and not _off:
         _start()
     return None
@@ -140,11 +151,11 @@ def _cache_dir() -> Path:
 
 
 def _build_and_load() -> None:
-    global _state, _error, _BCE_WITH_LOGITS
+    global _state, _error, _OPERATORS
     try:
         path = _library()
         torch.ops.load_library(str(path))
-        _BCE_WITH_LOGITS = torch.ops.crossent_native.bce_with_logits.default
+        _OPERATORS = Operators(torch.ops.crossent_native)
         _state = "ready"
     except Exception as exc:  # no compiler, a failed build, a library that will not load
         _error = f"{type(exc).__name__}: {exc}"
