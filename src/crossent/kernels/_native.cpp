@@ -57,6 +57,19 @@ Layout layout_of(const std::optional<at::Tensor>& w, const at::Tensor& input, co
   return Layout::kColumns;
 }
 
+// A reduced loss, in the input's dtype. One that is not finite there -- a mean over no element
+// (0 / 0), an overflow, a NaN -- raises NotImplementedError, and the caller hands the call to
+// the general path, whose answers those are (0 for a mean over nothing): the check costs no
+// read of the result on the caller's side.
+at::Tensor reduced(double total, double denominator, int64_t reduction, const at::Tensor& input) {
+  const double value = reduction == kMean ? total / denominator : total;
+  const double stored =
+      input.scalar_type() == at::kFloat ? static_cast<double>(static_cast<float>(value)) : value;
+  TORCH_CHECK_NOT_IMPLEMENTED(std::isfinite(stored),
+                              "crossent_native: a reduced loss that is not finite");
+  return at::scalar_tensor(value, input.options());
+}
+
 at::Tensor optional_contiguous(const std::optional<at::Tensor>& w, Layout layout) {
   return layout == Layout::kAbsent ? at::Tensor() : w->contiguous();
 }
@@ -213,9 +226,7 @@ std::tuple<at::Tensor, at::Tensor> elementwise_forward(
                      cols};
     const double total = loop(e);
     if (reduction != kNone) {
-      // a mean over no element is 0 / 0: NaN, which the caller hands to the general path
-      const double value = reduction == kMean ? total / static_cast<double>(count) : total;
-      out = at::scalar_tensor(value, input.options());
+      out = reduced(total, static_cast<double>(count), reduction, input);
     }
   });
   return {out, grad};
@@ -491,9 +502,7 @@ struct RowOutputs {
   std::tuple<at::Tensor, at::Tensor> finish(double total, double denominator, int64_t reduction,
                                             const at::Tensor& input) {
     if (reduction != kNone) {
-      // a mean over no sample is 0 / 0: NaN, which the caller hands to the general path
-      out = at::scalar_tensor(reduction == kMean ? total / denominator : total,
-                              input.options());
+      out = reduced(total, denominator, reduction, input);
     }
     return {out, grad};
   }

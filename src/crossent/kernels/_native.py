@@ -55,13 +55,19 @@ _off = 0  # inside disabled()
 
 
 class Operators:
-    """The loaded operators (``torch.ops.crossent_native``'s overloads), by name."""
+    """The loaded operators, by name: each the C++ callable of its ``torch.ops.crossent_native``
+    overload (the overload's ``__call__`` is one more Python frame on every call).
+
+    Each raises ``NotImplementedError`` for a reduced loss that is not finite, ``IndexError``
+    for a class index out of range and ``ValueError`` for a probability outside [0, 1]: the
+    caller then hands the call to the general path, whose answers and errors those are."""
 
     __slots__ = ("bce_with_logits", "binary_cross_entropy", "cross_entropy", "cross_entropy_probs")
 
     def __init__(self, namespace: Any) -> None:
         for name in self.__slots__:
-            setattr(self, name, getattr(namespace, name).default)
+            overload = getattr(namespace, name).default
+            setattr(self, name, getattr(overload, "_op", overload))
 
 
 #: The operators, once loaded (``None`` until then): what every call reads.

@@ -406,23 +406,21 @@ def cross_entropy(
         if native is not None:
             try:
                 if index:
-                    out = native.cross_entropy(
+                    return native.cross_entropy(
                         input, target, weight, ignore, plan.smoothing, _REDUCTIONS[reduction]
                     )
-                else:
-                    out = native.cross_entropy_probs(
-                        input,
-                        target,
-                        weight,
-                        None if ignore == _NEVER else ignore,
-                        plan.smoothing,
-                        _REDUCTIONS[reduction],
-                    )
-            except IndexError:
-                return None  # an index out of range: the general path words the error
-            if reduction == "none":
-                return out
-            return out if math.isfinite(out.item()) else None
+                return native.cross_entropy_probs(
+                    input,
+                    target,
+                    weight,
+                    None if ignore == _NEVER else ignore,
+                    plan.smoothing,
+                    _REDUCTIONS[reduction],
+                )
+            # an index out of range (the general path words the error), a reduced loss that
+            # is not finite (the general path's answer)
+            except (IndexError, NotImplementedError):
+                return None
     if not index and ignore != _NEVER:
         # a row is ignored only if every entry equals ignore_index: not where every entry
         # exceeds it (one reduction over contiguous memory; the row test only where not)
@@ -731,15 +729,12 @@ def binary_cross_entropy_with_logits(
         weight, pos_weight = weights
     native = _native.operators()
     if native is not None and plan.native is not False and not _transformed():
-        if probs:
-            try:
-                out = native.binary_cross_entropy(
+        try:
+            if probs:
+                return native.binary_cross_entropy(
                     input, target, weight, plan.ignore, _REDUCTIONS[reduction]
                 )
-            except ValueError:  # a probability or target outside [0, 1]
-                return None  # the general path words the error
-        else:
-            out = native.bce_with_logits(
+            return native.bce_with_logits(
                 input,
                 target,
                 weight,
@@ -748,9 +743,10 @@ def binary_cross_entropy_with_logits(
                 plan.smoothing or 0.0,
                 _REDUCTIONS[reduction],
             )
-        if reduction == "none":
-            return out
-        return out if math.isfinite(out.item()) else None
+        # a probability or target outside [0, 1] (the general path words the error), a
+        # reduced loss that is not finite (the general path's answer)
+        except (ValueError, NotImplementedError):
+            return None
     y, valid = target, None
     if plan.ignore is not None or plan.smoothing is not None:
         y, valid = _targets(plan, target, zero=probs)
