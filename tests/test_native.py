@@ -463,3 +463,24 @@ def test_native_binary_cross_entropy_keeps_the_errors(calls):
         crossent.binary_cross_entropy(p, outside),
         crossent.binary_cross_entropy(p, outside, backend="fused"),
     )
+
+
+@pytest.mark.skipif(not _BUILT_HERE, reason="built on Linux x86-64 with AVX2 or AVX-512")
+def test_a_process_that_exits_during_the_build_leaves_nothing_behind(tmp_path):
+    # the build runs in a daemon thread: at exit its compiler is stopped (with the processes
+    # it started) and its partial output removed
+    done = _run(
+        """
+        import time, torch, crossent
+        from crossent.kernels import _native
+        crossent.binary_cross_entropy_with_logits(torch.randn(8, 3), torch.rand(8, 3))
+        time.sleep(1.0)
+        print(_native.status()[0])
+        """,
+        CROSSENT_CACHE_DIR=str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["building"]
+    assert not list((tmp_path / "native").glob("*"))
+    running = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert running.stdout == ""

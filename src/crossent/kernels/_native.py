@@ -20,11 +20,14 @@ but failed). ``CROSSENT_NATIVE=0`` turns the native operators off.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import hashlib
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -226,11 +229,35 @@ def _library() -> Path:
             "-ltorch_cpu",
             "-ltorch",
         ]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{compiler} exited with {done.returncode}: {done.stderr[-2000:]}")
+        compiling = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a process group of its own: _stop ends its children too
+        )
+        # a process that exits while the compiler runs stops it (the build runs in a daemon
+        # thread, which the interpreter does not wait for): no compiler left running, no
+        # partial file left in the cache
+        stop = functools.partial(_stop, compiling, partial)
+        atexit.register(stop)
+        try:
+            _, errors = compiling.communicate()
+        finally:
+            atexit.unregister(stop)
+        if compiling.returncode != 0:
+            raise RuntimeError(f"{compiler} exited with {compiling.returncode}: {errors[-2000:]}")
         os.replace(partial, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
     return path
+
+
+def _stop(compiling: subprocess.Popen, partial: str) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(compiling.pid, signal.SIGKILL)  # the driver and the compiler it started
+    with contextlib.suppress(Exception):
+        compiling.wait(timeout=5)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(partial)
