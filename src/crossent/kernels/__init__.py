@@ -28,7 +28,10 @@ Backends -- every loss function takes ``backend=`` (``None``: the environment va
 ``"auto"`` (default)
     On CPU up to ``crossent.losses._small.SMALL_NUMEL`` elements, every loss first takes
     the small-input path where it covers the call (a few torch operations, differentiated by
-    autograd; :mod:`crossent.losses._small`).
+    autograd; :mod:`crossent.losses._small`), or, once they are built (in the background,
+    cached across processes; ``CROSSENT_NATIVE=0`` turns them off), crossent's native C++
+    operators for BCE with logits, BCE from probabilities and cross entropy
+    (:mod:`crossent.kernels._native`): one vectorised pass, one autograd node.
     Otherwise:
     ``"reference"`` when a target or weight requires a gradient (the fused paths
     differentiate the input only); ``"triton"`` for CUDA tensors (``"fused"`` without

@@ -387,18 +387,24 @@ def cross_entropy(
     plan = _plan(definition, keywords, _ce_plan)
     if plan is None:
         return None
-    classes = _index_call(input, target)
-    index = classes is not None
+    shape = input.shape
+    rank = len(shape)
+    if rank == 2 and target.dtype is _INT64 and target.dim() == 1 and target.shape[0] == shape[0]:
+        classes = shape[1]  # _index_call's common case, inline: every call of a loop takes it
+        index = classes > 0
+    else:
+        classes = _index_call(input, target)
+        index = classes is not None
     if not index:
-        if target.dtype is not dtype or target.shape != input.shape or not target.numel():
+        if target.dtype is not dtype or target.shape != shape or not target.numel():
             return None
-        classes = input.shape[input.dim() > 1]
+        classes = shape[rank > 1]
     weight = plan.weight
     if weight is not None and not _class_weight_ok(weight, input, classes):
         return None
     ignore = plan.ignore
     if (
-        input.dim() == 2
+        rank == 2
         and (not index or plan.smoothing or classes < _ATEN_CLASSES)
         and not _transformed()
     ):
@@ -425,7 +431,7 @@ def cross_entropy(
         # a row is ignored only if every entry equals ignore_index: not where every entry
         # exceeds it (one reduction over contiguous memory; the row test only where not)
         if not target.min().item() > ignore and not bool(
-            (target != ignore).any(dim=int(input.dim() > 1)).all()
+            (target != ignore).any(dim=int(rank > 1)).all()
         ):
             return None
         ignore = _NEVER
