@@ -333,7 +333,15 @@ def test_turned_off_and_failed_builds_leave_the_torch_formulation(tmp_path):
     assert failed.returncode == 0, failed.stderr
     assert failed.stdout.split()[:2] == ["building", "failed"]
     assert "native CPU kernels could not be built" in failed.stderr
-    assert not list((tmp_path / "native").glob("*"))  # nothing half-written left
+    # nothing half-written left; the failure remembered, so the next process neither tries
+    # that compiler again nor warns again
+    (marker,) = (tmp_path / "native").glob("*")
+    assert marker.suffix == ".failed" and marker.read_text().startswith("false\n")
+    again = _run(_FIRST_CALLS, CROSSENT_CACHE_DIR=str(tmp_path), CXX="false")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split()[:2] == ["building", "failed"]
+    assert "could not be built" not in again.stderr
+    assert list((tmp_path / "native").glob("*")) == [marker]
 
 
 _CE_OPTIONS = {

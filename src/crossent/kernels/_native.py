@@ -14,8 +14,10 @@ under ``$CROSSENT_CACHE_DIR`` (default ``~/.cache/crossent``), keyed by the sour
 version and the instruction set, so a later process loads it in milliseconds.
 
 Where it cannot be built -- no C++ compiler, a platform other than Linux on x86-64, a CPU
-without AVX2 -- the torch formulation serves every call (one warning if a compiler was found
-but failed). ``CROSSENT_NATIVE=0`` turns the native operators off.
+without AVX2 -- the torch formulation serves every call. A compiler that fails says so once
+(a warning) and is remembered in the cache (a ``.failed`` file beside where the library would
+be): later processes do not try that compiler on that source again (delete the file to).
+``CROSSENT_NATIVE=0`` turns the native operators off.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ def _build_and_load() -> None:
     except Exception as exc:  # no compiler, a failed build, a library that will not load
         _error = f"{type(exc).__name__}: {exc}"
         _state = "failed"
-        if not isinstance(exc, _NoCompiler):
+        if not isinstance(exc, (_NoCompiler, _FailedBefore)):
             warnings.warn(
                 f"crossent: its native CPU kernels could not be built ({_error}); small "
                 f"inputs are computed with torch operations instead (slower, as exact). "
@@ -181,6 +183,11 @@ def _build_and_load() -> None:
 
 class _NoCompiler(RuntimeError):
     pass
+
+
+class _FailedBefore(RuntimeError):
+    """This compiler failed to build this source before (a marker in the cache): not tried
+    again, nor reported again, in every new process."""
 
 
 def _library() -> Path:
@@ -211,6 +218,11 @@ def _library() -> Path:
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise _NoCompiler("no C++ compiler found (c++, g++ or $CXX)")
+    failed = path.with_suffix(".failed")  # first line: the compiler; then its error
+    with contextlib.suppress(OSError):
+        before = failed.read_text().split("\n", 1)
+        if before[0] == compiler:
+            raise _FailedBefore(before[1] if len(before) > 1 else "")
     directory.mkdir(parents=True, exist_ok=True)
     includes = [f"-I{p}" for p in cpp_extension.include_paths()]
     libraries = [f"-L{p}" for p in cpp_extension.library_paths()]
@@ -246,7 +258,10 @@ def _library() -> Path:
         finally:
             atexit.unregister(stop)
         if compiling.returncode != 0:
-            raise RuntimeError(f"{compiler} exited with {compiling.returncode}: {errors[-2000:]}")
+            error = f"{compiler} exited with {compiling.returncode}: {errors[-2000:]}"
+            with contextlib.suppress(OSError):
+                failed.write_text(f"{compiler}\n{error}")
+            raise RuntimeError(error)
         os.replace(partial, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
