@@ -370,10 +370,10 @@ struct Row {
   T log_s;  // log S
 };
 
-// The row's max and S; with `e` not null, exp(x_j - max) written there (the gradient's buffer:
-// the gradient pass then scales it instead of recomputing the exponentials).
+// The row's max, S and log S; with `e` not null, exp(x_j - max) written there (the
+// gradient's buffer: the gradient pass then scales it instead of recomputing the exponentials).
 template <typename T>
-std::pair<T, T> max_and_sum(const T* x, int64_t cols, T* e) {
+Row<T> row_terms(const T* x, int64_t cols, T* e) {
   using Vec = Vectorized<T>;
   const Vec lowest(-std::numeric_limits<T>::infinity()), zero(T(0));
   Vec m = lowest;
@@ -399,32 +399,8 @@ std::pair<T, T> max_and_sum(const T* x, int64_t cols, T* e) {
     }
     s = s + ev;
   }
-  return {max, reduce_sum(s)};
-}
-
-// Calls finish(i, Row) for every row i not skipped, in blocks of one vector of rows: the logs
-// of a block's sums are one vector operation (a scalar log per row of a few classes cost as
-// much as the rest of the row).
-template <typename T, typename Skip, typename Terms, typename Finish>
-void for_each_row(int64_t rows, const Skip& skip, const Terms& terms, const Finish& finish) {
-  constexpr int64_t kRows = Vectorized<T>::size();
-  T max[kRows], sum[kRows], log_s[kRows];
-  for (int64_t i0 = 0; i0 < rows; i0 += kRows) {
-    const int64_t b = std::min<int64_t>(kRows, rows - i0);
-    for (int64_t r = 0; r < b; ++r) {
-      max[r] = T(0);
-      sum[r] = T(1);
-      if (!skip(i0 + r)) {
-        std::tie(max[r], sum[r]) = terms(i0 + r);
-      }
-    }
-    Vectorized<T>::loadu(sum, b).log().store(log_s, b);
-    for (int64_t r = 0; r < b; ++r) {
-      if (!skip(i0 + r)) {
-        finish(i0 + r, Row<T>{max[r], sum[r], log_s[r]});
-      }
-    }
-  }
+  const T sum = reduce_sum(s);
+  return {max, sum, std::log(sum)};
 }
 
 // sum_j c_j (log S - z_j) over the terms with c_j != 0 (c null: every c_j = 1)
@@ -489,13 +465,23 @@ struct RowOutputs {
     }
   }
 
-  // an ignored row: a loss of 0 and a zero gradient
-  void skip(int64_t i, int64_t cols) {
-    if (o != nullptr) {
-      o[i] = T(0);
-    }
-    if (g != nullptr) {
-      std::fill(g + i * cols, g + (i + 1) * cols, T(0));
+  // finish(i, Row, the row's gradient or null) for every row of x not skipped (the
+  // gradient row then holds exp(x_j - max)); a skipped row: a loss of 0 and a zero gradient
+  template <typename Skip, typename Finish>
+  void for_each_row(const T* x, int64_t rows, int64_t cols, const Skip& skip,
+                    const Finish& finish) {
+    for (int64_t i = 0; i < rows; ++i) {
+      T* gr = g == nullptr ? nullptr : g + i * cols;
+      if (skip(i)) {
+        if (o != nullptr) {
+          o[i] = T(0);
+        }
+        if (gr != nullptr) {
+          std::fill(gr, gr + cols, T(0));
+        }
+        continue;
+      }
+      finish(i, row_terms(x + i * cols, cols, gr), gr);
     }
   }
 
@@ -548,12 +534,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward(
     const T sc = reduction == kMean ? static_cast<T>(1.0 / denominator) : T(1);
     RowOutputs<T> outputs(input, reduction, need_grad);
     double total = 0;
-    auto grad_row = [&](int64_t i) {
-      return outputs.g == nullptr ? nullptr : outputs.g + i * cols;
-    };
     auto skip = [&](int64_t i) { return t[i] == ignore_index; };
-    auto terms = [&](int64_t i) { return max_and_sum(x + i * cols, cols, grad_row(i)); };
-    auto finish = [&](int64_t i, const Row<T>& r) {
+    auto finish = [&](int64_t i, const Row<T>& r, T* gr) {
       const T* xr = x + i * cols;
       const T w_t = wp == nullptr ? T(1) : wp[t[i]];
       const T nll_coef = w_t * (T(1) - s);
@@ -567,17 +549,12 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward(
       } else {
         total += loss;
       }
-      if (T* gr = grad_row(i)) {
+      if (gr != nullptr) {
         softmax_gradient(gr, wp, eps, nll_coef + eps * w_sum, sc, r, cols);
         gr[t[i]] -= nll_coef * sc;
       }
     };
-    for_each_row<T>(rows, skip, terms, finish);
-    for (int64_t i = 0; i < rows; ++i) {
-      if (skip(i)) {
-        outputs.skip(i, cols);
-      }
-    }
+    outputs.for_each_row(x, rows, cols, skip, finish);
     result = outputs.finish(total, denominator, reduction, input);
   });
   return result;
@@ -620,12 +597,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_probs_forward(
     const T sc = reduction == kMean ? static_cast<T>(1.0 / static_cast<double>(valid)) : T(1);
     RowOutputs<T> outputs(input, reduction, need_grad);
     double total = 0;
-    auto grad_row = [&](int64_t i) {
-      return outputs.g == nullptr ? nullptr : outputs.g + i * cols;
-    };
     auto skip = [&](int64_t i) { return !ignored.empty() && ignored[i]; };
-    auto terms = [&](int64_t i) { return max_and_sum(x + i * cols, cols, grad_row(i)); };
-    auto finish = [&](int64_t i, const Row<T>& r) {
+    auto finish = [&](int64_t i, const Row<T>& r, T* gr) {
       const T* xr = x + i * cols;
       const T* yr = y + i * cols;
       const Vec shift(r.max), log_s(r.log_s);
@@ -651,7 +624,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_probs_forward(
       } else {
         total += row_loss;
       }
-      if (T* gr = grad_row(i)) {
+      if (gr != nullptr) {
         const Vec scale(reduce_sum(coef) * sc / r.sum), scv(sc);
         for (int64_t j = 0; j < cols; j += Vec::size()) {
           const int64_t k = std::min<int64_t>(Vec::size(), cols - j);
@@ -660,12 +633,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_probs_forward(
         }
       }
     };
-    for_each_row<T>(rows, skip, terms, finish);
-    for (int64_t i = 0; i < rows; ++i) {
-      if (skip(i)) {
-        outputs.skip(i, cols);
-      }
-    }
+    outputs.for_each_row(x, rows, cols, skip, finish);
     result = outputs.finish(total, static_cast<double>(valid), reduction, input);
   });
   return result;
